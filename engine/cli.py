@@ -1,0 +1,210 @@
+"""python -m engine {train, evaluate, curve, inspect}.
+
+Progress goes to stderr; the last stdout line is one JSON object others can script against.
+Bad input exits with status 2 and one stderr line starting with "error:".
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+import types
+import typing
+from dataclasses import fields
+from datetime import datetime
+from pathlib import Path
+
+from engine.errors import UserError
+
+TRAIN_FIELDS_HIDDEN = {"channels"}  # derived from the data; not a useful flag
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's usage dump becomes our one-line error
+        raise UserError(f"{message} (see python -m engine {self.prog.split()[-1]} --help)")
+
+
+def _flag_type(annotation):
+    """'int | None' -> int, 'float' -> float, ..., from a dataclass field annotation string."""
+    hint = eval(annotation, {"int": int, "float": float, "str": str, "bool": bool, "None": None})  # noqa: S307
+    if isinstance(hint, types.UnionType):
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    return hint
+
+
+def _add_train(sub):
+    from engine.config import PRESETS, TrainConfig
+
+    p = sub.add_parser("train", help="train a DEML run (or resume one)")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="start from a named preset; flags override it")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last good checkpoint")
+    p.add_argument("--out", metavar="RUN_DIR", help="run directory (default: runs/<time>-<learner>)")
+    for f in fields(TrainConfig):
+        if f.name in TRAIN_FIELDS_HIDDEN:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        kind = _flag_type(f.type)
+        if kind is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        else:
+            p.add_argument(flag, type=kind, default=None, metavar=f.name.upper())
+
+
+def _add_eval_args(p, what: str):
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--dataset", metavar="SPEC", help="another dataset, prepared like the run's training data")
+    p.add_argument("--classes", choices=["test", "all"], default="test",
+                   help="test: the held-out meta-test classes; all: every class of the dataset")
+    p.add_argument("--ways", type=int)
+    p.add_argument("--shots", type=int)
+    p.add_argument("--queries", type=int)
+    p.add_argument("--episodes", type=int, default=600)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--steps", type=int, help=what)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="python -m engine", description="Conceptscape engine: DEML in concept space")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    _add_train(sub)
+    _add_eval_args(sub.add_parser("evaluate", help="accuracy with a 95%% CI over many episodes"),
+                   "inner steps for gradient learners (default: the run's)")
+    _add_eval_args(sub.add_parser("curve", help="adaptation curve: accuracy after 0..S inner steps, or vs shots"),
+                   "largest number of inner steps on the curve (default 10)")
+    ins = sub.add_parser("inspect", help="summarise a dataset and the problems found in it")
+    ins.add_argument("spec", metavar="SPEC")
+    ins.add_argument("--image-size", type=int)
+    return parser
+
+
+# --- train ------------------------------------------------------------------------------------
+class Progress:
+    """Throttled progress lines on stderr (every 2 s, and every validation)."""
+
+    def __init__(self, total: int):
+        self.total, self.last, self.started = total, 0.0, time.monotonic()
+        self.val = ""
+
+    def __call__(self, kind: str, rec: dict):
+        if kind == "warning":
+            print(f"warning: {rec['message']}", file=sys.stderr)
+        elif kind == "val":
+            self.val = f"  val {rec['val_acc']:.3f}±{rec['val_ci95']:.3f}"
+            self._line(rec["step"], force=True)
+        elif kind == "train" and time.monotonic() - self.last > 2.0:
+            disc = f" disc {rec['disc_acc']:.2f}" if rec["disc_acc"] is not None else ""
+            self._line(rec["step"], f"  loss {rec['meta_loss']:.3f} acc {rec['meta_acc']:.2f}{disc}")
+
+    def _line(self, step: int, extra: str = "", force: bool = False):
+        self.last = time.monotonic()
+        elapsed = self.last - self.started
+        eta = elapsed / max(step, 1) * (self.total - step)
+        print(f"step {step}/{self.total}{extra}{self.val}  {elapsed:.0f}s  eta {eta:.0f}s", file=sys.stderr, flush=True)
+
+
+def cmd_train(args) -> dict:
+    from engine.config import TrainConfig, preset
+    from engine.trainer import Control, resume_run, start_run
+
+    if args.resume:
+        trainer, run = resume_run(args.resume)
+        print(f"resuming {run.path} at step {trainer.step}", file=sys.stderr)
+    else:
+        overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if f.name not in TRAIN_FIELDS_HIDDEN}
+        cfg = preset(args.preset).with_overrides(**overrides)
+        out = args.out or f"runs/{datetime.now():%Y%m%d-%H%M%S}-{cfg.learner}-lam{cfg.lam:g}-s{cfg.seed}"
+        trainer, run = start_run(cfg, out)
+        print(f"training {cfg.learner} (lam {cfg.lam:g}) on {trainer.device}; run dir {run.path}", file=sys.stderr)
+    control = Control()
+    previous = signal.signal(signal.SIGINT, lambda *_: setattr(control, "stop", True))  # Ctrl-C: checkpoint, stop
+    try:
+        return trainer.run(run, control, Progress(trainer.cfg.steps))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+# --- evaluate / curve -------------------------------------------------------------------------
+def _eval_setup(args):
+    from engine.data.episodes import EpisodeSampler
+    from engine.inference import load_trained, evaluation_classes
+
+    cfg, model, device = load_trained(args.run_dir, args.device)
+    data = evaluation_classes(cfg, args.dataset, args.classes)
+    sampler = EpisodeSampler(data, args.ways or cfg.ways, args.shots or cfg.shots, args.queries or cfg.queries)
+    for w in sampler.warnings():
+        print(f"warning: {w}", file=sys.stderr)
+    return cfg, model, device, sampler, data
+
+
+def _progress(label):
+    def show(done, total):
+        print(f"{label}: {done}/{total}", file=sys.stderr, flush=True)
+    return show
+
+
+def cmd_evaluate(args) -> dict:
+    from engine.evaluate import evaluate
+    from engine.runs import RunDir
+
+    cfg, model, device, sampler, data = _eval_setup(args)
+    result = evaluate(model, sampler, args.episodes, args.seed, device, args.steps, _progress("episodes"))
+    result.update(dataset=data.source, classes=args.classes, learner=cfg.learner, kind="evaluate")
+    RunDir(args.run_dir).append_evaluation(result)
+    return result
+
+
+def cmd_curve(args) -> dict:
+    from engine.evaluate import adaptation_curve
+    from engine.runs import RunDir
+
+    cfg, model, device, sampler, data = _eval_setup(args)
+    result = adaptation_curve(model, sampler, args.episodes, args.seed, device, args.steps or 10, _progress("curve"))
+    result.update(dataset=data.source, classes=args.classes, kind="curve")
+    RunDir(args.run_dir).append_evaluation(result)
+    return result
+
+
+# --- inspect ----------------------------------------------------------------------------------
+def cmd_inspect(args) -> dict:
+    from engine.data import Preprocess, load_imageset
+
+    data = load_imageset(args.spec, Preprocess(image_size=args.image_size))
+    summary = data.summary()
+    counts = data.counts()
+    usable = int((counts >= 2).sum())
+    print(f"{data.source}: {summary['classes']} classes, {summary['images']} images, "
+          f"{summary['image_size']} px, {summary['channels']} channel(s)"
+          + (f", {summary['groups']} groups" if summary["groups"] else ""), file=sys.stderr)
+    print(f"images per class: min {summary['images_per_class']['min']}, max {summary['images_per_class']['max']}",
+          file=sys.stderr)
+    for problem in data.problems:
+        print(f"problem: {problem}", file=sys.stderr)
+    if usable < 2:
+        raise UserError(f"{data.source}: only {usable} classes have 2 or more images; a task needs at least 2 "
+                        "such classes (one image to learn from and one to test on, per class)")
+    summary["usable_classes"] = usable
+    return summary
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "curve": cmd_curve, "inspect": cmd_inspect}
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        result = COMMANDS[args.command](args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # disk full, unwritable folder...: still one clear line, no traceback
+        print(f"error: {e.strerror or e}{f' ({e.filename})' if e.filename else ''}", file=sys.stderr)
+        return 2
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

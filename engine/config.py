@@ -1,0 +1,145 @@
+"""The training configuration: one dataclass whose every field the command line can set, plus
+named presets. config.json in a run directory is `asdict(TrainConfig)`: enough to rebuild it."""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+from engine.data.imageset import Preprocess
+from engine.data.splits import SplitConfig
+from engine.errors import UserError
+from engine.learners import LearnerConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_dir() -> Path:
+    """Where the team's shared data lives: $CONCEPTSCAPE_SHARED, else ../shared beside the repo."""
+    return Path(os.environ.get("CONCEPTSCAPE_SHARED", REPO.parent / "shared"))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # data
+    dataset: str = "glyphs"  # SPEC: glyphs[:opts], digits, or a folder / .zip / .npz path
+    external: str = "auto"  # SPEC of the discriminator's classes; "auto": a class-disjoint part of dataset
+    image_size: int | None = None  # None: 28 px gray, 64 px RGB (filled in once the data is read)
+    channels: int | None = None  # None: from the data (filled in once the data is read)
+    polarity: str = "auto"  # gray sets are flipped to bright ink on dark paper
+    val_split: float = 0.1  # <1: fraction of groups/classes, >=1: a count (see SplitConfig)
+    test_split: float = 0.2
+    external_split: float = 0.2  # used when external is "auto"
+    train_limit: int = 0  # >0: at most this many meta-train groups/classes (scarce-data studies)
+    rotations: bool = False  # each 90-degree turn of a meta-train class is a new class (Omniglot)
+    pool_external: bool = False  # control for DEML: external classes join meta-train episodes instead
+    split_seed: int = 0  # separate from seed so runs with different seeds share test classes
+    # tasks
+    ways: int = 5
+    shots: int = 1
+    queries: int = 5  # per class, in training and validation episodes
+    meta_batch: int = 4  # tasks per step
+    ext_batch: int = 64  # external images per step (the paper's 64)
+    lam: float = 1.0  # weight of the discrimination loss; 0 = the vanilla meta-learner
+    # models
+    backbone: str = "conv4"
+    concept_dim: int = 64
+    width: int = 64  # channels of the generator's hidden layers
+    norm: str = "batch"
+    disc_hidden: int = 0  # 0: linear discriminator (exact decision regions on a PCA map)
+    # meta-learner
+    learner: str = "protonet"
+    inner_steps: int = 5
+    inner_lr: float = 0.5
+    first_order: bool = False
+    head_hidden: int = 0
+    batched: bool = True
+    # optimisation
+    steps: int = 2000
+    lr: float = 1e-3  # Adam, shared by G, D and M
+    lr_schedule: str = "cosine"  # "cosine" decays to 5% of lr by the last step; "constant"
+    weight_decay: float = 0.0
+    # bookkeeping
+    val_every: int = 200  # steps between validations on fixed episodes
+    val_episodes: int = 100
+    snapshot_every: int = 50  # steps between concept-space snapshots (plus 1, 2, 4, 8... early on)
+    probe_per_class: int = 5  # probe images per class in snapshots
+    probe_classes: int = 10  # classes per split (meta-train, meta-test, external) in snapshots
+    checkpoint_every: int = 500
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+
+    def __post_init__(self):
+        positive = ["ways", "shots", "queries", "meta_batch", "steps", "val_every", "val_episodes",
+                    "snapshot_every", "checkpoint_every", "concept_dim", "width"]
+        bad = [f"--{n.replace('_', '-')} {getattr(self, n)}" for n in positive if getattr(self, n) < 1]
+        if bad:
+            raise UserError(f"these settings must be at least 1: {', '.join(bad)}")
+        if self.ways < 2:
+            raise UserError(f"--ways must be at least 2 (got {self.ways})")
+        if self.lam < 0:
+            raise UserError(f"--lam must be 0 or more (got {self.lam})")
+        if self.lam > 0 and self.ext_batch < 1:
+            raise UserError("--ext-batch must be at least 1 when --lam > 0")
+        if self.lr <= 0 or self.inner_lr <= 0:
+            raise UserError(f"learning rates must be positive (got --lr {self.lr}, --inner-lr {self.inner_lr})")
+        if self.lr_schedule not in ("cosine", "constant"):
+            raise UserError(f"--lr-schedule must be cosine or constant, not {self.lr_schedule!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise UserError(f"--device must be auto, cpu or cuda, not {self.device!r}")
+        self.preprocess()  # validates size/channels/polarity
+
+    def preprocess(self) -> Preprocess:
+        return Preprocess(self.image_size, self.channels, self.polarity)
+
+    def split_config(self) -> SplitConfig:
+        return SplitConfig(self.val_split, self.test_split, self.external_split, self.train_limit,
+                           self.rotations, self.pool_external, self.split_seed)
+
+    def learner_config(self) -> LearnerConfig:
+        return LearnerConfig(self.inner_steps, self.inner_lr, self.first_order, self.head_hidden, self.batched)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def with_overrides(self, **changes) -> TrainConfig:
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def _omniglot_npz() -> str:
+    return str(shared_dir() / "data" / "omniglot" / "images_background.npz")
+
+
+# Each preset is a set of overrides on the defaults; the command line's flags override it again.
+PRESETS = {
+    # finishes in well under 30 s on 2 CPU cores and clearly beats chance
+    "smoke": dict(dataset="glyphs:classes=120,drawings=12,seed=0", steps=150, meta_batch=2, queries=4,
+                  ext_batch=32, width=32, val_every=50, val_episodes=60, snapshot_every=50,
+                  checkpoint_every=150, probe_per_class=3, probe_classes=6),
+    # the app's one-click demo: a few minutes; clusters form in the first seconds
+    "demo": dict(dataset="glyphs:classes=400,drawings=20,seed=0", steps=1500, meta_batch=4,
+                 val_every=100, val_episodes=100, snapshot_every=25, checkpoint_every=250),
+    # Omniglot background set, alphabets split into meta-train/val/test/external groups
+    "omniglot": dict(dataset="@omniglot", steps=6000, ways=20, shots=1, queries=5, meta_batch=2,
+                     val_every=500, val_episodes=200, snapshot_every=100, checkpoint_every=500),
+}
+
+
+def preset(name: str | None) -> TrainConfig:
+    if name is None:
+        return TrainConfig()
+    if name not in PRESETS:
+        raise UserError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
+    overrides = dict(PRESETS[name])
+    if overrides.get("dataset") == "@omniglot":
+        path = _omniglot_npz()
+        if not Path(path).exists():
+            raise UserError(f"the omniglot preset reads {path}, which is not there; set CONCEPTSCAPE_SHARED "
+                            "to the folder holding data/omniglot/, or pass --dataset PATH")
+        overrides["dataset"] = path
+    return TrainConfig(**overrides)

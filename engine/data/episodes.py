@@ -1,0 +1,113 @@
+"""N-way K-shot Q-query tasks, stacked along a leading task axis."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from engine.data.imageset import ImageSet
+from engine.errors import UserError
+
+
+@dataclass
+class EpisodeIndex:
+    """Which images make up T tasks; cheap to keep for fixed validation/test sets."""
+
+    support: np.ndarray  # (T, N*K) image indices, class-major: class 0's K shots, then class 1's...
+    query: np.ndarray  # (T, N*Q) image indices, class-major
+    classes: np.ndarray  # (T, N) class ids in the sampler's ImageSet
+
+
+@dataclass
+class Episode:
+    support: torch.Tensor  # (T, N*K, C, H, W) float in [0, 1]
+    support_labels: torch.Tensor  # (T, N*K) int64 in 0..N-1
+    query: torch.Tensor  # (T, N*Q, C, H, W)
+    query_labels: torch.Tensor  # (T, N*Q)
+    classes: torch.Tensor  # (T, N) class ids in the sampler's ImageSet
+
+    @property
+    def tasks(self) -> int:
+        return self.support.shape[0]
+
+    def to(self, device) -> Episode:
+        nb = device.type == "cuda"  # pinned host memory lets the copy overlap compute
+        return Episode(*(t.to(device, non_blocking=nb) for t in
+                         (self.support, self.support_labels, self.query, self.query_labels, self.classes)))
+
+
+class EpisodeSampler:
+    """Draws tasks from the classes of one split that have at least K+Q images.
+
+    Classes with fewer images are left out and named in `skipped` (a warning for people).
+    """
+
+    def __init__(self, data: ImageSet, ways: int, shots: int, queries: int):
+        if ways < 2 or shots < 1 or queries < 1:
+            raise UserError(f"a task needs ways >= 2, shots >= 1 and queries >= 1 (got {ways}, {shots}, {queries})")
+        self.data, self.ways, self.shots, self.queries = data, ways, shots, queries
+        per_class = data.class_indices()
+        need = shots + queries
+        self.eligible = [c for c, idx in enumerate(per_class) if len(idx) >= need]
+        self.skipped = [data.class_names[c] for c, idx in enumerate(per_class) if len(idx) < need]
+        if len(self.eligible) < ways:
+            skipped = f" ({len(self.skipped)} left out for having fewer than {need} images)" if self.skipped else ""
+            raise UserError(
+                f"{data.source}: {len(self.eligible)} classes have at least {need} images (shots + queries)"
+                f"{skipped}, but a {ways}-way task needs {ways}; lower --ways, --shots or --queries, or add classes"
+            )
+        self._per_class = per_class
+        self.images = torch.from_numpy(data.images).permute(0, 3, 1, 2).contiguous()  # uint8 (M, C, H, W)
+
+    def warnings(self) -> list[str]:
+        if not self.skipped:
+            return []
+        names = ", ".join(repr(n) for n in self.skipped[:5]) + (" ..." if len(self.skipped) > 5 else "")
+        return [f"{self.data.source}: {len(self.skipped)} classes have fewer than "
+                f"{self.shots + self.queries} images (shots + queries) and are left out: {names}"]
+
+    def draw(self, tasks: int, rng: np.random.Generator) -> EpisodeIndex:
+        n, k, q = self.ways, self.shots, self.queries
+        classes = np.stack([rng.choice(self.eligible, n, replace=False) for _ in range(tasks)])  # (T, N)
+        picks = np.stack([
+            np.stack([rng.choice(self._per_class[c], k + q, replace=False) for c in row]) for row in classes
+        ])  # (T, N, K+Q)
+        return EpisodeIndex(
+            support=picks[:, :, :k].reshape(tasks, n * k),
+            query=picks[:, :, k:].reshape(tasks, n * q),
+            classes=classes,
+        )
+
+    def fixed(self, count: int, seed: int) -> EpisodeIndex:
+        """A reproducible set of tasks (validation/test): same seed, same tasks."""
+        return self.draw(count, np.random.default_rng([seed, 0xE7A1]))
+
+    def materialize(self, index: EpisodeIndex, shots: int | None = None) -> Episode:
+        """Index -> tensors. `shots` < K keeps only the first shots of each class (shot curves)."""
+        n, k = self.ways, self.shots
+        support = index.support
+        if shots is not None and shots != k:
+            support = support.reshape(-1, n, k)[:, :, :shots].reshape(len(support), -1)
+            k = shots
+        t, q = len(support), self.queries
+        return Episode(
+            support=self._pixels(support),
+            support_labels=torch.arange(n).repeat_interleave(k).expand(t, -1).contiguous(),
+            query=self._pixels(index.query),
+            query_labels=torch.arange(n).repeat_interleave(q).expand(t, -1).contiguous(),
+            classes=torch.from_numpy(index.classes),
+        )
+
+    def sample(self, tasks: int, rng: np.random.Generator) -> Episode:
+        return self.materialize(self.draw(tasks, rng))
+
+    def _pixels(self, idx: np.ndarray) -> torch.Tensor:
+        flat = torch.from_numpy(idx.reshape(-1))
+        x = self.images[flat].float().div_(255.0)  # (T*n, C, H, W)
+        return x.view(*idx.shape, *x.shape[1:])
+
+
+def take(index: EpisodeIndex, start: int, stop: int) -> EpisodeIndex:
+    """Tasks start..stop-1 of a fixed set (to evaluate in chunks)."""
+    return EpisodeIndex(index.support[start:stop], index.query[start:stop], index.classes[start:stop])

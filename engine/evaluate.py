@@ -1,0 +1,100 @@
+"""Accuracy with a 95% confidence interval over many episodes, and adaptation curves."""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from engine.data.episodes import EpisodeIndex, EpisodeSampler, take
+from engine.learners.base import cross_entropy
+from engine.model import DEMLModel
+
+TASK_CHUNK = 16  # tasks per forward pass: bounded memory, still batched
+
+
+def mean_ci95(values) -> tuple[float, float]:
+    """Mean and half-width of its normal 95% confidence interval."""
+    v = np.asarray(values, dtype=np.float64)
+    if len(v) < 2:
+        return float(v.mean()) if len(v) else float("nan"), float("nan")
+    return float(v.mean()), float(1.96 * v.std(ddof=1) / np.sqrt(len(v)))
+
+
+def _concepts(model: DEMLModel, sampler: EpisodeSampler, index: EpisodeIndex, device, shots=None):
+    ep = sampler.materialize(index, shots).to(device)
+    t, nk, nq = ep.tasks, ep.support.shape[1], ep.query.shape[1]
+    z = model.concepts(torch.cat([ep.support.flatten(0, 1), ep.query.flatten(0, 1)]))  # (T*(NK+NQ), D)
+    return z[: t * nk].view(t, nk, -1), z[t * nk:].view(t, nq, -1), ep
+
+
+def _per_task(model, sampler, index, device, fn: Callable, shots=None, progress=None) -> list:
+    """Run fn(support, query, episode) on chunks of tasks; model in eval mode throughout."""
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        total = len(index.classes)
+        for start in range(0, total, TASK_CHUNK):
+            zs, zq, ep = _concepts(model, sampler, take(index, start, start + TASK_CHUNK), device, shots)
+            out.append(fn(zs, zq, ep))
+            if progress:
+                progress(min(start + TASK_CHUNK, total), total)
+    finally:
+        model.train(was_training)
+    return out
+
+
+def episode_accuracies(model: DEMLModel, sampler: EpisodeSampler, index: EpisodeIndex, device,
+                       steps: int | None = None, progress=None) -> np.ndarray:
+    """Query accuracy of each task in `index`, (E,)."""
+    def fn(zs, zq, ep):
+        logits = model.learner.logits(zs, ep.support_labels, zq, sampler.ways, steps=steps, training=False)
+        return (logits.argmax(-1) == ep.query_labels).float().mean(-1).cpu()  # (T,)
+    return torch.cat(_per_task(model, sampler, index, device, fn, progress=progress)).numpy()
+
+
+def evaluate(model: DEMLModel, sampler: EpisodeSampler, episodes: int, seed: int, device,
+             steps: int | None = None, progress=None) -> dict:
+    acc = episode_accuracies(model, sampler, sampler.fixed(episodes, seed), device, steps, progress)
+    mean, ci = mean_ci95(acc)
+    return {"accuracy": mean, "ci95": ci, "episodes": episodes, "ways": sampler.ways,
+            "shots": sampler.shots, "queries": sampler.queries, "seed": seed}
+
+
+def adaptation_curve(model: DEMLModel, sampler: EpisodeSampler, episodes: int, seed: int, device,
+                     max_steps: int = 10, progress=None) -> dict:
+    """Gradient learners: query accuracy and loss after 0..max_steps inner steps.
+    Metric learners: the same against the number of shots, 1..K of the sampler."""
+    index = sampler.fixed(episodes, seed)
+    base = {"episodes": episodes, "ways": sampler.ways, "shots": sampler.shots, "queries": sampler.queries,
+            "seed": seed, "learner": model.learner.name}
+    if model.learner.adapts_by_steps:
+        def fn(zs, zq, ep):
+            losses, accs = model.learner.trace(zs, ep.support_labels, zq, ep.query_labels, sampler.ways, max_steps)
+            return losses.detach().cpu(), accs.detach().cpu()  # (S+1, T) each
+        parts = _per_task(model, sampler, index, device, fn, progress=progress)
+        losses = torch.cat([p[0] for p in parts], 1).numpy()
+        accs = torch.cat([p[1] for p in parts], 1).numpy()
+        return {**base, "axis": "steps", "steps": list(range(max_steps + 1)), **_summaries(accs, losses)}
+    rows_acc, rows_loss = [], []
+    for k in range(1, sampler.shots + 1):
+        def fn(zs, zq, ep):
+            logits = model.learner.logits(zs, ep.support_labels, zq, sampler.ways, training=False)
+            loss = torch.stack([cross_entropy(l[None], y[None]) for l, y in zip(logits, ep.query_labels)])
+            return loss.cpu(), (logits.argmax(-1) == ep.query_labels).float().mean(-1).cpu()
+        parts = _per_task(model, sampler, index, device, fn, shots=k)
+        rows_loss.append(torch.cat([p[0] for p in parts]).numpy())
+        rows_acc.append(torch.cat([p[1] for p in parts]).numpy())
+        if progress:
+            progress(k, sampler.shots)
+    return {**base, "axis": "shots", "steps": list(range(1, sampler.shots + 1)),
+            **_summaries(np.stack(rows_acc), np.stack(rows_loss))}
+
+
+def _summaries(accs: np.ndarray, losses: np.ndarray) -> dict:
+    """(points, E) per-episode values -> mean and CI lists per point."""
+    acc = [mean_ci95(a) for a in accs]
+    loss = [mean_ci95(v) for v in losses]
+    return {"accuracy": [a for a, _ in acc], "accuracy_ci95": [c for _, c in acc],
+            "loss": [a for a, _ in loss], "loss_ci95": [c for _, c in loss]}

@@ -1,0 +1,35 @@
+"""The three DEML parts in one module, so one state_dict checkpoints them together."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from engine.errors import UserError
+from engine.learners import MetaLearner, build_learner
+from engine.models import ConceptDiscriminator, build_generator
+
+
+class DEMLModel(nn.Module):
+    """generator G: images -> concepts; discriminator D: concepts -> external classes (or None
+    when the run has no external set); learner M: support/query concepts -> query logits."""
+
+    def __init__(self, cfg, channels: int, external_classes: int):
+        super().__init__()
+        self.generator = build_generator(cfg.backbone, channels, cfg.concept_dim, cfg.width, cfg.norm)
+        self.discriminator = (ConceptDiscriminator(cfg.concept_dim, external_classes, cfg.disc_hidden)
+                              if external_classes > 0 else None)
+        self.learner: MetaLearner = build_learner(cfg.learner, cfg.concept_dim, cfg.learner_config())
+        self.external_classes = external_classes
+
+    def concepts(self, images: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+        """(B, C, H, W) -> (B, D) in chunks, without gradients (for evaluation and snapshots)."""
+        with torch.no_grad():
+            return torch.cat([self.generator(images[i:i + chunk]) for i in range(0, len(images), chunk)])
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for, but PyTorch sees no CUDA GPU here; use --device auto or cpu")
+    return torch.device(name)

@@ -1,0 +1,176 @@
+"""A run directory on disk:
+
+  config.json        TrainConfig as a dict (everything needed to rebuild the run)
+  splits.json        which classes went where, and the disjointness checks
+  metrics.jsonl      one JSON object per step (kind "train") or validation (kind "val")
+  checkpoints/       step_NNNNNNN.pt, written atomically, loaded with weights_only=True
+  snapshots/         probe.npz (which images), step_NNNNNNN.npz (concepts and D's view of them)
+  evaluations.jsonl  results of `engine evaluate` / `engine curve`
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engine.errors import UserError
+
+FORMAT_VERSION = 1
+KEEP_CHECKPOINTS = 2  # the newest plus one to fall back on if the newest is damaged
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call write(file) on a temporary file beside `path`, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_json(path: Path, obj) -> None:
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2).encode()))
+
+
+class RunDir:
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    # --- creation and config ---------------------------------------------------------------
+    @classmethod
+    def create(cls, path: str | os.PathLike, config: dict) -> RunDir:
+        run = cls(path)
+        if run.path.exists() and any(run.path.iterdir()):
+            raise UserError(f"{run.path} already exists and is not empty; choose another --out, "
+                            f"or continue it with --resume {run.path}")
+        try:
+            run.path.mkdir(parents=True, exist_ok=True)
+            atomic_json(run.path / "config.json", {"format_version": FORMAT_VERSION, "config": config})
+        except OSError as e:
+            raise UserError(f"cannot write the run directory {run.path}: {e.strerror or e}") from e
+        return run
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> RunDir:
+        run = cls(path)
+        if not (run.path / "config.json").is_file():
+            raise UserError(f"{run.path} is not a run directory (no config.json); pass the folder "
+                            "that `engine train` printed as run_dir")
+        return run
+
+    def config(self) -> dict:
+        try:
+            data = json.loads((self.path / "config.json").read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise UserError(f"{self.path / 'config.json'} is unreadable ({e}); the run cannot be rebuilt") from e
+        if data.get("format_version") != FORMAT_VERSION:
+            raise UserError(f"{self.path} was written by format {data.get('format_version')}, "
+                            f"this version reads {FORMAT_VERSION}")
+        return data["config"]
+
+    def update_config(self, config: dict) -> None:
+        atomic_json(self.path / "config.json", {"format_version": FORMAT_VERSION, "config": config})
+
+    def write_json(self, name: str, obj) -> None:
+        atomic_json(self.path / name, obj)
+
+    def read_json(self, name: str):
+        p = self.path / name
+        return json.loads(p.read_text()) if p.is_file() else None
+
+    # --- metrics -----------------------------------------------------------------------------
+    def append_metrics(self, records: list[dict]) -> None:
+        if not records:
+            return
+        with open(self.path / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write("".join(json.dumps(r) + "\n" for r in records))
+            f.flush()
+
+    def read_metrics(self) -> list[dict]:
+        p = self.path / "metrics.jsonl"
+        if not p.is_file():
+            return []
+        out = []
+        for line in p.read_text(encoding="utf-8").splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # a line cut short by a crash: everything before it is good
+        return out
+
+    def truncate_metrics(self, last_step: int) -> None:
+        """Keep only records up to `last_step` (on resume, what came after the checkpoint is redone)."""
+        kept = [r for r in self.read_metrics() if r.get("step", 0) <= last_step]
+        atomic_write(self.path / "metrics.jsonl", lambda f: f.write("".join(json.dumps(r) + "\n" for r in kept).encode()))
+
+    # --- checkpoints -------------------------------------------------------------------------
+    def checkpoints(self) -> list[Path]:
+        """Checkpoint files, oldest first."""
+        return sorted((self.path / "checkpoints").glob("step_*.pt"))
+
+    def save_checkpoint(self, state: dict, step: int) -> Path:
+        path = self.path / "checkpoints" / f"step_{step:07d}.pt"
+        atomic_write(path, lambda f: torch.save({"format_version": FORMAT_VERSION, **state}, f))
+        for old in self.checkpoints()[:-KEEP_CHECKPOINTS]:
+            old.unlink(missing_ok=True)
+        return path
+
+    def load_checkpoint(self) -> tuple[dict, list[str]]:
+        """The newest checkpoint that loads, and a warning for each damaged one skipped."""
+        warnings = []
+        for path in reversed(self.checkpoints()):
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as e:  # truncated, corrupted or carrying code: never trusted
+                warnings.append(f"{path.name} is unreadable ({type(e).__name__}); falling back to an older one")
+                continue
+            if state.get("format_version") != FORMAT_VERSION:
+                warnings.append(f"{path.name} has format {state.get('format_version')}, expected {FORMAT_VERSION}")
+                continue
+            return state, warnings
+        raise UserError(f"{self.path} has no readable checkpoint"
+                        + (f" ({'; '.join(warnings)})" if warnings else "; train it first"))
+
+    # --- snapshots ---------------------------------------------------------------------------
+    def save_probe(self, arrays: dict[str, np.ndarray]) -> None:
+        atomic_write(self.path / "snapshots" / "probe.npz", lambda f: np.savez(f, **arrays))
+
+    def save_snapshot(self, step: int, arrays: dict[str, np.ndarray]) -> None:
+        atomic_write(self.path / "snapshots" / f"step_{step:07d}.npz", lambda f: np.savez(f, **arrays))
+
+    def snapshot_steps(self) -> list[int]:
+        return sorted(int(p.stem[5:]) for p in (self.path / "snapshots").glob("step_*.npz"))
+
+    def load_snapshot(self, step: int) -> dict[str, np.ndarray]:
+        with np.load(self.path / "snapshots" / f"step_{step:07d}.npz", allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+
+    def load_probe(self) -> dict[str, np.ndarray]:
+        with np.load(self.path / "snapshots" / "probe.npz", allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+
+    def drop_snapshots_after(self, step: int) -> None:
+        for s in self.snapshot_steps():
+            if s > step:
+                (self.path / "snapshots" / f"step_{s:07d}.npz").unlink(missing_ok=True)
+
+    # --- evaluations -------------------------------------------------------------------------
+    def append_evaluation(self, result: dict) -> None:
+        with open(self.path / "evaluations.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(result) + "\n")
+
+    def read_evaluations(self) -> list[dict]:
+        p = self.path / "evaluations.jsonl"
+        if not p.is_file():
+            return []
+        return [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]

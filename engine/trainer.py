@@ -1,0 +1,284 @@
+"""The DEML joint loop: each step samples a meta-batch of tasks and a batch of external images,
+passes all of them through G once, and takes one Adam step on L_meta + lambda * L_disc over G,
+D and M. lambda = 0 is the vanilla meta-learner with everything else identical.
+
+Randomness per step comes from numpy generators seeded by (seed, step), so a run resumed from a
+checkpoint draws exactly the batches the uninterrupted run would have drawn.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engine.config import TrainConfig
+from engine.data.episodes import EpisodeSampler
+from engine.data.imageset import ImageSet, Preprocess
+from engine.data.sources import load_imageset
+from engine.data.splits import Splits, make_splits
+from engine.errors import UserError
+from engine.evaluate import episode_accuracies, mean_ci95
+from engine.model import DEMLModel, resolve_device
+from engine.runs import RunDir
+
+SPLIT_CODES = {"meta-train": 0, "meta-test": 1, "external": 2}
+
+
+def load_data(cfg: TrainConfig) -> tuple[TrainConfig, Splits]:
+    """Read the dataset and external set, split them, and pin the resolved image size and
+    channels into the config (so evaluation prepares other data the same way)."""
+    data = load_imageset(cfg.dataset, cfg.preprocess())
+    cfg = cfg.with_overrides(image_size=data.image_size, channels=data.channels)
+    if cfg.external in ("auto", "none"):
+        external: ImageSet | str | None = "auto" if cfg.external == "auto" else None
+    else:
+        if cfg.external == cfg.dataset:
+            raise UserError("--external names the same data as --dataset: its classes would overlap the "
+                            "meta-learning classes; use --external auto for a class-disjoint part of it")
+        external = load_imageset(cfg.external, Preprocess(data.image_size, data.channels, cfg.polarity))
+    splits = make_splits(data, cfg.split_config(), external)
+    if cfg.lam > 0 and splits.external is None:
+        raise UserError("--lam > 0 needs an external set for the discriminator: use --external auto or a SPEC, "
+                        "or --lam 0 for the vanilla meta-learner")
+    return cfg, splits
+
+
+@dataclass
+class Control:
+    """Pause/stop requests from another thread (the app), read by the loop between steps."""
+
+    paused: bool = False
+    stop: bool = False
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, splits: Splits | None = None):
+        if splits is None:
+            cfg, splits = load_data(cfg)
+        self.cfg, self.splits = cfg, splits
+        self.device = resolve_device(cfg.device)
+        self.warnings: list[str] = []
+        self.train_sampler = EpisodeSampler(splits.train, cfg.ways, cfg.shots, cfg.queries)
+        self.val_sampler = self._val_sampler(splits)
+        self.warnings += self.train_sampler.warnings() + self.val_sampler.warnings()
+        ext = splits.external
+        self.ext_images = (torch.from_numpy(ext.images).permute(0, 3, 1, 2).contiguous()
+                           if ext is not None else None)  # uint8 (E, C, H, W)
+        self.ext_labels = torch.from_numpy(ext.labels) if ext is not None else None
+        torch.manual_seed(cfg.seed)
+        self.model = DEMLModel(cfg, splits.train.channels, ext.num_classes if ext is not None else 0).to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        # validation episodes depend on split_seed only, so a DEML run and its lambda=0 twin share them
+        self.val_index = self.val_sampler.fixed(cfg.val_episodes, cfg.split_seed)
+        self.probe = self._probe()
+        self.step = 0
+        self.seconds = 0.0  # training wall time, summed over resumes
+        self.last_val: dict | None = None
+
+    def _val_sampler(self, splits: Splits) -> EpisodeSampler:
+        try:
+            return EpisodeSampler(splits.val, self.cfg.ways, self.cfg.shots, self.cfg.queries)
+        except UserError as e:
+            raise UserError(f"meta-validation split: {e}; give it more classes with --val-split "
+                            "or lower --ways") from None
+
+    # --- one optimisation step ---------------------------------------------------------------
+    def lr_at(self, step: int) -> float:
+        if self.cfg.lr_schedule == "constant":
+            return self.cfg.lr
+        progress = step / max(1, self.cfg.steps)
+        return self.cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+    def train_step(self) -> dict:
+        cfg, t0 = self.cfg, time.perf_counter()
+        rng = np.random.default_rng([cfg.seed, self.step])
+        ep = self.train_sampler.sample(cfg.meta_batch, rng)
+        t, nk, nq = ep.tasks, ep.support.shape[1], ep.query.shape[1]
+        parts = [ep.support.flatten(0, 1), ep.query.flatten(0, 1)]  # (T*N*K, C, H, W), (T*N*Q, C, H, W)
+        use_disc = cfg.lam > 0
+        if use_disc:
+            n_ext = len(self.ext_images)
+            pick = torch.from_numpy(rng.choice(n_ext, cfg.ext_batch, replace=cfg.ext_batch > n_ext))
+            parts.append(self.ext_images[pick].float().div_(255.0))  # (B, C, H, W)
+            ext_labels = self.ext_labels[pick].to(self.device)
+        x = torch.cat(parts).to(self.device, non_blocking=True)
+        support_labels, query_labels = ep.support_labels.to(self.device), ep.query_labels.to(self.device)
+
+        self.model.train()
+        z = self.model.generator(x)  # (T*N*K + T*N*Q [+ B], D): one generator pass for everything
+        zs = z[: t * nk].view(t, nk, -1)  # (T, N*K, D)
+        zq = z[t * nk: t * (nk + nq)].view(t, nq, -1)  # (T, N*Q, D)
+        result = self.model.learner.meta_loss(zs, support_labels, zq, query_labels, cfg.ways)
+        loss = result.loss
+        record = {"kind": "train", "step": self.step + 1, "meta_loss": float(result.query_loss),
+                  "meta_acc": float(result.accuracy), "disc_loss": None, "disc_acc": None}
+        if use_disc:
+            disc_logits = self.model.discriminator(z[t * (nk + nq):])  # (B, external classes)
+            disc_loss = F.cross_entropy(disc_logits, ext_labels)
+            loss = loss + cfg.lam * disc_loss
+            record["disc_loss"] = float(disc_loss.detach())
+            record["disc_acc"] = float((disc_logits.argmax(-1) == ext_labels).float().mean())
+        lr = self.lr_at(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.step += 1
+        dt = time.perf_counter() - t0
+        self.seconds += dt
+        record.update(lr=lr, step_seconds=dt, images_per_s=len(x) / dt, seconds=self.seconds)
+        return record
+
+    # --- validation and snapshots -------------------------------------------------------------
+    def validate(self) -> dict:
+        acc = episode_accuracies(self.model, self.val_sampler, self.val_index, self.device)
+        mean, ci = mean_ci95(acc)
+        self.last_val = {"kind": "val", "step": self.step, "val_acc": mean, "val_ci95": ci,
+                         "episodes": len(acc), "seconds": self.seconds}
+        return self.last_val
+
+    def _probe(self) -> dict[str, np.ndarray]:
+        """A fixed set of images whose concepts every snapshot records (for the live map)."""
+        rng = np.random.default_rng([self.cfg.split_seed, 0x9B0BE])
+        parts = [("meta-train", self.splits.train), ("meta-test", self.splits.test)]
+        if self.splits.external is not None:
+            parts.append(("external", self.splits.external))
+        images, split, label, names, index = [], [], [], [], []
+        for split_name, data in parts:
+            per_class = data.class_indices()
+            classes = [c for c in range(data.num_classes) if len(per_class[c])]
+            chosen = np.sort(rng.choice(classes, min(self.cfg.probe_classes, len(classes)), replace=False))
+            for c in chosen:
+                idx = np.sort(rng.choice(per_class[c], min(self.cfg.probe_per_class, len(per_class[c])), replace=False))
+                images.append(data.images[idx])
+                split += [SPLIT_CODES[split_name]] * len(idx)
+                label += [int(c)] * len(idx)
+                names += [data.class_names[c]] * len(idx)
+                index += idx.tolist()
+        return {
+            "images": np.concatenate(images),  # uint8 (P, H, W, C)
+            "split": np.asarray(split, dtype=np.int8),  # (P,) 0 meta-train, 1 meta-test, 2 external
+            "label": np.asarray(label, dtype=np.int64),  # (P,) class id within its split
+            "class_name": np.asarray(names, dtype=str),  # (P,)
+            "image_index": np.asarray(index, dtype=np.int64),  # (P,) index within its split's ImageSet
+        }
+
+    def snapshot(self) -> dict[str, np.ndarray]:
+        """Concepts of the probe images and the discriminator's view of them, now."""
+        self.model.eval()
+        x = torch.from_numpy(self.probe["images"]).permute(0, 3, 1, 2).float().div(255).to(self.device)
+        z = self.model.concepts(x)  # (P, D)
+        out = {"step": np.int64(self.step), "concepts": z.cpu().numpy().astype(np.float32)}
+        if self.model.discriminator is not None:
+            with torch.no_grad():
+                probs = torch.softmax(self.model.discriminator(z), -1)  # (P, external classes)
+            conf, pred = probs.max(-1)
+            out.update(disc_pred=pred.cpu().numpy(), disc_conf=conf.cpu().numpy(),
+                       disc_trained=np.bool_(self.cfg.lam > 0))
+            for k, v in self.model.discriminator.state_dict().items():  # for exact regions on a PCA map
+                out[f"disc.{k}"] = v.cpu().numpy()
+        self.model.train()
+        return out
+
+    def snapshot_due(self) -> bool:
+        s, every = self.step, self.cfg.snapshot_every
+        early = s < every and s & (s - 1) == 0  # 0, 1, 2, 4, 8...: the first seconds move the most
+        return early or s % every == 0 or s == self.cfg.steps
+
+    # --- checkpoints --------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {"step": self.step, "seconds": self.seconds, "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "config": self.cfg.to_dict(),
+                "external_classes": self.model.external_classes, "last_val": self.last_val}
+
+    def load_state(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.seconds, self.last_val = state["step"], state["seconds"], state.get("last_val")
+
+    # --- the loop ----------------------------------------------------------------------------
+    def run(self, run: RunDir | None = None, control: Control | None = None,
+            on_event: Callable[[str, dict], None] | None = None) -> dict:
+        """Train until cfg.steps (or a stop request), writing metrics, snapshots and checkpoints
+        to `run` and handing every record to `on_event(kind, record)`."""
+        control = control or Control()
+        emit = on_event or (lambda kind, rec: None)
+        pending: list[dict] = []
+        last_flush = time.monotonic()
+
+        def record(rec: dict):
+            nonlocal last_flush
+            pending.append(rec)
+            emit(rec["kind"], rec)
+            if run is not None and time.monotonic() - last_flush > 1.0:
+                run.append_metrics(pending)
+                pending.clear()
+                last_flush = time.monotonic()
+
+        def checkpoint():
+            if run is not None:
+                run.append_metrics(pending)
+                pending.clear()
+                run.save_checkpoint(self.state(), self.step)
+            emit("checkpoint", {"step": self.step})
+
+        def snapshot():
+            snap = self.snapshot()
+            if run is not None:
+                run.save_snapshot(self.step, snap)
+            emit("snapshot", snap)
+
+        for w in self.warnings:
+            emit("warning", {"message": w})
+        if run is not None and not (run.path / "snapshots" / "probe.npz").exists():
+            run.save_probe(self.probe)
+        if self.step == 0:
+            snapshot()
+        while self.step < self.cfg.steps and not control.stop:
+            if control.paused:
+                time.sleep(0.05)
+                continue
+            record(self.train_step())
+            if self.step % self.cfg.val_every == 0 or self.step == self.cfg.steps:
+                record(self.validate())
+            if self.snapshot_due():
+                snapshot()
+            if self.step % self.cfg.checkpoint_every == 0 or self.step == self.cfg.steps:
+                checkpoint()
+        if self.last_val is None or self.last_val["step"] != self.step:
+            record(self.validate())
+        checkpoint()  # also on stop, so a stopped run can be resumed where it was left
+        return self.summary(run)
+
+    def summary(self, run: RunDir | None = None) -> dict:
+        return {"run_dir": str(run.path) if run else None, "steps": self.step, "seconds": round(self.seconds, 3),
+                "val_accuracy": self.last_val["val_acc"] if self.last_val else None,
+                "val_ci95": self.last_val["val_ci95"] if self.last_val else None,
+                "learner": self.cfg.learner, "lam": self.cfg.lam, "device": str(self.device)}
+
+
+def start_run(cfg: TrainConfig, out: str) -> tuple[Trainer, RunDir]:
+    """A new trainer and its run directory (config.json and splits.json written)."""
+    trainer = Trainer(cfg)
+    run = RunDir.create(out, trainer.cfg.to_dict())
+    run.write_json("splits.json", trainer.splits.report)
+    return trainer, run
+
+
+def resume_run(path: str) -> tuple[Trainer, RunDir]:
+    """The trainer of an existing run at its last good checkpoint; later records are dropped."""
+    run = RunDir.open(path)
+    cfg = TrainConfig.from_dict(run.config())
+    state, warnings = run.load_checkpoint()
+    trainer = Trainer(cfg)
+    trainer.load_state(state)
+    trainer.warnings += warnings
+    run.truncate_metrics(trainer.step)
+    run.drop_snapshots_after(trainer.step)
+    return trainer, run
