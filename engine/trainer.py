@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.config import TrainConfig
-from engine.data.episodes import EpisodeSampler
+from engine.data.episodes import EpisodeSampler, channels_first
 from engine.data.imageset import ImageSet, Preprocess
 from engine.data.sources import load_imageset
 from engine.data.splits import Splits, make_splits
@@ -67,9 +67,8 @@ class Trainer:
         self.val_sampler = self._val_sampler(splits)
         self.warnings += self.train_sampler.warnings() + self.val_sampler.warnings()
         ext = splits.external
-        self.ext_images = (torch.from_numpy(ext.images).permute(0, 3, 1, 2).contiguous()
-                           if ext is not None else None)  # uint8 (E, C, H, W)
-        self.ext_labels = torch.from_numpy(ext.labels) if ext is not None else None
+        self.ext_images = channels_first(ext.images) if ext is not None else None  # uint8 (E, C, H, W)
+        self.ext_labels = torch.tensor(ext.labels) if ext is not None else None
         torch.manual_seed(cfg.seed)
         self.model = DEMLModel(cfg, splits.train.channels, ext.num_classes if ext is not None else 0).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -172,7 +171,7 @@ class Trainer:
     def snapshot(self) -> dict[str, np.ndarray]:
         """Concepts of the probe images and the discriminator's view of them, now."""
         self.model.eval()
-        x = torch.from_numpy(self.probe["images"]).permute(0, 3, 1, 2).float().div(255).to(self.device)
+        x = channels_first(self.probe["images"]).float().div_(255).to(self.device)
         z = self.model.concepts(x)  # (P, D)
         out = {"step": np.int64(self.step), "concepts": z.cpu().numpy().astype(np.float32)}
         if self.model.discriminator is not None:

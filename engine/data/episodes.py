@@ -58,7 +58,7 @@ class EpisodeSampler:
                 f"{skipped}, but a {ways}-way task needs {ways}; lower --ways, --shots or --queries, or add classes"
             )
         self._per_class = per_class
-        self.images = torch.from_numpy(data.images).permute(0, 3, 1, 2).contiguous()  # uint8 (M, C, H, W)
+        self.images = channels_first(data.images)  # uint8 (M, C, H, W)
 
     def warnings(self) -> list[str]:
         if not self.skipped:
@@ -106,6 +106,11 @@ class EpisodeSampler:
         flat = torch.from_numpy(idx.reshape(-1))
         x = self.images[flat].float().div_(255.0)  # (T*n, C, H, W)
         return x.view(*idx.shape, *x.shape[1:])
+
+
+def channels_first(images: np.ndarray) -> torch.Tensor:
+    """uint8 (M, H, W, C) numpy (possibly read-only, shared) -> uint8 (M, C, H, W) tensor of our own."""
+    return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
 
 
 def take(index: EpisodeIndex, start: int, stop: int) -> EpisodeIndex:

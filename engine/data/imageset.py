@@ -202,9 +202,15 @@ def from_arrays(
     Fast path for npz/digits/glyphs: resizes with PIL only when the size differs.
     """
     if images.dtype == bool:
-        images = images.astype(np.uint8) * 255
+        images = images.astype(np.uint8)
+        images *= 255  # in place: Omniglot's bool array is 212 MB as uint8
     elif images.dtype != np.uint8:
-        images = np.clip(images, 0, 255).astype(np.uint8)
+        lo, hi = float(images.min()), float(images.max())
+        if lo < 0 or hi > 255:
+            raise UserError(f"{source}: pixel values run from {lo:g} to {hi:g}; expected 0..255 (or 0..1 floats)")
+        if images.dtype.kind == "f" and hi <= 1.0:
+            images = images * 255.0
+        images = np.rint(images).astype(np.uint8)
     if images.ndim == 3:
         images = images[..., None]
     src_channels = images.shape[-1]
