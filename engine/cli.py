@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import signal
 import sys
 import time
@@ -23,7 +24,7 @@ TRAIN_FIELDS_HIDDEN = {"channels"}  # derived from the data; not a useful flag
 
 class Parser(argparse.ArgumentParser):
     def error(self, message):  # argparse's usage dump becomes our one-line error
-        raise UserError(f"{message} (see python -m engine {self.prog.split()[-1]} --help)")
+        raise UserError(f"{message} (see {self.prog} --help)")  # "python -m engine [command]"
 
 
 def _flag_type(annotation):
@@ -74,6 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "inner steps for gradient learners (default: the run's)")
     _add_eval_args(sub.add_parser("curve", help="adaptation curve: accuracy after 0..S inner steps, or vs shots"),
                    "largest number of inner steps on the curve (default 10)")
+    bench = sub.add_parser("bench", help="benchmarks, measured as ratios within one run")
+    bench.add_argument("name", choices=["throughput"])
+    bench.add_argument("--preset", default="demo")
+    bench.add_argument("--learner")
+    bench.add_argument("--lam", type=float)
+    bench.add_argument("--rounds", type=int, default=6)
+    bench.add_argument("--device", choices=["auto", "cpu", "cuda"])
     ins = sub.add_parser("inspect", help="summarise a dataset and the problems found in it")
     ins.add_argument("spec", metavar="SPEC")
     ins.add_argument("--image-size", type=int)
@@ -131,9 +139,15 @@ def _eval_setup(args):
     from engine.data.episodes import EpisodeSampler
     from engine.inference import load_trained, evaluation_classes
 
+    if args.episodes < 1:
+        raise UserError(f"--episodes must be at least 1 (got {args.episodes})")
+    if args.steps is not None and args.steps < 0:
+        raise UserError(f"--steps must be 0 or more (got {args.steps})")
     cfg, model, device = load_trained(args.run_dir, args.device)
     data = evaluation_classes(cfg, args.dataset, args.classes)
-    sampler = EpisodeSampler(data, args.ways or cfg.ways, args.shots or cfg.shots, args.queries or cfg.queries)
+    given = [cfg_value if flag is None else flag  # a flag of 0 is refused by the sampler, not replaced
+             for flag, cfg_value in ((args.ways, cfg.ways), (args.shots, cfg.shots), (args.queries, cfg.queries))]
+    sampler = EpisodeSampler(data, *given)
     for w in sampler.warnings():
         print(f"warning: {w}", file=sys.stderr)
     return cfg, model, device, sampler, data
@@ -161,7 +175,8 @@ def cmd_curve(args) -> dict:
     from engine.runs import RunDir
 
     cfg, model, device, sampler, data = _eval_setup(args)
-    result = adaptation_curve(model, sampler, args.episodes, args.seed, device, args.steps or 10, _progress("curve"))
+    result = adaptation_curve(model, sampler, args.episodes, args.seed, device, 10 if args.steps is None else args.steps,
+                              _progress("curve"))
     result.update(dataset=data.source, classes=args.classes, kind="curve")
     RunDir(args.run_dir).append_evaluation(result)
     return result
@@ -189,7 +204,27 @@ def cmd_inspect(args) -> dict:
     return summary
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "curve": cmd_curve, "inspect": cmd_inspect}
+def cmd_bench(args) -> dict:
+    from engine.bench import BENCHMARKS
+    from engine.config import preset
+
+    cfg = preset(args.preset).with_overrides(learner=args.learner, lam=args.lam, device=args.device)
+    return BENCHMARKS[args.name](cfg, rounds=args.rounds)
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "curve": cmd_curve, "inspect": cmd_inspect,
+            "bench": cmd_bench}
+
+
+def _strict_json(value):
+    """NaN and infinities (e.g. the CI of a single episode) become null: they are not JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict_json(v) for v in value]
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -202,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # disk full, unwritable folder...: still one clear line, no traceback
         print(f"error: {e.strerror or e}{f' ({e.filename})' if e.filename else ''}", file=sys.stderr)
         return 2
-    print(json.dumps(result))
+    print(json.dumps(_strict_json(result), allow_nan=False))
     return 0
 
 

@@ -114,3 +114,27 @@ class TrainingJob:
         except Exception as e:  # a bug or a full disk: the app must keep running and say so
             self.error, self._state = f"{type(e).__name__}: {e}", "failed"
             self.traceback = traceback.format_exc()
+
+
+class JobRegistry:
+    """Process-wide jobs by run directory: a browser refresh or another page finds its job again."""
+
+    def __init__(self):
+        self._jobs: dict[str, TrainingJob] = {}
+        self._lock = threading.Lock()
+
+    def start(self, job: TrainingJob) -> TrainingJob:
+        with self._lock:
+            current = self._jobs.get(job.run_dir)
+            if current is not None and not current.done:
+                raise UserError(f"a job is already running in {job.run_dir}")
+            self._jobs[job.run_dir] = job
+        return job.start()
+
+    def get(self, run_dir: str | None) -> TrainingJob | None:
+        with self._lock:
+            return self._jobs.get(run_dir) if run_dir else None
+
+    def active(self) -> list[TrainingJob]:
+        with self._lock:
+            return [j for j in self._jobs.values() if not j.done]

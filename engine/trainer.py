@@ -93,30 +93,36 @@ class Trainer:
         progress = step / max(1, self.cfg.steps)
         return self.cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
-    def train_step(self) -> dict:
-        cfg, t0 = self.cfg, time.perf_counter()
-        rng = np.random.default_rng([cfg.seed, self.step])
+    def sample_batch(self, step: int) -> dict:
+        """Step `step`'s images and labels: a meta-batch of tasks, then (lambda > 0) external images."""
+        cfg = self.cfg
+        rng = np.random.default_rng([cfg.seed, step])
         ep = self.train_sampler.sample(cfg.meta_batch, rng)
-        t, nk, nq = ep.tasks, ep.support.shape[1], ep.query.shape[1]
         parts = [ep.support.flatten(0, 1), ep.query.flatten(0, 1)]  # (T*N*K, C, H, W), (T*N*Q, C, H, W)
-        use_disc = cfg.lam > 0
-        if use_disc:
+        batch = {"tasks": ep.tasks, "nk": ep.support.shape[1], "nq": ep.query.shape[1],
+                 "support_labels": ep.support_labels.to(self.device), "query_labels": ep.query_labels.to(self.device)}
+        if cfg.lam > 0:
             n_ext = len(self.ext_images)
             pick = torch.from_numpy(rng.choice(n_ext, cfg.ext_batch, replace=cfg.ext_batch > n_ext))
             parts.append(self.ext_images[pick].float().div_(255.0))  # (B, C, H, W)
-            ext_labels = self.ext_labels[pick].to(self.device)
-        x = torch.cat(parts).to(self.device, non_blocking=True)
-        support_labels, query_labels = ep.support_labels.to(self.device), ep.query_labels.to(self.device)
+            batch["ext_labels"] = self.ext_labels[pick].to(self.device)
+        batch["x"] = torch.cat(parts).to(self.device, non_blocking=True)
+        return batch
 
+    def train_step(self) -> dict:
+        cfg, t0 = self.cfg, time.perf_counter()
+        b = self.sample_batch(self.step)
+        x, t, nk, nq = b["x"], b["tasks"], b["nk"], b["nq"]
         self.model.train()
         z = self.model.generator(x)  # (T*N*K + T*N*Q [+ B], D): one generator pass for everything
         zs = z[: t * nk].view(t, nk, -1)  # (T, N*K, D)
         zq = z[t * nk: t * (nk + nq)].view(t, nq, -1)  # (T, N*Q, D)
-        result = self.model.learner.meta_loss(zs, support_labels, zq, query_labels, cfg.ways)
+        result = self.model.learner.meta_loss(zs, b["support_labels"], zq, b["query_labels"], cfg.ways)
         loss = result.loss
         record = {"kind": "train", "step": self.step + 1, "meta_loss": float(result.query_loss),
                   "meta_acc": float(result.accuracy), "disc_loss": None, "disc_acc": None}
-        if use_disc:
+        if "ext_labels" in b:
+            ext_labels = b["ext_labels"]
             disc_logits = self.model.discriminator(z[t * (nk + nq):])  # (B, external classes)
             disc_loss = F.cross_entropy(disc_logits, ext_labels)
             loss = loss + cfg.lam * disc_loss

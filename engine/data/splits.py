@@ -125,7 +125,10 @@ def make_splits(data: ImageSet, cfg: SplitConfig, external: ImageSet | str | Non
 
 def _check_and_report(data, splits: Splits, kind, picked, unit_names, cfg, external) -> dict:
     meta = {"meta-train": splits.train, "meta-val": splits.val, "meta-test": splits.test}
-    base = {k: {n.split("@")[0] for n in s.class_names} for k, s in meta.items()}  # rotations share a base
+    # rotated copies (name@90...) follow the originals, so compare originals only; splitting names
+    # at "@" would also cut class names that contain one and report a false overlap
+    base = {k: set(s.class_names[: s.num_classes // 4] if k == "meta-train" and cfg.rotations else s.class_names)
+            for k, s in meta.items()}
     pairs = [("meta-train", "meta-val"), ("meta-train", "meta-test"), ("meta-val", "meta-test")]
     for a, b in pairs:
         shared = base[a] & base[b]

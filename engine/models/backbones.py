@@ -1,6 +1,8 @@
 """Concept generators G: image (B, C, H, W) -> concept vector (B, concept_dim)."""
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -11,7 +13,7 @@ def _norm(kind: str, channels: int) -> nn.Module:
     if kind == "batch":
         return nn.BatchNorm2d(channels)
     if kind == "group":  # batch-independent: same concepts for an image whatever else is in the batch
-        return nn.GroupNorm(min(8, channels), channels)
+        return nn.GroupNorm(math.gcd(8, channels), channels)  # up to 8 groups that divide the channels
     if kind == "none":
         return nn.Identity()
     raise UserError(f"unknown norm {kind!r}: use batch, group or none")
