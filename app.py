@@ -9,16 +9,10 @@ import streamlit as st
 from engine.charts import concept_map_pca, training_curves
 from engine.config import preset
 from engine.errors import UserError
-from engine.job import JobRegistry, TrainingJob
+from engine.job import REGISTRY, TrainingJob
 from engine.runs import RunDir
 
 st.set_page_config(page_title="Conceptscape", layout="wide")
-
-
-@st.cache_resource
-def registry() -> JobRegistry:
-    """One registry per server process, shared by every browser session (it is thread-safe)."""
-    return JobRegistry()
 
 
 DIAGRAM = """digraph {
@@ -46,18 +40,19 @@ st.graphviz_chart(DIAGRAM)
 if st.button("Start demo", type="primary", help="trains the demo preset on built-in glyphs (a few minutes on CPU)"):
     out = f"runs/{datetime.now():%Y%m%d-%H%M%S}-demo"
     try:
-        registry().start(TrainingJob(preset("demo"), out=out))
+        REGISTRY.start(TrainingJob(preset("demo"), out=out))
         st.query_params["run"] = out
     except UserError as e:
         st.error(str(e))
 
 run_dir = st.query_params.get("run")
-job = registry().get(run_dir)
+job = REGISTRY.get(run_dir)
+polling = job is not None and not job.done
 
 
-@st.fragment(run_every=1.0 if job is not None and not job.done else None)
+@st.fragment(run_every=1.0 if polling else None)
 def live_view() -> None:
-    job = registry().get(run_dir)
+    job = REGISTRY.get(run_dir)
     if job is not None:
         p = job.progress()
         eta = f", about {p['eta_seconds']:.0f} s left" if p["eta_seconds"] is not None else ""
@@ -71,7 +66,7 @@ def live_view() -> None:
         cols[1].button("Resume", on_click=job.resume, disabled=job.state != "paused")
         cols[2].button("Stop", on_click=job.stop, disabled=job.done)
         metrics, snapshots = job.metrics(), job.snapshots()
-        if job.done:  # one last full rerun stops the polling
+        if polling and job.done:  # one full rerun of the page turns the polling off
             st.rerun(scope="app")
     elif run_dir and (Path(run_dir) / "config.json").is_file():
         run = RunDir(run_dir)
@@ -93,7 +88,7 @@ def live_view() -> None:
 
 live_view()
 
-active = [j for j in registry().active() if j.run_dir != run_dir]
+active = [j for j in REGISTRY.active() if j.run_dir != run_dir]
 if active:
     st.subheader("Other runs in progress")
     for other in active:

@@ -21,6 +21,8 @@ class TrainingJob:
     def __init__(self, cfg: TrainConfig | None = None, out: str | None = None, resume_from: str | None = None):
         if (cfg is None) == (resume_from is None):
             raise ValueError("give either cfg (with out) for a new run, or resume_from")
+        if cfg is not None and not out:
+            raise ValueError("a new run needs out, the run directory to write")
         self._cfg, self._out, self._resume_from = cfg, out, resume_from
         self._control = Control()
         self._lock = threading.Lock()
@@ -138,3 +140,6 @@ class JobRegistry:
     def active(self) -> list[TrainingJob]:
         with self._lock:
             return [j for j in self._jobs.values() if not j.done]
+
+
+REGISTRY = JobRegistry()  # the process's jobs: shared by every browser session and page

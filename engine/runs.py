@@ -134,8 +134,9 @@ class RunDir:
             except Exception as e:  # truncated, corrupted or carrying code: never trusted
                 warnings.append(f"{path.name} is unreadable ({type(e).__name__}); falling back to an older one")
                 continue
-            if state.get("format_version") != FORMAT_VERSION:
-                warnings.append(f"{path.name} has format {state.get('format_version')}, expected {FORMAT_VERSION}")
+            version = state.get("format_version") if isinstance(state, dict) else None
+            if version != FORMAT_VERSION:
+                warnings.append(f"{path.name} has format {version}, expected {FORMAT_VERSION}")
                 continue
             return state, warnings
         raise UserError(f"{self.path} has no readable checkpoint"
@@ -166,11 +167,23 @@ class RunDir:
 
     # --- evaluations -------------------------------------------------------------------------
     def append_evaluation(self, result: dict) -> None:
-        with open(self.path / "evaluations.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(result) + "\n")
+        p = self.path / "evaluations.jsonl"
+        cut = False
+        if p.is_file() and p.stat().st_size > 0:
+            with open(p, "rb") as f:
+                f.seek(-1, os.SEEK_END)
+                cut = f.read(1) != b"\n"
+        with open(p, "a", encoding="utf-8") as f:
+            f.write(("\n" if cut else "") + json.dumps(result) + "\n")  # never glued to a cut-off line
 
     def read_evaluations(self) -> list[dict]:
         p = self.path / "evaluations.jsonl"
         if not p.is_file():
             return []
-        return [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+        out = []
+        for line in p.read_text(encoding="utf-8").splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line cut short by a crash (later appends start on their own lines)
+        return out
