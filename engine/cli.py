@@ -15,7 +15,6 @@ import types
 import typing
 from dataclasses import fields
 from datetime import datetime
-from pathlib import Path
 
 from engine.errors import UserError
 
@@ -118,8 +117,13 @@ def cmd_train(args) -> dict:
     from engine.trainer import Control, resume_run, start_run
 
     if args.resume:
-        trainer, run = resume_run(args.resume)
-        print(f"resuming {run.path} at step {trainer.step}", file=sys.stderr)
+        changed = [f"--{f.name.replace('_', '-')}" for f in fields(TrainConfig)
+                   if f.name not in TRAIN_FIELDS_HIDDEN | {"steps"} and getattr(args, f.name) is not None]
+        if changed or args.preset or args.out:
+            raise UserError(f"--resume continues a run with its own settings; only --steps may change "
+                            f"(to train longer), not {', '.join(changed + ['--preset'] * bool(args.preset) + ['--out'] * bool(args.out))}")
+        trainer, run = resume_run(args.resume, steps=args.steps)
+        print(f"resuming {run.path} at step {trainer.step} of {trainer.cfg.steps}", file=sys.stderr)
     else:
         overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if f.name not in TRAIN_FIELDS_HIDDEN}
         cfg = preset(args.preset).with_overrides(**overrides)
@@ -143,6 +147,8 @@ def _eval_setup(args):
         raise UserError(f"--episodes must be at least 1 (got {args.episodes})")
     if args.steps is not None and args.steps < 0:
         raise UserError(f"--steps must be 0 or more (got {args.steps})")
+    if args.seed < 0:
+        raise UserError(f"--seed must be 0 or more (got {args.seed})")
     cfg, model, device = load_trained(args.run_dir, args.device)
     data = evaluation_classes(cfg, args.dataset, args.classes)
     given = [cfg_value if flag is None else flag  # a flag of 0 is refused by the sampler, not replaced

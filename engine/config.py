@@ -2,6 +2,7 @@
 named presets. config.json in a run directory is `asdict(TrainConfig)`: enough to rebuild it."""
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -12,6 +13,7 @@ from engine.errors import UserError
 from engine.learners import LearnerConfig
 
 REPO = Path(__file__).resolve().parents[1]
+MIN_IMAGE_SIZE = 16  # four 2x2 poolings need at least 16 px
 
 
 def shared_dir() -> Path:
@@ -70,19 +72,29 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
 
     def __post_init__(self):
-        positive = ["ways", "shots", "queries", "meta_batch", "steps", "val_every", "val_episodes",
-                    "snapshot_every", "checkpoint_every", "concept_dim", "width"]
-        bad = [f"--{n.replace('_', '-')} {getattr(self, n)}" for n in positive if getattr(self, n) < 1]
-        if bad:
-            raise UserError(f"these settings must be at least 1: {', '.join(bad)}")
+        def flags(names):
+            return ", ".join(f"--{n.replace('_', '-')} {getattr(self, n)}" for n in names)
+
+        positive = ["ways", "shots", "queries", "meta_batch", "steps", "val_every", "val_episodes", "snapshot_every",
+                    "checkpoint_every", "concept_dim", "width", "probe_per_class", "probe_classes"]
+        non_negative = ["ext_batch", "train_limit", "seed", "split_seed", "val_split", "test_split",
+                        "external_split", "head_hidden", "disc_hidden", "inner_steps", "weight_decay", "lam"]
+        finite = ["lr", "inner_lr", "lam", "weight_decay", "val_split", "test_split", "external_split"]
+        if bad := [n for n in finite if not math.isfinite(getattr(self, n))]:
+            raise UserError(f"these settings must be finite numbers: {flags(bad)}")
+        if bad := [n for n in positive if getattr(self, n) < 1]:
+            raise UserError(f"these settings must be at least 1: {flags(bad)}")
+        if bad := [n for n in non_negative if getattr(self, n) < 0]:
+            raise UserError(f"these settings must be 0 or more: {flags(bad)}")
         if self.ways < 2:
             raise UserError(f"--ways must be at least 2 (got {self.ways})")
-        if self.lam < 0:
-            raise UserError(f"--lam must be 0 or more (got {self.lam})")
         if self.lam > 0 and self.ext_batch < 1:
             raise UserError("--ext-batch must be at least 1 when --lam > 0")
         if self.lr <= 0 or self.inner_lr <= 0:
             raise UserError(f"learning rates must be positive (got --lr {self.lr}, --inner-lr {self.inner_lr})")
+        if self.image_size is not None and self.image_size < MIN_IMAGE_SIZE:
+            raise UserError(f"--image-size {self.image_size} is too small: the generators pool four times by 2, "
+                            f"so use at least {MIN_IMAGE_SIZE} px")
         if self.lr_schedule not in ("cosine", "constant"):
             raise UserError(f"--lr-schedule must be cosine or constant, not {self.lr_schedule!r}")
         if self.device not in ("auto", "cpu", "cuda"):

@@ -6,6 +6,7 @@ blocks training and training never waits for a consumer. The job itself never to
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 import traceback
@@ -125,17 +126,23 @@ class JobRegistry:
         self._jobs: dict[str, TrainingJob] = {}
         self._lock = threading.Lock()
 
+    @staticmethod
+    def _key(run_dir) -> str:
+        """One key per folder however it is spelled: runs/a, runs/a/, ./runs/a, a Path, absolute."""
+        return os.path.realpath(os.fspath(run_dir))
+
     def start(self, job: TrainingJob) -> TrainingJob:
+        key = self._key(job.run_dir)
         with self._lock:
-            current = self._jobs.get(job.run_dir)
+            current = self._jobs.get(key)
             if current is not None and not current.done:
                 raise UserError(f"a job is already running in {job.run_dir}")
-            self._jobs[job.run_dir] = job
+            self._jobs[key] = job
         return job.start()
 
     def get(self, run_dir: str | None) -> TrainingJob | None:
         with self._lock:
-            return self._jobs.get(run_dir) if run_dir else None
+            return self._jobs.get(self._key(run_dir)) if run_dir else None
 
     def active(self) -> list[TrainingJob]:
         with self._lock:

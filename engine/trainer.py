@@ -276,10 +276,14 @@ def start_run(cfg: TrainConfig, out: str) -> tuple[Trainer, RunDir]:
     return trainer, run
 
 
-def resume_run(path: str) -> tuple[Trainer, RunDir]:
-    """The trainer of an existing run at its last good checkpoint; later records are dropped."""
+def resume_run(path: str, steps: int | None = None) -> tuple[Trainer, RunDir]:
+    """The trainer of an existing run at its last good checkpoint; later records are dropped.
+    `steps` trains the run longer than it was set up for (config.json is updated)."""
     run = RunDir.open(path)
     cfg = TrainConfig.from_dict(run.config())
+    if steps is not None and steps != cfg.steps:
+        cfg = cfg.with_overrides(steps=steps)
+        run.update_config(cfg.to_dict())
     state, warnings = run.load_checkpoint()
     trainer = Trainer(cfg)
     trainer.load_state(state)

@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from engine.config import shared_dir as _shared_path
 
@@ -29,3 +30,13 @@ def omniglot_dir(shared_dir: Path) -> Path:
     if not (path / "images_background.npz").is_file():
         (pytest.fail if os.environ.get("CI") == "true" else pytest.skip)(f"Omniglot data not found under {path}")
     return path
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Test models are tiny: intra-op threads gain nothing and, on a shared 2-core machine, only
+    contend (runs were up to 30x slower with 2 threads while anything else was running)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -169,6 +169,13 @@ def test_fewer_shots_keep_the_first_ones(setup, data_):
     assert torch.equal(few.classes, full.classes)
 
 
+@pytest.mark.parametrize("shots", [0, 4])
+def test_shots_outside_the_drawn_ones_are_refused(shots):
+    sampler = EpisodeSampler(imageset([6] * 4), 2, 3, 1)
+    with pytest.raises(ValueError, match="shots must be 1..3"):
+        sampler.materialize(sampler.fixed(2, 0), shots=shots)
+
+
 def test_take_slices_tasks():
     sampler = EpisodeSampler(imageset([6] * 6), 3, 1, 2)
     index = sampler.fixed(10, 3)
@@ -179,15 +186,20 @@ def test_take_slices_tasks():
     assert torch.equal(ep.support, sampler.materialize(index).support[4:7])
 
 
-def test_channels_first_copies_read_only_arrays():
-    data = imageset([2, 2], size=4, channels=3)
+@pytest.mark.parametrize("channels", [1, 3])
+def test_channels_first_copies_read_only_arrays(channels, recwarn):
+    """Regression: with one channel the transpose is contiguous already, and the tensor used to be
+    a view of the read-only source (PyTorch warned, and writing to it wrote into the source)."""
+    data = imageset([2, 2], size=4, channels=channels)
     frozen = data.images.copy()
     frozen.setflags(write=False)
     x = channels_first(frozen)
-    assert x.shape == (4, 3, 4, 4) and x.dtype == torch.uint8
+    assert x.shape == (4, channels, 4, 4) and x.dtype == torch.uint8 and x.is_contiguous()
     assert np.array_equal(x.numpy(), frozen.transpose(0, 3, 1, 2))
+    assert not np.shares_memory(x.numpy(), frozen)
     x[0] = 0  # ours to change
     assert np.array_equal(frozen, data.images)
+    assert not [w for w in recwarn if "not writable" in str(w.message)]
 
 
 def test_episode_to_device_keeps_values():

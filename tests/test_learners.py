@@ -18,7 +18,6 @@ from engine.data.splits import SplitConfig, make_splits
 from engine.errors import UserError
 from engine.learners import LEARNERS, LearnerConfig, build_learner
 from engine.learners.base import cross_entropy
-from engine.learners.head import head_logits
 from engine.learners.maml import support_loss
 from engine.learners.protonet import prototypes
 from engine.model import DEMLModel
@@ -228,7 +227,7 @@ def test_unknown_learner_names_the_choices():
 
 @pytest.mark.parametrize("name", STEP_LEARNERS)
 def test_gradient_learners_need_an_inner_step(name):
-    with pytest.raises(UserError, match="at least 1 inner step"):
+    with pytest.raises(UserError, match="--inner-steps of at least 1"):
         build_learner(name, 8, LearnerConfig(inner_steps=0))
     assert build_learner(name, 8, LearnerConfig(inner_steps=1)).cfg.inner_steps == 1
 
@@ -300,10 +299,13 @@ def test_lambda_zero_gives_the_discriminator_nothing(name):
     model = DEMLModel(cfg, channels=1, external_classes=4)
     meta_only = deml_backward(model, cfg, lam=0.0)
     assert all(meta_only[n] is None for n in meta_only if n.startswith("discriminator."))
+    # D's term does reach G when it is on, so equal G gradients (checked through the real training
+    # step in test_trainer_step_gradients) do show that lambda = 0 leaves D out
     with_disc = deml_backward(model, cfg, lam=1.0)
     changed = [n for n in meta_only if n.startswith("generator.")
                and not torch.allclose(meta_only[n], with_disc[n])]
-    assert changed  # so the comparison in the trainer test below can tell the two apart
+    assert changed
+    assert all(nonzero(with_disc[n]) for n in with_disc if n.startswith("discriminator."))
 
 
 def _toy_splits(classes=24, per_class=5, seed=0):
@@ -357,7 +359,7 @@ def test_trainer_step_gradients(name, lam, toy_splits, monkeypatch):
 
 
 @given(seed=st.integers(0, 2**31 - 1), ways=st.integers(2, 6), shift=st.floats(-5.0, 5.0))
-@settings(max_examples=10, deadline=None)
+@settings(max_examples=20, deadline=None)
 def test_shared_class_row_cannot_change_the_outcome(seed, ways, shift):
     """Moving the shared class row (and bias) moves every class logit alike, at every inner step:
     the query loss is unchanged and its meta-gradient on the row is zero."""

@@ -8,7 +8,6 @@ import torch
 
 from engine.config import preset
 from engine.learners import LEARNERS
-from engine.runs import RunDir
 from engine.trainer import Control, Trainer, resume_run, start_run
 
 TINY_DATA = "glyphs:classes=60,drawings=8,seed=1"  # 6 meta-val classes: enough for 5-way
@@ -247,3 +246,25 @@ def test_smoke_preset_clearly_beats_chance_and_its_untrained_self():
     assert trained["val_acc"] > 0.5  # chance is 0.2 for 5-way
     margin = untrained["val_ci95"] + trained["val_ci95"]
     assert trained["val_acc"] - untrained["val_acc"] > max(0.1, margin), (untrained, trained)
+
+
+# ------------------------------------------------------------------------------ loading back
+
+
+@pytest.mark.parametrize("changes", [dict(), dict(lam=0.0, external="none")])
+def test_a_trained_run_loads_back_with_its_own_test_classes(tmp_path, changes):
+    from engine.inference import evaluation_classes, load_trained
+
+    trainer, run = start_run(tiny(steps=3, **changes), tmp_path / "run")
+    collect(trainer, run)
+    cfg, model, device = load_trained(str(run.path), "cpu")
+    assert (cfg.image_size, cfg.channels) == (28, 1)  # pinned when the data was read
+    assert not model.training
+    x = torch.from_numpy(trainer.probe["images"]).permute(0, 3, 1, 2).float() / 255
+    trainer.model.eval()
+    assert torch.allclose(model.concepts(x), trainer.model.concepts(x), atol=1e-6)
+    test = evaluation_classes(cfg, None, "test")
+    assert test.class_names == trainer.splits.test.class_names
+    assert np.array_equal(test.images, trainer.splits.test.images)
+    everything = evaluation_classes(cfg, None, "all")
+    assert everything.num_classes == 60

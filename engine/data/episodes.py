@@ -88,6 +88,8 @@ class EpisodeSampler:
         n, k = self.ways, self.shots
         support = index.support
         if shots is not None and shots != k:
+            if not 1 <= shots <= k:  # more would label shots that are not there
+                raise ValueError(f"shots must be 1..{k} for these episodes, not {shots}")
             support = support.reshape(-1, n, k)[:, :, :shots].reshape(len(support), -1)
             k = shots
         t, q = len(support), self.queries
@@ -110,7 +112,9 @@ class EpisodeSampler:
 
 def channels_first(images: np.ndarray) -> torch.Tensor:
     """uint8 (M, H, W, C) numpy (possibly read-only, shared) -> uint8 (M, C, H, W) tensor of our own."""
-    return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+    # always a copy: with one channel the transpose is already contiguous, and ascontiguousarray
+    # would hand back a view of the (read-only, shared) array
+    return torch.from_numpy(images.transpose(0, 3, 1, 2).copy(order="C"))
 
 
 def take(index: EpisodeIndex, start: int, stop: int) -> EpisodeIndex:

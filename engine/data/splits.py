@@ -93,9 +93,10 @@ def make_splits(data: ImageSet, cfg: SplitConfig, external: ImageSet | str | Non
     n_ext = _count(cfg.external, len(units)) if isinstance(external, str) else 0
     n_train = len(units) - n_val - n_test - n_ext
     if n_train < 1:
+        kinds = {"group": "groups", "class": "classes"}[kind]
         raise UserError(
-            f"{data.source}: {len(units)} {kind}s cannot be split into {n_val} validation, {n_test} test "
-            f"and {n_ext} external {kind}s with any left for meta-training; use data with more classes "
+            f"{data.source}: {len(units)} {kinds} cannot be split into {n_val} validation, {n_test} test "
+            f"and {n_ext} external {kinds} with any left for meta-training; use data with more classes "
             "or smaller split fractions"
         )
     if cfg.train_limit > 0:

@@ -13,8 +13,10 @@ LEARNERS: dict[str, type[MetaLearner]] = {cls.name: cls for cls in (ProtoNet, Ma
 def build_learner(name: str, concept_dim: int, cfg: LearnerConfig) -> MetaLearner:
     if name not in LEARNERS:
         raise UserError(f"unknown learner {name!r}: choose one of {', '.join(LEARNERS)}")
-    if cfg.inner_steps < 0 or (LEARNERS[name].adapts_by_steps and cfg.inner_steps < 1):
-        raise UserError(f"{name} needs at least 1 inner step (got {cfg.inner_steps})")
+    if cfg.inner_steps < 0:
+        raise UserError(f"--inner-steps must be 0 or more (got {cfg.inner_steps})")
+    if LEARNERS[name].adapts_by_steps and cfg.inner_steps < 1:
+        raise UserError(f"{name} adapts by gradient steps: it needs --inner-steps of at least 1")
     return LEARNERS[name](concept_dim, cfg)
 
 

@@ -7,7 +7,6 @@ the adapted (detached) head, plus the discriminator's loss under DEML.
 """
 from __future__ import annotations
 
-import torch
 from torch.func import vmap
 
 from engine.learners.base import TaskResult, accuracy, cross_entropy

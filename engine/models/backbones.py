@@ -1,8 +1,6 @@
 """Concept generators G: image (B, C, H, W) -> concept vector (B, concept_dim)."""
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
@@ -13,7 +11,8 @@ def _norm(kind: str, channels: int) -> nn.Module:
     if kind == "batch":
         return nn.BatchNorm2d(channels)
     if kind == "group":  # batch-independent: same concepts for an image whatever else is in the batch
-        return nn.GroupNorm(math.gcd(8, channels), channels)  # up to 8 groups that divide the channels
+        # min(8, C) as before wherever it divides C; otherwise the most groups (<= 8) that do
+        return nn.GroupNorm(max(g for g in range(1, 9) if channels % g == 0), channels)
     if kind == "none":
         return nn.Identity()
     raise UserError(f"unknown norm {kind!r}: use batch, group or none")
