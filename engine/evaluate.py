@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from engine.data.episodes import EpisodeIndex, EpisodeSampler, take
-from engine.learners.base import cross_entropy
+from engine.learners.base import per_task_cross_entropy
 from engine.model import DEMLModel
 
 TASK_CHUNK = 16  # tasks per forward pass: bounded memory, still batched
@@ -81,7 +81,7 @@ def adaptation_curve(model: DEMLModel, sampler: EpisodeSampler, episodes: int, s
     for k in range(1, sampler.shots + 1):
         def fn(zs, zq, ep):
             logits = model.learner.logits(zs, ep.support_labels, zq, sampler.ways, training=False)
-            loss = torch.stack([cross_entropy(l[None], y[None]) for l, y in zip(logits, ep.query_labels)])
+            loss = per_task_cross_entropy(logits, ep.query_labels)  # (T,)
             return loss.cpu(), (logits.argmax(-1) == ep.query_labels).float().mean(-1).cpu()
         parts = _per_task(model, sampler, index, device, fn, shots=k)
         rows_loss.append(torch.cat([p[0] for p in parts]).numpy())

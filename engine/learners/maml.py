@@ -15,7 +15,7 @@ from functools import partial
 import torch
 from torch.func import grad, vmap
 
-from engine.learners.base import LearnerConfig, MetaLearner, cross_entropy
+from engine.learners.base import LearnerConfig, MetaLearner, per_task_cross_entropy
 from engine.learners.head import HeadInit, Params, head_logits
 
 
@@ -37,6 +37,12 @@ class MAML(MetaLearner):
     def _second_order(self, training: bool) -> bool:
         return training and not self.cfg.first_order
 
+    def _init(self, ways: int, training: bool) -> Params:
+        init = self.head.task_params(ways)
+        if training:
+            return init
+        return {k: v.detach().requires_grad_() for k, v in init.items()}  # evaluation: no graph to the meta-parameters
+
     # --- batched: one pure function per task, vmapped over the task axis -------------------
     def _adapt_one(self, init: Params, x, y, steps: int, ways: int, second_order: bool) -> list[Params]:
         path = [init]
@@ -51,12 +57,11 @@ class MAML(MetaLearner):
               training: bool = True) -> list[Params]:
         """Head parameters after 0..steps inner steps, each with a leading task axis (T, ...)."""
         steps = self.cfg.inner_steps if steps is None else steps
-        init = self.head.task_params(ways)
         if not self.cfg.batched:
             return self.adapt_looped(support, support_labels, ways, steps, training)
         one = partial(self._adapt_one, steps=steps, ways=ways, second_order=self._second_order(training))
         with torch.enable_grad():  # evaluation runs under no_grad, but the inner loop needs gradients
-            return vmap(one, in_dims=(None, 0, 0))(init, support, support_labels)
+            return vmap(one, in_dims=(None, 0, 0))(self._init(ways, training), support, support_labels)
 
     # --- reference: the plain per-task loop with torch.autograd -----------------------------
     def adapt_looped(self, support, support_labels, ways: int, steps: int, training: bool = True) -> list[Params]:
@@ -64,7 +69,7 @@ class MAML(MetaLearner):
         per_task = []
         with torch.enable_grad():
             for x, y in zip(support, support_labels):
-                params = self.head.task_params(ways)
+                params = self._init(ways, training)
                 path = [params]
                 for _ in range(steps):
                     loss = support_loss(params, x, y)
@@ -84,6 +89,6 @@ class MAML(MetaLearner):
         losses, accs = [], []
         for params in self.adapt(support, support_labels, ways, steps, training=False):
             logits = vmap(head_logits)({k: v.detach() for k, v in params.items()}, query)  # (T, N*Q, N)
-            losses.append(torch.stack([cross_entropy(l[None], y[None]) for l, y in zip(logits, query_labels)]))
+            losses.append(per_task_cross_entropy(logits, query_labels))
             accs.append((logits.argmax(-1) == query_labels).float().mean(-1))
         return torch.stack(losses), torch.stack(accs)
