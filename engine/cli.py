@@ -26,11 +26,10 @@ class Parser(argparse.ArgumentParser):
         raise UserError(f"{message} (see {self.prog} --help)")  # "python -m engine [command]"
 
 
-def _flag_type(annotation):
-    """'int | None' -> int, 'float' -> float, ..., from a dataclass field annotation string."""
-    hint = eval(annotation, {"int": int, "float": float, "str": str, "bool": bool, "None": None})  # noqa: S307
+def _flag_type(hint):
+    """int | None -> int; other field types as they are."""
     if isinstance(hint, types.UnionType):
-        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+        return next(a for a in typing.get_args(hint) if a is not type(None))
     return hint
 
 
@@ -41,11 +40,12 @@ def _add_train(sub):
     p.add_argument("--preset", choices=sorted(PRESETS), help="start from a named preset; flags override it")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last good checkpoint")
     p.add_argument("--out", metavar="RUN_DIR", help="run directory (default: runs/<time>-<learner>)")
+    hints = typing.get_type_hints(TrainConfig)
     for f in fields(TrainConfig):
         if f.name in TRAIN_FIELDS_HIDDEN:
             continue
         flag = "--" + f.name.replace("_", "-")
-        kind = _flag_type(f.type)
+        kind = _flag_type(hints[f.name])
         if kind is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
         else:

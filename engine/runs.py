@@ -42,6 +42,19 @@ def atomic_json(path: Path, obj) -> None:
     atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2).encode()))
 
 
+def read_jsonl(path: Path) -> list[dict]:
+    """The records of a JSON-lines file; a line cut short by a crash is skipped."""
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
 class RunDir:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -97,16 +110,7 @@ class RunDir:
             f.flush()
 
     def read_metrics(self) -> list[dict]:
-        p = self.path / "metrics.jsonl"
-        if not p.is_file():
-            return []
-        out = []
-        for line in p.read_text(encoding="utf-8").splitlines():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # a line cut short by a crash: everything before it is good
-        return out
+        return read_jsonl(self.path / "metrics.jsonl")
 
     def truncate_metrics(self, last_step: int) -> None:
         """Keep only records up to `last_step` (on resume, what came after the checkpoint is redone)."""
@@ -177,13 +181,4 @@ class RunDir:
             f.write(("\n" if cut else "") + json.dumps(result) + "\n")  # never glued to a cut-off line
 
     def read_evaluations(self) -> list[dict]:
-        p = self.path / "evaluations.jsonl"
-        if not p.is_file():
-            return []
-        out = []
-        for line in p.read_text(encoding="utf-8").splitlines():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line cut short by a crash (later appends start on their own lines)
-        return out
+        return read_jsonl(self.path / "evaluations.jsonl")
