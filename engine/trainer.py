@@ -172,6 +172,8 @@ class Trainer:
             "label": np.asarray(label, dtype=np.int64),  # (P,) class id within its split
             "class_name": np.asarray(names, dtype=str),  # (P,)
             "image_index": np.asarray(index, dtype=np.int64),  # (P,) index within its split's ImageSet
+            # the discriminator's classes, indexed by a snapshot's disc_pred (empty without an external set)
+            "external_classes": np.asarray(self.splits.external.class_names if self.splits.external else [], dtype=str),
         }
 
     def snapshot(self) -> dict[str, np.ndarray]:
