@@ -45,13 +45,44 @@ def _per_task(model, sampler, index, device, fn: Callable, shots=None, progress=
     return out
 
 
+def query_predictions(model: DEMLModel, sampler: EpisodeSampler, index: EpisodeIndex, device,
+                      steps: int | None = None, progress=None) -> np.ndarray:
+    """Predicted task label of every query, (E, N*Q); the true labels are class-major 0..N-1."""
+    def fn(zs, zq, ep):
+        logits = model.learner.logits(zs, ep.support_labels, zq, sampler.ways, steps=steps, training=False)
+        return logits.argmax(-1).cpu()  # (T, N*Q)
+    return torch.cat(_per_task(model, sampler, index, device, fn, progress=progress)).numpy()
+
+
+def query_labels(sampler: EpisodeSampler) -> np.ndarray:
+    """The true task labels of one task's queries, (N*Q,)."""
+    return np.repeat(np.arange(sampler.ways), sampler.queries)
+
+
 def episode_accuracies(model: DEMLModel, sampler: EpisodeSampler, index: EpisodeIndex, device,
                        steps: int | None = None, progress=None) -> np.ndarray:
     """Query accuracy of each task in `index`, (E,)."""
-    def fn(zs, zq, ep):
-        logits = model.learner.logits(zs, ep.support_labels, zq, sampler.ways, steps=steps, training=False)
-        return (logits.argmax(-1) == ep.query_labels).float().mean(-1).cpu()  # (T,)
-    return torch.cat(_per_task(model, sampler, index, device, fn, progress=progress)).numpy()
+    preds = query_predictions(model, sampler, index, device, steps, progress)
+    return (preds == query_labels(sampler)).mean(-1)
+
+
+def confusion(model: DEMLModel, sampler: EpisodeSampler, episodes: int, seed: int, device,
+              steps: int | None = None, progress=None) -> dict:
+    """Confusions between the split's classes over an evaluation: matrix[true, predicted] counts
+    queries, and cells[(true, predicted)] lists the image indices (in the sampler's ImageSet) it holds."""
+    index = sampler.fixed(episodes, seed)
+    preds = query_predictions(model, sampler, index, device, steps, progress)  # (E, N*Q)
+    classes = index.classes  # (E, N) class ids of each task's labels
+    rows = np.take_along_axis(classes, np.broadcast_to(query_labels(sampler), preds.shape), 1)  # (E, N*Q) true ids
+    cols = np.take_along_axis(classes, preds, 1)  # (E, N*Q) predicted ids
+    c = sampler.data.num_classes
+    matrix = np.zeros((c, c), dtype=np.int64)
+    np.add.at(matrix, (rows.ravel(), cols.ravel()), 1)
+    cells: dict[tuple[int, int], list[int]] = {}
+    for r, col, img in zip(rows.ravel(), cols.ravel(), index.query.ravel()):
+        cells.setdefault((int(r), int(col)), []).append(int(img))
+    return {"matrix": matrix, "class_names": list(sampler.data.class_names), "cells": cells,
+            "episodes": episodes, "accuracy": float(np.trace(matrix) / max(1, matrix.sum()))}
 
 
 def evaluate(model: DEMLModel, sampler: EpisodeSampler, episodes: int, seed: int, device,
