@@ -139,9 +139,8 @@ def cmd_train(args) -> dict:
 
 
 # --- evaluate / curve -------------------------------------------------------------------------
-def _eval_setup(args):
-    from engine.data.episodes import EpisodeSampler
-    from engine.inference import load_trained, evaluation_classes
+def _evaluation(args, kind: str) -> dict:
+    from engine.inference import run_evaluation
 
     if args.episodes < 1:
         raise UserError(f"--episodes must be at least 1 (got {args.episodes})")
@@ -149,43 +148,26 @@ def _eval_setup(args):
         raise UserError(f"--steps must be 0 or more (got {args.steps})")
     if args.seed < 0:
         raise UserError(f"--seed must be 0 or more (got {args.seed})")
-    cfg, model, device = load_trained(args.run_dir, args.device)
-    data = evaluation_classes(cfg, args.dataset, args.classes)
-    given = [cfg_value if flag is None else flag  # a flag of 0 is refused by the sampler, not replaced
-             for flag, cfg_value in ((args.ways, cfg.ways), (args.shots, cfg.shots), (args.queries, cfg.queries))]
-    sampler = EpisodeSampler(data, *given)
-    for w in sampler.warnings():
-        print(f"warning: {w}", file=sys.stderr)
-    return cfg, model, device, sampler, data
 
+    label = "episodes" if kind == "evaluate" else "curve"
 
-def _progress(label):
-    def show(done, total):
+    def progress(done, total):
         print(f"{label}: {done}/{total}", file=sys.stderr, flush=True)
-    return show
+
+    def warn(message):
+        print(f"warning: {message}", file=sys.stderr)
+
+    return run_evaluation(args.run_dir, kind, dataset=args.dataset, classes=args.classes, ways=args.ways,
+                          shots=args.shots, queries=args.queries, episodes=args.episodes, seed=args.seed,
+                          steps=args.steps, device=args.device, progress=progress, warn=warn)
 
 
 def cmd_evaluate(args) -> dict:
-    from engine.evaluate import evaluate
-    from engine.runs import RunDir
-
-    cfg, model, device, sampler, data = _eval_setup(args)
-    result = evaluate(model, sampler, args.episodes, args.seed, device, args.steps, _progress("episodes"))
-    result.update(dataset=data.source, classes=args.classes, learner=cfg.learner, kind="evaluate")
-    RunDir(args.run_dir).append_evaluation(result)
-    return result
+    return _evaluation(args, "evaluate")
 
 
 def cmd_curve(args) -> dict:
-    from engine.evaluate import adaptation_curve
-    from engine.runs import RunDir
-
-    cfg, model, device, sampler, data = _eval_setup(args)
-    result = adaptation_curve(model, sampler, args.episodes, args.seed, device, 10 if args.steps is None else args.steps,
-                              _progress("curve"))
-    result.update(dataset=data.source, classes=args.classes, kind="curve")
-    RunDir(args.run_dir).append_evaluation(result)
-    return result
+    return _evaluation(args, "curve")
 
 
 # --- inspect ----------------------------------------------------------------------------------

@@ -30,3 +30,41 @@ def evaluation_classes(cfg: TrainConfig, dataset: str | None, classes: str) -> I
         return data
     external = "auto" if cfg.external == "auto" else None
     return make_splits(data, cfg.split_config(), external).test
+
+
+def run_evaluation(run_dir: str, kind: str, dataset: str | None = None, classes: str = "test",
+                   ways: int | None = None, shots: int | None = None, queries: int | None = None,
+                   episodes: int = 600, seed: int = 0, steps: int | None = None, device: str = "auto",
+                   progress=None, warn=None) -> dict:
+    """kind "evaluate": accuracy with its 95% CI; "curve": the adaptation curve (inner steps
+    0..steps, default 10, or shots 1..K). Ways/shots/queries default to the run's. The result
+    is appended to the run's evaluations.jsonl and returned."""
+    from engine.data.episodes import EpisodeSampler
+    from engine.evaluate import adaptation_curve, evaluate
+
+    cfg, model, dev = load_trained(run_dir, device)
+    data = evaluation_classes(cfg, dataset, classes)
+    sampler = EpisodeSampler(data, *(cfg_value if given is None else given  # 0 is refused, not replaced
+                                     for given, cfg_value in ((ways, cfg.ways), (shots, cfg.shots),
+                                                              (queries, cfg.queries))))
+    for w in sampler.warnings():
+        (warn or (lambda _: None))(w)
+    if kind == "evaluate":
+        result = evaluate(model, sampler, episodes, seed, dev, steps, progress)
+    else:
+        result = adaptation_curve(model, sampler, episodes, seed, dev, 10 if steps is None else steps, progress)
+    result.update(dataset=data.source, classes=classes, learner=cfg.learner, kind=kind)
+    RunDir(run_dir).append_evaluation(result)
+    return result
+
+
+def recorded_or_new(run_dir: str, kind: str, episodes: int, progress=None) -> dict:
+    """The run's own test-split result of `kind` at its ways/shots: the latest recorded one with at
+    least `episodes` episodes, else a new one (recorded too)."""
+    cfg = TrainConfig.from_dict(RunDir.open(run_dir).config())
+    for rec in reversed(RunDir(run_dir).read_evaluations()):
+        if (rec.get("kind") == kind and rec.get("classes") == "test" and rec.get("ways") == cfg.ways
+                and rec.get("shots") == cfg.shots and rec.get("episodes", 0) >= episodes
+                and rec.get("dataset") == f"{cfg.dataset} [meta-test]"):
+            return rec
+    return run_evaluation(run_dir, kind, episodes=episodes, progress=progress)
