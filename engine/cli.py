@@ -1,4 +1,4 @@
-"""python -m engine {train, evaluate, curve, inspect}.
+"""python -m engine {train, evaluate, curve, inspect, report, bench}.
 
 Progress goes to stderr; the last stdout line is one JSON object others can script against.
 Bad input exits with status 2 and one stderr line starting with "error:".
@@ -74,6 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "inner steps for gradient learners (default: the run's)")
     _add_eval_args(sub.add_parser("curve", help="adaptation curve: accuracy after 0..S inner steps, or vs shots"),
                    "largest number of inner steps on the curve (default 10)")
+    rep = sub.add_parser("report", help="a self-contained HTML report of a run, to open offline or send")
+    rep.add_argument("run_dir", metavar="RUN_DIR")
+    rep.add_argument("-o", "--out", required=True, metavar="FILE.html")
+    rep.add_argument("--twin", default="auto", metavar="RUN_DIR",
+                     help="the lambda = 0 twin to compare with: a run directory, 'auto' (look beside it) or 'none'")
+    rep.add_argument("--method", choices=["umap", "pca", "tsne"], default="umap", help="layout of the replay")
+    rep.add_argument("--episodes", type=int, default=300, help="test episodes when no evaluation was recorded")
     bench = sub.add_parser("bench", help="benchmarks, measured as ratios within one run")
     bench.add_argument("name", choices=["throughput"])
     bench.add_argument("--preset", default="demo")
@@ -192,6 +199,18 @@ def cmd_inspect(args) -> dict:
     return summary
 
 
+def cmd_report(args) -> dict:
+    from engine.report import build_report
+
+    if args.episodes < 1:
+        raise UserError(f"--episodes must be at least 1 (got {args.episodes})")
+    if not args.out.endswith((".html", ".htm")):
+        raise UserError(f"the report is an HTML file: give -o a name ending in .html (got {args.out})")
+    twin = None if args.twin == "none" else args.twin
+    return build_report(args.run_dir, args.out, twin=twin, method=args.method, episodes=args.episodes,
+                        progress=lambda msg: print(msg, file=sys.stderr, flush=True))
+
+
 def cmd_bench(args) -> dict:
     from engine.bench import BENCHMARKS
     from engine.config import preset
@@ -201,7 +220,7 @@ def cmd_bench(args) -> dict:
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "curve": cmd_curve, "inspect": cmd_inspect,
-            "bench": cmd_bench}
+            "bench": cmd_bench, "report": cmd_report}
 
 
 def _strict_json(value):
