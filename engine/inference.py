@@ -8,6 +8,7 @@ from engine.data.imageset import ImageSet, Preprocess
 from engine.data.sources import load_imageset
 from engine.data.splits import make_splits
 from engine.model import DEMLModel, resolve_device
+from engine.errors import UserError
 from engine.runs import RunDir
 
 
@@ -68,3 +69,22 @@ def recorded_or_new(run_dir: str, kind: str, episodes: int, progress=None) -> di
                 and rec.get("dataset") == f"{cfg.dataset} [meta-test]"):
             return rec
     return run_evaluation(run_dir, kind, episodes=episodes, progress=progress)
+
+
+def find_twin(run_dir: str) -> str | None:
+    """The run beside this one with the same settings but the other side of lambda = 0 (DEML vs
+    vanilla), or None. Configs are compared after filling defaults, so runs written before a
+    setting existed still match."""
+    run = RunDir.open(run_dir)
+    mine = TrainConfig.from_dict(run.config()).to_dict()
+    for other in sorted(run.path.parent.iterdir()):
+        if other == run.path or not (other / "config.json").is_file():
+            continue
+        try:
+            theirs = TrainConfig.from_dict(RunDir(other).config()).to_dict()
+        except UserError:
+            continue
+        if ({k: v for k, v in theirs.items() if k != "lam"} == {k: v for k, v in mine.items() if k != "lam"}
+                and (theirs["lam"] == 0) != (mine["lam"] == 0)):
+            return str(other)
+    return None

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 
 from engine.charts import adaptation_curves, replay, training_curves
-from engine.inference import recorded_or_new
+from engine.inference import find_twin, recorded_or_new
 from engine.project import ConceptProjector, start_umap_warmup, wait_for_umap
 from engine.regions import regions_for
-from engine.runs import RunDir, find_twin
+from engine.runs import RunDir
 
 MAX_REPLAY_FRAMES = 40  # evenly chosen snapshots (first and last kept): the file stays a few MB
 

@@ -183,20 +183,3 @@ class RunDir:
     def read_evaluations(self) -> list[dict]:
         return read_jsonl(self.path / "evaluations.jsonl")
 
-
-def find_twin(run_dir: str | os.PathLike) -> Path | None:
-    """The run beside this one with the same settings but the other side of lambda = 0 (DEML vs
-    vanilla), or None. Twins are started side by side by the app or by hand with --lam 0."""
-    run = RunDir.open(run_dir)
-    mine = run.config()
-    for other in sorted(run.path.parent.iterdir()):
-        if other == run.path or not (other / "config.json").is_file():
-            continue
-        try:
-            theirs = RunDir(other).config()
-        except UserError:
-            continue
-        same = {k: v for k, v in theirs.items() if k != "lam"} == {k: v for k, v in mine.items() if k != "lam"}
-        if same and (theirs["lam"] == 0) != (mine["lam"] == 0):
-            return other
-    return None
