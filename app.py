@@ -79,11 +79,11 @@ def live_view() -> None:
         return
     left, right = st.columns([3, 2])
     if metrics:
-        left.plotly_chart(training_curves(metrics), key="curves", width="stretch")
+        left.plotly_chart(training_curves(metrics), key="curves", width="stretch", theme=None)
     probe_file = Path(run_dir) / "snapshots" / "probe.npz"
     if snapshots and probe_file.is_file():
         right.plotly_chart(concept_map_pca(RunDir(run_dir).load_probe(), snapshots[-1]), key="map",
-                           width="stretch")
+                           width="stretch", theme=None)
 
 
 live_view()

@@ -12,6 +12,9 @@ from engine.errors import UserError
 from engine.runs import RunDir
 
 
+CURVE_SHOTS = 5  # metric learners' adaptation curves run over 1..5 shots unless told otherwise
+
+
 def load_trained(run_dir: str, device: str = "auto") -> tuple[TrainConfig, DEMLModel, torch.device]:
     """The run's config and its model at the last good checkpoint (weights only, no code)."""
     run = RunDir.open(run_dir)
@@ -39,12 +42,15 @@ def run_evaluation(run_dir: str, kind: str, dataset: str | None = None, classes:
                    progress=None, warn=None) -> dict:
     """kind "evaluate": accuracy with its 95% CI; "curve": the adaptation curve (inner steps
     0..steps, default 10, or shots 1..K). Ways/shots/queries default to the run's. The result
-    is appended to the run's evaluations.jsonl and returned."""
+    is appended to the run's evaluations.jsonl and returned. A metric learner's curve runs over
+    1..max(K, 5) shots."""
     from engine.data.episodes import EpisodeSampler
     from engine.evaluate import adaptation_curve, evaluate
 
     cfg, model, dev = load_trained(run_dir, device)
     data = evaluation_classes(cfg, dataset, classes)
+    if kind == "curve" and shots is None and not model.learner.adapts_by_steps:
+        shots = max(cfg.shots, CURVE_SHOTS)  # a shots curve needs more than the run's own 1 shot
     sampler = EpisodeSampler(data, *(cfg_value if given is None else given  # 0 is refused, not replaced
                                      for given, cfg_value in ((ways, cfg.ways), (shots, cfg.shots),
                                                               (queries, cfg.queries))))
@@ -65,7 +71,7 @@ def recorded_or_new(run_dir: str, kind: str, episodes: int, progress=None) -> di
     cfg = TrainConfig.from_dict(RunDir.open(run_dir).config())
     for rec in reversed(RunDir(run_dir).read_evaluations()):
         if (rec.get("kind") == kind and rec.get("classes") == "test" and rec.get("ways") == cfg.ways
-                and rec.get("shots") == cfg.shots and rec.get("episodes", 0) >= episodes
+                and (kind == "curve" or rec.get("shots") == cfg.shots) and rec.get("episodes", 0) >= episodes
                 and rec.get("dataset") == f"{cfg.dataset} [meta-test]"):
             return rec
     return run_evaluation(run_dir, kind, episodes=episodes, progress=progress)
