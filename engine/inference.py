@@ -1,6 +1,7 @@
 """A trained run, loaded back for evaluation, adaptation and the live views."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from engine.config import TrainConfig
@@ -50,7 +51,10 @@ def run_evaluation(run_dir: str, kind: str, dataset: str | None = None, classes:
     cfg, model, dev = load_trained(run_dir, device)
     data = evaluation_classes(cfg, dataset, classes)
     if kind == "curve" and shots is None and not model.learner.adapts_by_steps:
-        shots = max(cfg.shots, CURVE_SHOTS)  # a shots curve needs more than the run's own 1 shot
+        # a shots curve needs more than the run's own 1 shot, as many as the classes hold
+        w, q = ways or cfg.ways, queries or cfg.queries
+        room = int(np.sort(data.counts())[-w]) - q if data.num_classes >= w else cfg.shots
+        shots = max(cfg.shots, min(CURVE_SHOTS, room))
     sampler = EpisodeSampler(data, *(cfg_value if given is None else given  # 0 is refused, not replaced
                                      for given, cfg_value in ((ways, cfg.ways), (shots, cfg.shots),
                                                               (queries, cfg.queries))))

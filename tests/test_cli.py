@@ -178,10 +178,11 @@ def test_curve_of_a_metric_learner_is_over_shots(runs):
     assert all(0.0 <= a <= 1.0 for a in result["accuracy"])
 
 
-def test_curve_of_a_metric_learner_defaults_to_five_shots(runs):
+def test_curve_of_a_metric_learner_defaults_to_as_many_shots_as_the_classes_allow(runs):
     code, out, err = run_cli("curve", runs["protonet"]["dir"], "--episodes", "10")
     assert code == 0, err
-    assert strict_json(out)["steps"] == [1, 2, 3, 4, 5]  # the run trained 1-shot: one point would say nothing
+    # the run trained 1-shot, so one point would say nothing; its classes (8 images, 4 queries) allow 4 shots
+    assert strict_json(out)["steps"] == [1, 2, 3, 4]
 
 
 def test_curve_with_zero_steps_is_just_the_starting_point(runs):
