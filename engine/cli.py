@@ -2,6 +2,9 @@
 
 Progress goes to stderr; the last stdout line is one JSON object others can script against.
 Bad input exits with status 2 and one stderr line starting with "error:".
+
+`torchrun --nproc_per_node=N -m engine train ...` trains data-parallel over N processes (see
+engine/distributed.py); only rank 0 prints, the others exit 0 silently.
 """
 from __future__ import annotations
 
@@ -119,7 +122,8 @@ class Progress:
         print(f"step {step}/{self.total}{extra}{self.val}  {elapsed:.0f}s  eta {eta:.0f}s", file=sys.stderr, flush=True)
 
 
-def cmd_train(args) -> dict:
+def cmd_train(args) -> dict | None:
+    from engine import distributed
     from engine.config import TrainConfig, preset
     from engine.trainer import Control, resume_run, start_run
 
@@ -129,20 +133,34 @@ def cmd_train(args) -> dict:
         if changed or args.preset or args.out:
             raise UserError(f"--resume continues a run with its own settings; only --steps may change "
                             f"(to train longer), not {', '.join(changed + ['--preset'] * bool(args.preset) + ['--out'] * bool(args.out))}")
-        trainer, run = resume_run(args.resume, steps=args.steps)
-        print(f"resuming {run.path} at step {trainer.step} of {trainer.cfg.steps}", file=sys.stderr)
     else:
         overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if f.name not in TRAIN_FIELDS_HIDDEN}
         cfg = preset(args.preset).with_overrides(**overrides)
         out = args.out or f"runs/{datetime.now():%Y%m%d-%H%M%S}-{cfg.learner}-lam{cfg.lam:g}-s{cfg.seed}"
-        trainer, run = start_run(cfg, out)
-        print(f"training {cfg.learner} (lam {cfg.lam:g}) on {trainer.device}; run dir {run.path}", file=sys.stderr)
-    control = Control()
-    previous = signal.signal(signal.SIGINT, lambda *_: setattr(control, "stop", True))  # Ctrl-C: checkpoint, stop
+    joined = distributed.setup()  # under torchrun: join the other processes
     try:
-        return trainer.run(run, control, Progress(trainer.cfg.steps))
+        main = distributed.is_main()  # only rank 0 talks (and only its `out` is written)
+        if args.resume:
+            trainer, run = resume_run(args.resume, steps=args.steps)
+            message = f"resuming {run.path} at step {trainer.step} of {trainer.cfg.steps}"
+        else:
+            trainer, run = start_run(cfg, out)
+            message = f"training {cfg.learner} (lam {cfg.lam:g}) on {trainer.device}; run dir {run.path}"
+        if distributed.world_size() > 1:
+            message += (f"; data-parallel over {distributed.world_size()} processes, "
+                        f"{trainer.cfg.meta_batch // distributed.world_size()} of {trainer.cfg.meta_batch} tasks each")
+        if main:
+            print(message, file=sys.stderr)
+        control = Control()
+        previous = signal.signal(signal.SIGINT, lambda *_: setattr(control, "stop", True))  # Ctrl-C: checkpoint, stop
+        try:
+            summary = trainer.run(run, control, Progress(trainer.cfg.steps) if main else None)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        return summary if main else None  # None: nothing to print
     finally:
-        signal.signal(signal.SIGINT, previous)
+        if joined:
+            distributed.teardown()
 
 
 # --- evaluate / curve -------------------------------------------------------------------------
@@ -244,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # disk full, unwritable folder...: still one clear line, no traceback
         print(f"error: {e.strerror or e}{f' ({e.filename})' if e.filename else ''}", file=sys.stderr)
         return 2
-    print(json.dumps(_strict_json(result), allow_nan=False))
+    if result is not None:  # None: a training process other than rank 0
+        print(json.dumps(_strict_json(result), allow_nan=False))
     return 0
 
 

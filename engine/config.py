@@ -70,6 +70,7 @@ class TrainConfig:
     checkpoint_every: int = 500
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
+    amp: bool = False  # bf16 autocast on CUDA
 
     def __post_init__(self):
         def flags(names):

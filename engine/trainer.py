@@ -4,6 +4,12 @@ D and M. lambda = 0 is the vanilla meta-learner with everything else identical.
 
 Randomness per step comes from numpy generators seeded by (seed, step), so a run resumed from a
 checkpoint draws exactly the batches the uninterrupted run would have drawn.
+
+Under torchrun (engine/distributed.py) each of W processes draws the same global step and trains
+on its 1/W of the tasks and of the external images; gradients are averaged over the processes, so
+every rank takes the step one process would take on the whole batch (up to float rounding).
+Only rank 0 validates, snapshots, checkpoints and writes the run directory. A single process is
+world size 1, and the code paths are the same.
 """
 from __future__ import annotations
 
@@ -16,8 +22,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from engine import distributed
 from engine.config import TrainConfig
-from engine.data.episodes import EpisodeSampler, channels_first
+from engine.data.episodes import EpisodeSampler, channels_first, take
 from engine.data.imageset import ImageSet, Preprocess
 from engine.data.sources import load_imageset
 from engine.data.splits import Splits, make_splits
@@ -61,7 +68,13 @@ class Trainer:
         if splits is None:
             cfg, splits = load_data(cfg)
         self.cfg, self.splits = cfg, splits
-        self.device = resolve_device(cfg.device)
+        self.device = distributed.device(resolve_device(cfg.device))
+        if cfg.amp and self.device.type != "cuda":
+            raise UserError(f"--amp (bf16 autocast) needs a CUDA GPU, but this run trains on {self.device}: "
+                            "add --device cuda, or leave --amp out")
+        # with W processes each takes a contiguous 1/W of every step's tasks and external images
+        self.task_share = distributed.share(cfg.meta_batch, "--meta-batch")
+        self.ext_share = distributed.share(cfg.ext_batch, "--ext-batch") if cfg.lam > 0 else None
         self.warnings: list[str] = []
         self.train_sampler = EpisodeSampler(splits.train, cfg.ways, cfg.shots, cfg.queries)
         self.val_sampler = self._val_sampler(splits)
@@ -71,6 +84,11 @@ class Trainer:
         self.ext_labels = torch.tensor(ext.labels) if ext is not None else None
         torch.manual_seed(cfg.seed)
         self.model = DEMLModel(cfg, splits.train.channels, ext.num_classes if ext is not None else 0).to(self.device)
+        if distributed.world_size() > 1 and self.device.type == "cuda":
+            # batch statistics over the whole step's batch, as one process has them (NCCL only: with
+            # gloo on CPU each rank normalises by its own share; norm "group" does not depend on it)
+            self.model.generator = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model.generator)
+        distributed.broadcast_module(self.model)  # every rank starts from rank 0's parameters
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         # validation episodes depend on split_seed only, so a DEML run and its lambda=0 twin share them
         self.val_index = self.val_sampler.fixed(cfg.val_episodes, cfg.split_seed)
@@ -94,50 +112,77 @@ class Trainer:
         return self.cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
     def sample_batch(self, step: int) -> dict:
-        """Step `step`'s images and labels: a meta-batch of tasks, then (lambda > 0) external images."""
-        cfg = self.cfg
+        """Step `step`'s images and labels: a meta-batch of tasks, then (lambda > 0) external images.
+        The whole step is drawn from (seed, step) alone; each process keeps its share (all of it
+        when alone), so W processes together train on exactly what one would."""
+        cfg, dev = self.cfg, self.device
         rng = np.random.default_rng([cfg.seed, step])
-        ep = self.train_sampler.sample(cfg.meta_batch, rng)
-        parts = [ep.support.flatten(0, 1), ep.query.flatten(0, 1)]  # (T*N*K, C, H, W), (T*N*Q, C, H, W)
-        batch = {"tasks": ep.tasks, "nk": ep.support.shape[1], "nq": ep.query.shape[1],
-                 "support_labels": ep.support_labels.to(self.device), "query_labels": ep.query_labels.to(self.device)}
+        tasks = take(self.train_sampler.draw(cfg.meta_batch, rng), self.task_share.start, self.task_share.stop)
+        t, (nk, nq) = len(tasks.classes), (tasks.support.shape[1], tasks.query.shape[1])  # T (this rank's), N*K, N*Q
+        index = torch.from_numpy(np.concatenate([tasks.support.reshape(-1), tasks.query.reshape(-1)]))
+        parts = [self.train_sampler.images[index]]  # uint8 (T*N*K + T*N*Q, C, H, W), class-major per task
+        labels = torch.arange(cfg.ways, device=dev)
+        batch = {"tasks": t, "nk": nk, "nq": nq,  # labels made on the device: nothing to copy
+                 "support_labels": labels.repeat_interleave(cfg.shots).expand(t, -1).contiguous(),
+                 "query_labels": labels.repeat_interleave(cfg.queries).expand(t, -1).contiguous()}
         if cfg.lam > 0:
             n_ext = len(self.ext_images)
-            pick = torch.from_numpy(rng.choice(n_ext, cfg.ext_batch, replace=cfg.ext_batch > n_ext))
-            parts.append(self.ext_images[pick].float().div_(255.0))  # (B, C, H, W)
-            batch["ext_labels"] = self.ext_labels[pick].to(self.device)
-        batch["x"] = torch.cat(parts).to(self.device, non_blocking=True)
+            pick = rng.choice(n_ext, cfg.ext_batch, replace=cfg.ext_batch > n_ext)[self.ext_share]
+            pick = torch.from_numpy(pick)
+            parts.append(self.ext_images[pick])  # uint8 (B, C, H, W)
+            batch["ext_labels"] = self._to_device(self.ext_labels[pick])
+        # uint8 travels (a quarter of float32's bytes) and becomes [0, 1] floats on the device
+        batch["x"] = self._to_device(torch.cat(parts)).float().div_(255.0)
         return batch
+
+    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
+        """A host tensor on the training device. On CUDA it is copied into pinned (page-locked) memory
+        first, so the transfer runs asynchronously and the host goes on queueing the step."""
+        if self.device.type != "cuda":
+            return t
+        return t.pin_memory().to(self.device, non_blocking=True)
 
     def train_step(self) -> dict:
         cfg, t0 = self.cfg, time.perf_counter()
         b = self.sample_batch(self.step)
         x, t, nk, nq = b["x"], b["tasks"], b["nk"], b["nq"]
         self.model.train()
-        z = self.model.generator(x)  # (T*N*K + T*N*Q [+ B], D): one generator pass for everything
+        # --amp: G, which has the compute, in bf16; the meta-learner's (second-order) inner loops
+        # and D stay in float32, where concept space is small and precision matters
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.amp):
+            z = self.model.generator(x)  # (T*N*K + T*N*Q [+ B], D): one generator pass for everything
+        z = z.float()
         zs = z[: t * nk].view(t, nk, -1)  # (T, N*K, D)
         zq = z[t * nk: t * (nk + nq)].view(t, nq, -1)  # (T, N*Q, D)
         result = self.model.learner.meta_loss(zs, b["support_labels"], zq, b["query_labels"], cfg.ways)
         loss = result.loss
-        record = {"kind": "train", "step": self.step + 1, "meta_loss": float(result.query_loss),
-                  "meta_acc": float(result.accuracy), "disc_loss": None, "disc_acc": None}
+        stats = [result.query_loss, result.accuracy]  # stay on the device until the step is queued
         if "ext_labels" in b:
             ext_labels = b["ext_labels"]
             disc_logits = self.model.discriminator(z[t * (nk + nq):])  # (B, external classes)
             disc_loss = F.cross_entropy(disc_logits, ext_labels)
             loss = loss + cfg.lam * disc_loss
-            record["disc_loss"] = float(disc_loss.detach())
-            record["disc_acc"] = float((disc_logits.argmax(-1) == ext_labels).float().mean())
+            stats += [disc_loss.detach(), (disc_logits.argmax(-1) == ext_labels).float().mean()]
         lr = self.lr_at(self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        # each rank's loss is the mean over its equal share, so the mean of the ranks' gradients
+        # is the gradient of the mean loss over the whole meta-batch (and external batch)
+        distributed.average_gradients(self.model.parameters())
         self.optimizer.step()
+        # the step's one host-device sync, after all of it is queued (so step_seconds is honest on
+        # CUDA too); with several processes, the mean over all of them: the whole batch's numbers
+        values = distributed.average(torch.stack([s.float() for s in stats])).tolist()
+        meta_loss, meta_acc, disc_loss, disc_acc = values + [None] * (4 - len(values))
+        record = {"kind": "train", "step": self.step + 1, "meta_loss": meta_loss, "meta_acc": meta_acc,
+                  "disc_loss": disc_loss, "disc_acc": disc_acc}
         self.step += 1
         dt = time.perf_counter() - t0
         self.seconds += dt
-        record.update(lr=lr, step_seconds=dt, images_per_s=len(x) / dt, seconds=self.seconds)
+        record.update(lr=lr, step_seconds=dt, images_per_s=len(x) * distributed.world_size() / dt,
+                      seconds=self.seconds)
         return record
 
     # --- validation and snapshots -------------------------------------------------------------
@@ -215,6 +260,9 @@ class Trainer:
         """Train until cfg.steps (or a stop request), writing metrics, snapshots and checkpoints
         to `run` and handing every record to `on_event(kind, record)`."""
         control = control or Control()
+        main = distributed.is_main()
+        if not main:  # the other ranks train in lockstep and record nothing
+            run, on_event = None, None
         emit = on_event or (lambda kind, rec: None)
         pending: list[dict] = []
         last_flush = time.monotonic()
@@ -235,7 +283,13 @@ class Trainer:
                 run.save_checkpoint(self.state(), self.step)
             emit("checkpoint", {"step": self.step})
 
+        def validate():
+            if main:  # the others wait for rank 0 in the next step's gradient all-reduce
+                record(self.validate())
+
         def snapshot():
+            if not main:
+                return
             snap = self.snapshot()
             if run is not None:
                 run.save_snapshot(self.step, snap)
@@ -247,20 +301,22 @@ class Trainer:
             run.save_probe(self.probe)
         if self.step == 0:
             snapshot()
-        while self.step < self.cfg.steps and not control.stop:
+        # a stop request (Ctrl-C) that reaches any rank stops every rank at the same step
+        while self.step < self.cfg.steps and not distributed.any_rank(control.stop, self.device):
             if control.paused:
                 time.sleep(0.05)
                 continue
             record(self.train_step())
             if self.step % self.cfg.val_every == 0 or self.step == self.cfg.steps:
-                record(self.validate())
+                validate()
             if self.snapshot_due():
                 snapshot()
             if self.step % self.cfg.checkpoint_every == 0 or self.step == self.cfg.steps:
                 checkpoint()
         if self.last_val is None or self.last_val["step"] != self.step:
-            record(self.validate())
+            validate()
         checkpoint()  # also on stop, so a stopped run can be resumed where it was left
+        distributed.barrier()  # every rank returns once rank 0's last checkpoint is on disk
         return self.summary(run)
 
     def summary(self, run: RunDir | None = None) -> dict:
@@ -271,11 +327,15 @@ class Trainer:
 
 
 def start_run(cfg: TrainConfig, out: str) -> tuple[Trainer, RunDir]:
-    """A new trainer and its run directory (config.json and splits.json written)."""
+    """A new trainer and its run directory (config.json and splits.json written, by rank 0 only)."""
     trainer = Trainer(cfg)
-    run = RunDir.create(out, trainer.cfg.to_dict())
-    run.write_json("splits.json", trainer.splits.report)
-    return trainer, run
+
+    def create() -> RunDir:
+        run = RunDir.create(out, trainer.cfg.to_dict())
+        run.write_json("splits.json", trainer.splits.report)
+        return run
+
+    return trainer, distributed.on_main(create) or RunDir(out)
 
 
 def resume_run(path: str, steps: int | None = None) -> tuple[Trainer, RunDir]:
@@ -285,11 +345,17 @@ def resume_run(path: str, steps: int | None = None) -> tuple[Trainer, RunDir]:
     cfg = TrainConfig.from_dict(run.config())
     if steps is not None and steps != cfg.steps:
         cfg = cfg.with_overrides(steps=steps)
-        run.update_config(cfg.to_dict())
+        distributed.on_main(lambda: run.update_config(cfg.to_dict()))
+    # every rank reads the same checkpoint (nothing in it depends on the number of processes), and
+    # before Trainer() meets the others, so rank 0 cannot have written a newer one meanwhile
     state, warnings = run.load_checkpoint()
     trainer = Trainer(cfg)
     trainer.load_state(state)
     trainer.warnings += warnings
-    run.truncate_metrics(trainer.step)
-    run.drop_snapshots_after(trainer.step)
+
+    def drop_later():
+        run.truncate_metrics(trainer.step)
+        run.drop_snapshots_after(trainer.step)
+
+    distributed.on_main(drop_later)
     return trainer, run
