@@ -1,0 +1,38 @@
+"""Small helpers every page uses."""
+from __future__ import annotations
+
+import streamlit as st
+
+from engine.config import TrainConfig
+
+DATA_KEY = "data_overrides"
+
+
+def data_overrides() -> dict:
+    """The dataset choice made on the Data page (TrainConfig fields), or {} for the built-in glyphs."""
+    return dict(st.session_state.get(DATA_KEY, {}))
+
+
+def set_data_overrides(overrides: dict) -> None:
+    TrainConfig().with_overrides(**overrides)  # refuse fields or values a run could not start with
+    st.session_state[DATA_KEY] = dict(overrides)
+
+
+def current_run() -> str | None:
+    return st.query_params.get("run")
+
+
+def set_current_run(run_dir: str) -> None:
+    st.query_params["run"] = run_dir
+
+
+def presenter() -> bool:
+    """Presenter view: controls hidden, live map and curves enlarged (a toggle in the sidebar)."""
+    default = st.query_params.get("presenter") == "1"
+    on = st.sidebar.toggle("Presenter view", value=st.session_state.get("presenter", default), key="presenter",
+                           help="hide the controls and enlarge the live map and curves, for demos")
+    if on:
+        st.query_params["presenter"] = "1"
+    elif "presenter" in st.query_params:
+        del st.query_params["presenter"]
+    return on
