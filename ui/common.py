@@ -28,8 +28,9 @@ def set_current_run(run_dir: str) -> None:
 
 def presenter() -> bool:
     """Presenter view: controls hidden, live map and curves enlarged (a toggle in the sidebar)."""
-    default = st.query_params.get("presenter") == "1"
-    on = st.sidebar.toggle("Presenter view", value=st.session_state.get("presenter", default), key="presenter",
+    if "presenter" not in st.session_state:
+        st.session_state["presenter"] = st.query_params.get("presenter") == "1"
+    on = st.sidebar.toggle("Presenter view", key="presenter",
                            help="hide the controls and enlarge the live map and curves, for demos")
     if on:
         st.query_params["presenter"] = "1"
