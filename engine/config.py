@@ -21,6 +21,16 @@ def shared_dir() -> Path:
     return Path(os.environ.get("CONCEPTSCAPE_SHARED", REPO.parent / "shared"))
 
 
+def runs_root() -> Path:
+    """Where the app keeps runs: $CONCEPTSCAPE_RUNS, else runs/ in the working directory."""
+    return Path(os.environ.get("CONCEPTSCAPE_RUNS", "runs"))
+
+
+def uploads_root() -> Path:
+    """Where the app keeps uploaded image sets: $CONCEPTSCAPE_UPLOADS, else uploads/ here."""
+    return Path(os.environ.get("CONCEPTSCAPE_UPLOADS", "uploads"))
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     # data
