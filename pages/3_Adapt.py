@@ -1,0 +1,252 @@
+"""Adapt: a trained run meets a new task, drawn from its held-out classes or uploaded."""
+from __future__ import annotations
+
+import hashlib
+import os
+
+import numpy as np
+import streamlit as st
+
+from engine import adapt, catalog
+from engine.charts import adaptation_curves
+from engine.errors import UserError
+from engine.inference import find_twin
+from ui.common import current_run, presenter, set_current_run
+
+st.set_page_config(page_title="Adapt", layout="wide")
+st.title("Adapt")
+big_view = presenter()
+THUMB_PX = 84
+HELD_OUT, UPLOAD = "Held-out classes", "Upload your own"
+TWIN_HOWTO = ("No λ = 0 twin beside this run. Train one with the same settings and λ = 0 to compare: on the "
+              "Train page tick **Also train the λ = 0 twin**, or run `python -m engine train ... --lam 0 "
+              "--out runs/NAME-lam0` with this run's other settings.")
+
+
+def thumb(image: np.ndarray) -> np.ndarray:
+    """A small image scaled up by whole pixels (crisp), gray as 2-D."""
+    s = max(1, THUMB_PX // max(image.shape[:2]))
+    out = image.repeat(s, 0).repeat(s, 1)
+    return out[..., 0] if out.shape[-1] == 1 else out
+
+
+def short_names(names: list[str]) -> list[str]:
+    """Class names for captions: the last part of a path-like name when no other class shares it."""
+    last = [n.rsplit("/", 1)[-1] for n in names]
+    return [part if last.count(part) == 1 else full for part, full in zip(last, names)]
+
+
+def same(a: str | None, b: str | None) -> bool:
+    return bool(a and b) and os.path.realpath(a) == os.path.realpath(b)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def held_out(run_dir, stamp, twin_dir, twin_stamp, ways, shots, queries, episodes, steps) -> dict:
+    """engine.adapt.compare_held_out, cached per run, checkpoint and settings."""
+    return adapt.compare_held_out(run_dir, twin_dir, ways, shots, queries, episodes, seed=0, steps=steps)
+
+
+# --- the run --------------------------------------------------------------------------------------
+runs = [r for r in catalog.list_runs() if r.adaptable]
+if not runs:
+    st.info("No trained run to adapt yet. Press **Start demo** on the Home page or start a run on the **Train** "
+            "page; as soon as it has written a checkpoint it appears here. From a terminal: "
+            "`python -m engine train --preset smoke --out runs/smoke` (well under a minute on a CPU).")
+    st.stop()
+paths = [r.path for r in runs]
+by_path = {r.path: r for r in runs}
+url = current_run()
+if url != st.session_state.get("adapt_url"):  # the URL names another run (a refresh, another page): follow it
+    i = catalog.find(runs, url)
+    if i is not None:
+        st.session_state["adapt_run"] = paths[i]
+if st.session_state.get("adapt_run") not in paths:
+    st.session_state["adapt_run"] = paths[0]
+run_dir = st.selectbox("Trained run", paths, key="adapt_run", format_func=lambda p: by_path[p].label(),
+                       help="runs under the runs folder with at least one checkpoint; a run still training "
+                            "is adapted from its newest checkpoint")
+if not same(url, run_dir):
+    set_current_run(run_dir)
+st.session_state["adapt_url"] = current_run()
+
+try:
+    cfg, model, device = adapt.load_model(run_dir)
+except UserError as e:
+    st.error(str(e))
+    st.stop()
+summary = by_path[run_dir]
+try:
+    twin_dir = find_twin(run_dir)
+    twin = adapt.load_model(twin_dir) if twin_dir else None
+except UserError:
+    twin_dir, twin = None, None
+st.caption(f"{summary.method} on `{cfg.dataset}` · trained {summary.steps_done}/{summary.steps_total} steps · "
+           f"{cfg.image_size} px {'gray' if cfg.channels == 1 else 'RGB'} · inference on {device.type.upper()}"
+           + (f" · λ = 0 twin: `{os.path.basename(twin_dir)}`" if twin_dir else ""))
+
+if st.session_state.get("adapt_defaults_for") != run_dir:  # a new run: its own task shape by default
+    st.session_state.update(adapt_ways=cfg.ways, adapt_shots=cfg.shots, adapt_queries=cfg.queries,
+                            adapt_steps=cfg.inner_steps, adapt_defaults_for=run_dir)
+for key, value in (("adapt_seed", 0), ("adapt_episodes", 100), ("adapt_n_classes", 2)):
+    st.session_state.setdefault(key, value)
+steps = None
+if model.learner.adapts_by_steps:
+    steps = int(st.number_input("Inner steps", min_value=0, max_value=50, key="adapt_steps",
+                                help="gradient steps the learner takes on the support set"))
+
+# --- the task -------------------------------------------------------------------------------------
+source = st.radio("Task", [HELD_OUT, UPLOAD], key="adapt_source", horizontal=True,
+                  help="a task from classes the run never trained on, or your own images")
+task = None
+if source == HELD_OUT:
+    cols = st.columns([1, 1, 1, 1, 1])
+    ways = int(cols[0].number_input("Ways (N)", min_value=2, max_value=50, key="adapt_ways"))
+    shots = int(cols[1].number_input("Shots (K)", min_value=1, max_value=50, key="adapt_shots"))
+    queries = int(cols[2].number_input("Queries per class (Q)", min_value=1, max_value=50, key="adapt_queries"))
+    cols[3].number_input("Task seed", min_value=0, max_value=10**9, key="adapt_seed")
+
+    def next_task() -> None:
+        st.session_state["adapt_seed"] += 1
+
+    cols[4].button("New task", key="adapt_new_task", on_click=next_task, type="primary",
+                   help="draw another task from the held-out classes")
+    try:
+        task = adapt.sample_task(cfg, ways, shots, queries, int(st.session_state["adapt_seed"]))
+    except UserError as e:
+        st.error(str(e))
+    compare_shape = (ways, shots, queries)
+else:
+    lim = adapt.LIMITS
+    st.caption(f"**Limits:** {adapt.limits_text()}. Images are prepared like the run's training data "
+               f"({cfg.image_size} px, {'grayscale' if cfg.channels == 1 else 'RGB'}"
+               + (", dark backgrounds: a task on white paper is flipped" if cfg.polarity == "auto"
+                  and cfg.channels == 1 else "") + ").")
+    n_classes = int(st.number_input("Number of new classes", min_value=lim.min_classes, max_value=lim.max_classes,
+                                    key="adapt_n_classes"))
+    mb = max(1, lim.max_file_bytes // 2**20)
+    classes, digest = [], hashlib.sha256(run_dir.encode())
+    for i in range(n_classes):
+        with st.container(border=True):
+            a, b, c = st.columns([1, 2, 2])
+            name = a.text_input(f"Name of class {i + 1}", key=f"adapt_class_name_{i}", placeholder=f"class {i + 1}",
+                                max_chars=lim.max_name)
+            sup = b.file_uploader(f"Support images of class {i + 1} (1-{lim.max_support})", type=list(adapt.IMAGE_TYPES),
+                                  accept_multiple_files=True, key=f"adapt_support_{i}", max_upload_size=mb)
+            lab = c.file_uploader(f"Query images of class {i + 1} (optional: answers are then marked right or wrong)",
+                                  type=list(adapt.IMAGE_TYPES), accept_multiple_files=True,
+                                  key=f"adapt_labelled_{i}", max_upload_size=mb)
+            classes.append(adapt.NewClass(name, [adapt.Upload(f.name, f.getvalue()) for f in sup or []],
+                                          [adapt.Upload(f.name, f.getvalue()) for f in lab or []]))
+    unlabelled = st.file_uploader("Query images (class unknown)", type=list(adapt.IMAGE_TYPES),
+                                  accept_multiple_files=True, key="adapt_queries_upload", max_upload_size=mb)
+    extra = [adapt.Upload(f.name, f.getvalue()) for f in unlabelled or []]
+    if st.toggle("Add a camera photo as a query", key="adapt_camera_on"):
+        photo = st.camera_input("Take a query photo", key="adapt_camera")
+        if photo is not None:
+            extra.append(adapt.Upload("camera photo", photo.getvalue()))
+    for c in classes:
+        digest.update(repr((c.name, [(u.name, len(u.data), hashlib.sha1(u.data).digest()) for u in c.support + c.queries])).encode())
+    digest.update(repr([(u.name, len(u.data), hashlib.sha1(u.data).digest()) for u in extra]).encode())
+    signature = digest.hexdigest()
+    if st.button("Adapt to these images", key="adapt_upload_go", type="primary"):
+        try:
+            st.session_state["adapt_upload_task"] = (signature, adapt.prepare_upload(cfg, classes, extra))
+        except UserError as e:
+            st.session_state.pop("adapt_upload_task", None)
+            st.error(str(e))
+    stored = st.session_state.get("adapt_upload_task")
+    if stored is not None and stored[0] == signature:
+        task = stored[1]
+        for line in task.problems:
+            (st.error if "left out" in line else st.warning)(line)
+    elif stored is not None:
+        st.info("The images or names changed: press **Adapt to these images** again.")
+    else:
+        st.caption("Give each class a name and its support images, add query images, then press "
+                   "**Adapt to these images**.")
+    compare_shape = (cfg.ways, cfg.shots, cfg.queries)
+
+# --- the task's answers ---------------------------------------------------------------------------
+if task is not None:
+    result = adapt.classify(model, task, device, steps)
+    twin_result = adapt.classify(twin[1], task, twin[2], steps) if twin else None
+    st.subheader("Support set")
+    if task.inverted:
+        st.caption("These images were flipped to bright ink on a dark background, as the run's training data was "
+                   "prepared; they are shown as the model sees them.")
+    per_row = min(task.ways, 5)
+    for first in range(0, task.ways, per_row):
+        for col, c in zip(st.columns(per_row), range(first, min(first + per_row, task.ways))):
+            col.markdown(f"**{task.class_names[c]}**")
+            shots_c = np.flatnonzero(task.support_labels == c)
+            col.image([thumb(task.support[i]) for i in shots_c], caption=[task.support_names[i] for i in shots_c],
+                      width=THUMB_PX)
+
+    st.subheader("Queries")
+    names = task.class_names
+    known = task.labelled
+    if result["accuracy"] is not None:
+        right_n = int(result["correct"].sum())
+        line = f"**{right_n}/{result['labelled']} labelled queries answered right ({result['accuracy']:.0%})**"
+        if twin_result is not None:
+            line += (f" · its λ = 0 twin: {int(twin_result['correct'].sum())}/{twin_result['labelled']} "
+                     f"({twin_result['accuracy']:.0%}) on the same task")
+        st.markdown(line)
+    short = short_names(names)
+    captions = []
+    for i in range(len(task.query)):
+        p = int(result["pred"][i])
+        cap = f"{short[p]} · {result['confidence'][i]:.0%}"
+        if known[i]:
+            cap += " ✓" if result["correct"][i] else f" ✗ (is {short[task.query_labels[i]]})"
+        captions.append(cap)
+    st.image([thumb(q) for q in task.query], caption=captions, width=THUMB_PX)
+    rows = []
+    for i in range(len(task.query)):
+        row = {"query": task.query_names[i], "answer": names[int(result["pred"][i])],
+               "confidence": f"{result['confidence'][i]:.0%}",
+               "true class": names[task.query_labels[i]] if known[i] else "",
+               "right": ("yes" if result["correct"][i] else "no") if known[i] else ""}
+        if twin_result is not None:
+            row["λ = 0 twin answers"] = f"{names[int(twin_result['pred'][i])]} · {twin_result['confidence'][i]:.0%}"
+        rows.append(row)
+    if not big_view:
+        st.dataframe(rows, hide_index=True, key="adapt_answers")
+
+    st.subheader("The task in concept space")
+    detail = adapt.task_detail(model, task, device, steps)
+    fig = adapt.episode_figure(detail)
+    if big_view:
+        fig.update_layout(height=760)
+    st.plotly_chart(fig, key="adapt_episode", theme=None, width="stretch")
+
+# --- adaptation on held-out tasks, next to the twin -----------------------------------------------
+st.subheader("Adaptation on held-out tasks" + (": DEML next to its λ = 0 twin" if twin else ""))
+episodes = int(st.columns(4)[0].number_input(
+    "Held-out episodes", min_value=10, max_value=2000, step=50, key="adapt_episodes",
+    help="tasks drawn once from the held-out classes; every model is scored on the same ones"))
+w, k, q = compare_shape
+try:
+    with st.spinner(f"Scoring {episodes} held-out {w}-way {k}-shot tasks" + (" for both runs" if twin else "")):
+        comp = held_out(run_dir, adapt.checkpoint_stamp(run_dir), twin_dir,
+                        adapt.checkpoint_stamp(twin_dir) if twin_dir else None, w, k, q, episodes, steps)
+except UserError as e:
+    st.error(str(e))
+else:
+    for line in comp["warnings"]:
+        st.warning(line)
+    st.plotly_chart(adaptation_curves([(r["label"], r["curve"]) for r in comp["runs"]]),
+                    key="adapt_curves", theme=None, width="stretch")
+    table = [{"run": os.path.basename(r["run_dir"]), "method": r["label"],
+              f"accuracy, {comp['ways']}-way {comp['shots']}-shot"
+              + (f", {comp['steps']} inner steps" if comp["steps"] is not None else ""):
+                  catalog.fmt_acc(r["accuracy"], r["ci95"]),
+              "episodes": comp["episodes"]} for r in comp["runs"]]
+    st.dataframe(table, hide_index=True, key="adapt_compare_table")
+    diff = comp["difference"]
+    if diff is not None:
+        st.markdown(f"Same {comp['episodes']} episodes for both (paired): DEML − λ = 0 = "
+                    f"**{diff['accuracy'] * 100:+.1f} ± {diff['ci95'] * 100:.1f} points** (95% CI); DEML better on "
+                    f"{diff['wins']}, worse on {diff['losses']}, tied on {diff['ties']} episodes.")
+    else:
+        st.info(TWIN_HOWTO)

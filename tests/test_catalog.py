@@ -1,0 +1,113 @@
+"""The catalog of saved runs (the Runs page's engine): summaries, damaged runs, deleting."""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+import pytest
+
+from engine import catalog
+from engine.config import preset
+from engine.errors import UserError
+from engine.inference import run_evaluation
+from engine.job import REGISTRY, TrainingJob
+from engine.trainer import start_run
+
+TINY = dict(dataset="glyphs:classes=60,drawings=8,seed=1", steps=6, width=8, concept_dim=16, meta_batch=2,
+            ext_batch=8, val_every=3, val_episodes=8, snapshot_every=3, checkpoint_every=6)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """Two finished tiny runs: DEML and its lambda = 0 twin."""
+    root = tmp_path_factory.mktemp("built")
+    for name, lam in (("deml", 1.0), ("vanilla", 0.0)):
+        trainer, run = start_run(preset("smoke").with_overrides(lam=lam, **TINY), str(root / name))
+        trainer.run(run)
+    return root
+
+
+@pytest.fixture
+def root(built, tmp_path, monkeypatch):
+    """A copy of the built runs as runs_root() (tests change it)."""
+    dst = tmp_path / "runs"
+    shutil.copytree(built, dst)
+    monkeypatch.setenv("CONCEPTSCAPE_RUNS", str(dst))
+    return dst
+
+
+def test_lists_runs_with_summaries(root):
+    run_evaluation(str(root / "deml"), "evaluate", episodes=10)
+    runs = catalog.list_runs()
+    assert sorted(r.name for r in runs) == ["deml", "vanilla"]
+    by = {r.name: r for r in runs}
+    deml, vanilla = by["deml"], by["vanilla"]
+    for r in runs:
+        assert r.state == "finished" and r.readable and r.adaptable
+        assert (r.learner, r.dataset, r.steps_done, r.steps_total) == ("protonet", TINY["dataset"], 6, 6)
+        assert 0 <= r.val_acc <= 1 and r.val_ci95 > 0
+        assert r.checkpoint.endswith("step_0000006.pt")
+        assert r.config["steps"] == 6
+    assert (deml.lam, vanilla.lam) == (1.0, 0.0)
+    assert deml.test["episodes"] == 10 and 0 <= deml.test["accuracy"] <= 1 and vanilla.test is None
+    row = deml.row()
+    assert row["steps"] == "6/6" and row["test accuracy"].endswith("(10 ep.)") and "±" in row["validation accuracy"]
+    assert "DEML" in deml.label() and "λ = 0" in vanilla.label()
+    assert catalog.find(runs, str(root / "deml" / ".." / "deml")) == runs.index(deml)
+    table = catalog.comparison_table(runs)
+    assert [t["run"] for t in table] == [r.name for r in runs]
+    fig = catalog.comparison_curves(runs)
+    assert {t.name for t in fig.data if t.showlegend is not False} >= {"deml (protonet DEML (λ = 1))",
+                                                                      "vanilla (protonet vanilla (λ = 0))"}
+    assert catalog.newest_checkpoint(root / "deml").name == "step_0000006.pt"
+
+
+def test_a_damaged_run_is_listed_as_unreadable(root):
+    (root / "broken").mkdir()
+    (root / "broken" / "config.json").write_text("{not json")
+    (root / "empty").mkdir()
+    (root / "notes.txt").write_text("not a run")  # plain files are not runs
+    (root / "vanilla" / "metrics.jsonl").write_text('{"kind": "train", "step": 3}\n{cut off')  # tolerated
+    runs = {r.name: r for r in catalog.list_runs()}
+    assert sorted(runs) == ["broken", "deml", "empty", "vanilla"]
+    assert runs["broken"].state == "unreadable" and "config.json" in runs["broken"].detail
+    assert runs["empty"].state == "unreadable" and "no config.json" in runs["empty"].detail
+    assert not runs["broken"].adaptable and runs["broken"].row()["learner"] is None
+    assert runs["deml"].state == "finished"
+    assert runs["vanilla"].state == "stopped" and runs["vanilla"].steps_done == 3  # what its metrics say
+    assert catalog.list_runs(root / "missing") == []
+
+
+def test_delete_refuses_paths_outside_the_runs_root(root, tmp_path):
+    outside = tmp_path / "precious"
+    outside.mkdir()
+    (root / "link").symlink_to(outside, target_is_directory=True)
+    for bad in (outside, root, root / ".." / "precious", root / "link", "/"):
+        with pytest.raises(UserError, match="not a run under"):
+            catalog.delete_run(bad)
+    assert outside.is_dir() and root.is_dir()
+    with pytest.raises(UserError, match="does not exist"):
+        catalog.delete_run(root / "never")
+    assert catalog.delete_run(root / "vanilla") == {"deleted": os.path.realpath(root / "vanilla"), "stopped_job": False}
+    assert not (root / "vanilla").exists() and (root / "deml").is_dir()
+
+
+def test_delete_stops_a_running_job_first(root):
+    cfg = preset("smoke").with_overrides(**{**TINY, "steps": 100_000, "checkpoint_every": 100_000})
+    job = REGISTRY.start(TrainingJob(cfg, out=str(root / "live")))
+    try:
+        deadline = time.monotonic() + 30
+        while not (job.trainer is not None and job.trainer.step > 0) and time.monotonic() < deadline:
+            assert not job.done, job.error
+            time.sleep(0.02)
+        job.pause()
+        live = {r.name: r for r in catalog.list_runs()}["live"]
+        assert live.state == "running" and live.detail == "paused" and live.steps_total == 100_000
+        result = catalog.delete_run(root / "live")
+        assert result["stopped_job"] and job.done and job.state == "stopped"
+        assert not (root / "live").exists()
+        assert "live" not in {r.name for r in catalog.list_runs()}
+    finally:
+        job.stop()
+        job.join(30)

@@ -1,0 +1,110 @@
+"""The Runs page, driven through Streamlit's AppTest (no browser)."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from engine.config import REPO, preset
+from engine.runs import RunDir
+from engine.trainer import start_run
+
+TINY = dict(dataset="glyphs:classes=60,drawings=8,seed=1", steps=6, width=8, concept_dim=16, meta_batch=2,
+            ext_batch=8, val_every=3, val_episodes=8, snapshot_every=3, checkpoint_every=6)
+PAGE = str(REPO / "pages" / "4_Runs.py")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("built")
+    for name, lam in (("deml", 1.0), ("deml-lam0", 0.0)):
+        trainer, run = start_run(preset("smoke").with_overrides(lam=lam, **TINY), str(root / name))
+        trainer.run(run)
+    return root
+
+
+@pytest.fixture
+def root(built, tmp_path, monkeypatch):
+    dst = tmp_path / "runs"
+    shutil.copytree(built, dst)
+    (dst / "broken").mkdir()
+    (dst / "broken" / "config.json").write_text("{damaged")
+    monkeypatch.setenv("CONCEPTSCAPE_RUNS", str(dst))
+    return dst
+
+
+def page(run: str | None = None) -> AppTest:
+    at = AppTest.from_file(PAGE, default_timeout=60)
+    if run:
+        at.query_params["run"] = run
+    return at.run()
+
+
+def chart_keys(at) -> list[str]:
+    return [c.proto.id.rsplit("-", 1)[-1] for c in at.get("plotly_chart")]
+
+
+def test_runs_renders_empty(tmp_path, monkeypatch):
+    monkeypatch.setenv("CONCEPTSCAPE_RUNS", str(tmp_path / "none"))
+    at = page()
+    assert not at.exception
+    assert at.title[0].value == "Runs"
+    assert "No saved runs" in at.info[0].value and "Start demo" in at.info[0].value
+
+
+def test_runs_lists_every_run_and_compares_them(root):
+    at = page()
+    assert not at.exception, at.exception
+    table = at.dataframe[0].value
+    assert sorted(table["run"]) == ["broken", "deml", "deml-lam0"]
+    states = dict(zip(table["run"], table["state"]))
+    assert states["deml"] == "finished" and states["broken"].startswith("unreadable")
+    assert any(e.value.startswith("broken:") for e in at.error)  # its config expander says why
+    assert len(at.json) == 2  # configurations of the readable runs
+    compare = at.multiselect(key="runs_compare")
+    compare.set_value([str(root / "deml"), str(root / "deml-lam0")]).run()
+    assert not at.exception
+    assert "runs_compare_curves" in chart_keys(at)
+    results = at.dataframe[1].value
+    assert list(results["run"]) == ["deml", "deml-lam0"] and results["validation accuracy (last)"].str.contains("±").all()
+    at.button(key="runs_record_curves").click().run()  # no curves recorded yet: record them, then overlay
+    assert not at.exception
+    assert "runs_compare_adaptation_shots" in chart_keys(at)
+
+
+def test_full_evaluation_shows_progress_and_records_the_result(root):
+    at = page(str(root / "deml"))
+    assert at.selectbox(key="runs_selected").value == str(root / "deml")
+    assert at.number_input(key="runs_eval_episodes").value == 600
+    at.number_input(key="runs_eval_episodes").set_value(20)
+    at.button(key="runs_evaluate").click().run()
+    assert not at.exception, at.exception
+    assert any("over 20 5-way 1-shot episodes" in s.value for s in at.success)
+    assert at.get("progress")[-1].proto.value == 100 and "20/20 episodes" in at.get("progress")[-1].proto.text
+    assert RunDir(root / "deml").read_evaluations()[-1]["episodes"] == 20
+    assert "(20 ep.)" in dict(zip(at.dataframe[0].value["run"], at.dataframe[0].value["test accuracy"]))["deml"]
+
+
+def test_report_and_checkpoint_downloads(root):
+    at = page(str(root / "deml"))
+    labels = [b.label for b in at.get("download_button")]
+    assert labels == ["Download checkpoint (0.0 MB)"] or labels[0].startswith("Download checkpoint")
+    at.button(key="runs_build_report").click().run()
+    assert not at.exception, at.exception
+    labels = [b.label for b in at.get("download_button")]
+    assert labels[0] == "Download HTML report" and labels[1].startswith("Download checkpoint")
+
+
+def test_delete_needs_confirmation(root):
+    at = page(str(root / "deml-lam0"))
+    assert at.button(key="runs_delete").disabled
+    at.checkbox(key="runs_delete_confirm").check().run()
+    assert not at.button(key="runs_delete").disabled
+    at.button(key="runs_delete").click().run()
+    assert not at.exception, at.exception
+    assert not (root / "deml-lam0").exists() and (root / "deml").is_dir()
+    assert any("Deleted deml-lam0" in s.value for s in at.success)
+    assert "deml-lam0" not in list(at.dataframe[0].value["run"])
+    assert "run" not in at.query_params
+    assert not at.checkbox(key="runs_delete_confirm").value  # the next run needs its own confirmation
