@@ -37,13 +37,13 @@ from engine.config import TrainConfig
 from engine.data.episodes import EpisodeIndex, EpisodeSampler, channels_first, take
 from engine.data.imageset import ImageSet, is_gray, normalise_polarity, to_pixels
 from engine.errors import UserError
+from engine.episode import task_regions
 from engine.evaluate import TASK_CHUNK, mean_ci95
 from engine.inference import CURVE_SHOTS, evaluation_classes, load_trained
 from engine.learners.base import per_task_cross_entropy
 from engine.learners.head import head_logits
 from engine.learners.protonet import prototypes
 from engine.model import DEMLModel
-from engine.regions import RegionGrid
 from engine.runs import RunDir
 
 UNKNOWN = -1  # query label of an image whose class the person did not say
@@ -404,28 +404,12 @@ def task_detail(model: DEMLModel, task: Task, device, steps: int | None = None, 
         else:
             protos = prototypes(zs, labels, ways)[0]
             detail["prototypes_xy"] = pca.transform(protos.cpu().numpy())
-        detail["regions"] = _plane_regions(pca, detail, answer, grid, device)
+        detail["regions"] = task_regions(pca, detail, answer, grid, device)
     finally:
         model.train(was_training)
     return detail
 
 
-REGION_MARGIN = 0.15  # as engine.episode.GRID_MARGIN
-
-
-def _plane_regions(pca: PCA, detail: dict, answer, grid: int, device) -> RegionGrid:
-    """What the task's learner answers over the task's PCA plane (engine.episode._task_regions)."""
-    xy = np.concatenate([detail["support_xy"], detail["query_xy"]])
-    lo, hi = xy.min(0), xy.max(0)
-    pad = (hi - lo) * REGION_MARGIN + 1e-6
-    gx = np.linspace(lo[0] - pad[0], hi[0] + pad[0], grid)
-    gy = np.linspace(lo[1] - pad[1], hi[1] + pad[1], grid)
-    plane = np.stack(np.meshgrid(gx, gy), -1).reshape(-1, 2)
-    concepts = torch.as_tensor(pca.inverse_transform(plane), dtype=torch.float32, device=device)
-    probs = torch.softmax(answer(concepts[None]), -1).cpu().numpy()
-    return RegionGrid(x=gx, y=gy, pred=probs.argmax(-1).reshape(grid, grid), conf=probs.max(-1).reshape(grid, grid),
-                      exact=True, method="exact: the task's learner applied to this task's PCA plane",
-                      class_names=list(detail["class_names"]))
 
 
 NO_LABEL_RING = "#9AA1AC"

@@ -53,13 +53,14 @@ def episode_detail(model: DEMLModel, sampler: EpisodeSampler, index: EpisodeInde
         else:
             protos = prototypes(zs, ep.support_labels, ways)[0]  # (N, D): class means in concept space
             detail["prototypes_xy"] = pca.transform(protos.cpu().numpy())
-        detail["regions"] = _task_regions(pca, detail, answer, grid, device)
+        detail["regions"] = task_regions(pca, detail, answer, grid, device)
     finally:
         model.train(was_training)
     return detail
 
 
-def _task_regions(pca: PCA, detail: dict, answer, grid: int, device) -> RegionGrid:
+def task_regions(pca: PCA, detail: dict, answer, grid: int, device) -> RegionGrid:
+    """What the task's learner answers (`answer(concepts (1, G*G, D)) -> logits`) over the PCA plane."""
     xy = np.concatenate([detail["support_xy"], detail["query_xy"]])
     lo, hi = xy.min(0), xy.max(0)
     pad = (hi - lo) * GRID_MARGIN + 1e-6
