@@ -6,7 +6,7 @@ frame of a run without the model.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -109,9 +109,10 @@ def neighbour_regions(xy: np.ndarray, probe_pred: np.ndarray, probe_conf: np.nda
 def regions_for(projector, snapshot: dict[str, np.ndarray], probe: dict[str, np.ndarray],
                 grid: int = 60, bounds=None) -> RegionGrid | None:
     """D's regions on `projector`'s map of this snapshot's probe concepts: exact on a PCA map,
-    approximate (nearest probes) on UMAP/t-SNE; None when the run has no discriminator."""
+    approximate (nearest probes) on UMAP/t-SNE; None when the run has no discriminator or never
+    trained it (lambda = 0: its regions would be noise from the initial weights)."""
     disc = {k: v for k, v in snapshot.items() if k.startswith("disc.")}
-    if not disc:
+    if not disc or not bool(snapshot.get("disc_trained", True)):
         return None
     class_names = [str(c) for c in probe.get("external_classes", [])]
     if getattr(projector, "method_", None) == "pca":
@@ -122,3 +123,14 @@ def regions_for(projector, snapshot: dict[str, np.ndarray], probe: dict[str, np.
         probs = softmax(discriminator_logits(disc, np.asarray(snapshot["concepts"], np.float32)))
         pred, conf = probs.argmax(-1), probs.max(-1)
     return neighbour_regions(projector.embedding_, pred, conf, class_names, bounds=bounds, grid=grid)
+
+
+def normalise_frame(xy: np.ndarray, regions: RegionGrid | None) -> tuple[np.ndarray, RegionGrid | None]:
+    """A frame centred and scaled to unit RMS radius, its region grid moved with it. Concept space
+    grows many times over during training; a replay shows shape, not size."""
+    centre = xy.mean(0)
+    radius = float(np.sqrt(((xy - centre) ** 2).sum(1).mean())) or 1.0
+    moved = ((xy - centre) / radius).astype(np.float32)
+    if regions is None:
+        return moved, None
+    return moved, replace(regions, x=(regions.x - centre[0]) / radius, y=(regions.y - centre[1]) / radius)

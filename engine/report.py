@@ -13,7 +13,7 @@ import numpy as np
 from engine.charts import adaptation_curves, replay, training_curves
 from engine.inference import find_twin, recorded_or_new
 from engine.project import ConceptProjector, start_umap_warmup, wait_for_umap
-from engine.regions import regions_for
+from engine.regions import normalise_frame, regions_for
 from engine.runs import RunDir
 
 MAX_REPLAY_FRAMES = 40  # evenly chosen snapshots (first and last kept): the file stays a few MB
@@ -31,8 +31,9 @@ def replay_frames(run: RunDir, method: str = "umap", seed: int = 0):
     frames, regions = [], []
     for i, snap in enumerate(snapshots):
         (projector.fit if i == 0 else projector.update)(snap["concepts"])
-        frames.append((int(snap["step"]), projector.embedding_.copy()))
-        regions.append(regions_for(projector, snap, probe))
+        xy, grid = normalise_frame(projector.embedding_, regions_for(projector, snap, probe))
+        frames.append((int(snap["step"]), xy))
+        regions.append(grid)
     return frames, regions, probe, snapshots, projector
 
 

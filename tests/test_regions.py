@@ -118,3 +118,32 @@ def test_regions_for_is_cheap_for_a_live_loop():
             regions_for(p, snap, probe, grid=60)
             times.append(time.perf_counter() - t0)
         assert np.median(times) < 0.25  # measured ~0.01 s; generous for a shared machine
+
+
+def test_normalised_frame_keeps_points_on_their_regions():
+    from engine.regions import RegionGrid, normalise_frame
+
+    xy = np.array([[10.3, 0.4], [12.4, 0.1], [9.6, 4.2]])  # no point halfway between grid lines
+    grid = RegionGrid(x=np.array([9.0, 11.0, 13.0]), y=np.array([-1.0, 5.0]), pred=np.array([[0, 1, 1], [0, 0, 1]]),
+                      conf=np.ones((2, 3)), exact=True, method="exact", class_names=["a", "b"])
+    moved, g = normalise_frame(xy, grid)
+    assert np.allclose(moved.mean(0), 0) and np.isclose(np.sqrt((moved ** 2).sum(1).mean()), 1.0)
+    # the same affine map moves points and grid: a point's nearest grid column stays the same one
+    for p, q in zip(xy, moved):
+        assert np.argmin(abs(grid.x - p[0])) == np.argmin(abs(g.x - q[0]))
+        assert np.argmin(abs(grid.y - p[1])) == np.argmin(abs(g.y - q[1]))
+    assert normalise_frame(xy, None)[1] is None
+
+
+def test_no_regions_for_an_untrained_discriminator():
+    from engine.project import ConceptProjector
+    from engine.regions import regions_for
+
+    rng = np.random.default_rng(0)
+    concepts = rng.normal(size=(30, 4)).astype(np.float32)
+    snap = {"concepts": concepts, "disc.net.weight": rng.normal(size=(3, 4)), "disc.net.bias": np.zeros(3),
+            "disc_trained": np.bool_(True)}
+    probe = {"external_classes": np.array(["a", "b", "c"])}
+    projector = ConceptProjector(method="pca").fit(concepts)
+    assert regions_for(projector, snap, probe) is not None
+    assert regions_for(projector, {**snap, "disc_trained": np.bool_(False)}, probe) is None
