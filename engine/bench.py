@@ -55,5 +55,3 @@ def throughput(cfg: TrainConfig, rounds: int = 6, steps_per_round: int = 10, log
         "device": str(trainer.device), "machine": _machine(),
     }
 
-
-BENCHMARKS = {"throughput": throughput}

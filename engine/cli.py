@@ -85,8 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--method", choices=["umap", "pca", "tsne"], default="umap", help="layout of the replay")
     rep.add_argument("--episodes", type=int, default=300, help="test episodes when no evaluation was recorded")
     bench = sub.add_parser("bench", help="benchmarks, measured as ratios within one run")
-    bench.add_argument("name", choices=["throughput"])
+    bench.add_argument("name", choices=["throughput", "projection", "live"])
     bench.add_argument("--preset", default="demo")
+    bench.add_argument("--run", metavar="RUN_DIR", help="projection: take concepts from this run's snapshots")
     bench.add_argument("--learner")
     bench.add_argument("--lam", type=float)
     bench.add_argument("--rounds", type=int, default=6)
@@ -230,11 +231,19 @@ def cmd_report(args) -> dict:
 
 
 def cmd_bench(args) -> dict:
-    from engine.bench import BENCHMARKS
+    if args.rounds < 1:
+        raise UserError(f"--rounds must be at least 1 (got {args.rounds})")
+    if args.name == "projection":
+        from engine.bench_projection import projection_benchmark
+        return projection_benchmark(args.run)
+    if args.name == "live":
+        from engine.bench_live import live_benchmark
+        return live_benchmark(args.preset, rounds=args.rounds)
+    from engine.bench import throughput
     from engine.config import preset
 
     cfg = preset(args.preset).with_overrides(learner=args.learner, lam=args.lam, device=args.device)
-    return BENCHMARKS[args.name](cfg, rounds=args.rounds)
+    return throughput(cfg, rounds=args.rounds)
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "curve": cmd_curve, "inspect": cmd_inspect,
