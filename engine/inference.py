@@ -75,7 +75,8 @@ def recorded_or_new(run_dir: str, kind: str, episodes: int, progress=None) -> di
     cfg = TrainConfig.from_dict(RunDir.open(run_dir).config())
     for rec in reversed(RunDir(run_dir).read_evaluations()):
         if (rec.get("kind") == kind and rec.get("classes") == "test" and rec.get("ways") == cfg.ways
-                and (kind == "curve" or rec.get("shots") == cfg.shots) and rec.get("episodes", 0) >= episodes
+                and (len(rec.get("steps", [])) > 1 if kind == "curve" else rec.get("shots") == cfg.shots)
+                and rec.get("episodes", 0) >= episodes
                 and rec.get("dataset") == f"{cfg.dataset} [meta-test]"):
             return rec
     return run_evaluation(run_dir, kind, episodes=episodes, progress=progress)

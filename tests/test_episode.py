@@ -73,3 +73,20 @@ def test_task_regions_are_what_the_learner_answers_on_the_plane(trained):
     logits = model.learner.logits(zs[None], ep.support_labels[:1], concept[None], 5, training=False)
     assert int(logits.argmax(-1)) == r.pred[5, 3]
 
+
+
+@pytest.mark.parametrize("learner", ["protonet", "matching", "maml", "metasgd", "reptile"])
+def test_every_learner_has_an_adaptation_curve(learner):
+    from engine.evaluate import adaptation_curve
+
+    trainer = Trainer(preset("smoke").with_overrides(learner=learner, inner_steps=2, **TINY))
+    for _ in range(2):
+        trainer.train_step()
+    sampler = EpisodeSampler(trainer.splits.test, 5, 3, 2)
+    curve = adaptation_curve(trainer.model, sampler, 6, 0, trainer.device, max_steps=3)
+    expected = [0, 1, 2, 3] if trainer.model.learner.adapts_by_steps else [1, 2, 3]
+    assert curve["steps"] == expected and curve["axis"] == ("steps" if expected[0] == 0 else "shots")
+    assert len(curve["accuracy"]) == len(curve["loss"]) == len(curve["accuracy_ci95"]) == len(expected)
+    assert all(0.0 <= a <= 1.0 for a in curve["accuracy"])
+    if curve["axis"] == "steps":  # before any inner step every class scores the same: chance
+        assert curve["accuracy"][0] == pytest.approx(0.2) and curve["loss"][0] == pytest.approx(np.log(5))

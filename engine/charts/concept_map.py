@@ -42,8 +42,9 @@ COLOR_BY = ("class", "split", "prediction", "correct")
 PROBE_KEYS = ("split", "label", "class_name", "image_index")
 
 # top right, on the title's row (the subtitle takes the left of the next rows)
-_LEGEND = dict(orientation="h", x=1.0, xanchor="right", xref="paper", y=0.995, yanchor="top", yref="container",
-               title=dict(text=""), font=dict(size=12))
+# right of the map, clear of plotly's toolbar (top right) and the replay's slider (bottom)
+_LEGEND = dict(orientation="v", x=1.01, xanchor="left", xref="paper", y=1.0, yanchor="top", yref="paper",
+               title=dict(text="split"), font=dict(size=12))
 
 
 def check_probe(probe) -> int:
