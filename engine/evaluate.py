@@ -37,7 +37,8 @@ def _per_task(model, sampler, index, device, fn: Callable, shots=None, progress=
         total = len(index.classes)
         for start in range(0, total, TASK_CHUNK):
             zs, zq, ep = _concepts(model, sampler, take(index, start, start + TASK_CHUNK), device, shots)
-            out.append(fn(zs, zq, ep))
+            with torch.no_grad():  # gradient learners turn gradients on for their own inner loop
+                out.append(fn(zs, zq, ep))
             if progress:
                 progress(min(start + TASK_CHUNK, total), total)
     finally:
