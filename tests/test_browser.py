@@ -1,0 +1,196 @@
+"""End to end in a real Chromium (Debian's, driven by Playwright) against `streamlit run app.py`.
+
+Skipped with a reason where Chromium or Playwright is missing; in CI (CI=true), which installs
+both, they fail instead. Screenshots of each page go to the test's temporary folder.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine.config import REPO, preset
+from engine.trainer import start_run
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def _missing(reason: str):
+    (pytest.fail if os.environ.get("CI") == "true" else pytest.skip)(reason)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        _missing(f"{CHROMIUM} not found: apt-get install -y chromium (CI does)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _missing("playwright is not installed: pip install -r requirements-dev.txt")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("app")
+    (root / "runs").mkdir()
+    # a small trained run, for the Adapt page
+    cfg = preset("smoke").with_overrides(dataset="glyphs:classes=60,drawings=8,seed=1", steps=20, width=16,
+                                         meta_batch=2, ext_batch=16, val_every=10, val_episodes=8,
+                                         snapshot_every=10, checkpoint_every=20)
+    trainer, run = start_run(cfg, str(root / "runs" / "tiny"))
+    trainer.run(run)
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(workdir):
+    port = _free_port()
+    env = {**os.environ, "CONCEPTSCAPE_RUNS": str(workdir / "runs"),
+           "CONCEPTSCAPE_UPLOADS": str(workdir / "uploads")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"), "--server.port", str(port),
+         "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).status == 200:
+                break
+        except OSError:
+            time.sleep(0.3)
+    else:
+        proc.kill()
+        pytest.fail(f"the app did not start: {proc.stdout.read()[-2000:]}")
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture
+def page(browser, server, tmp_path):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    pg = context.new_page()
+    pg.set_default_timeout(60_000)
+    yield pg
+    context.close()
+
+
+def settle(page):
+    """Wait until Streamlit has finished running the script."""
+    page.wait_for_selector('[data-test-script-state="notRunning"]', state="attached")
+
+
+# _fullData: plotly's decoded traces (gd.data may hold numpy arrays as base64 typed-array specs)
+PLOT_DATA = """() => Array.from(document.querySelectorAll('.js-plotly-plot')).map(gd =>
+    (gd._fullData || []).map(t => ({name: t.name || '', x: t.x ? Array.from(t.x) : [], y: t.y ? Array.from(t.y) : []})))"""
+
+
+def concept_map_points(page) -> list[float] | None:
+    """The coordinates plotted on the concept map (the chart whose traces are the splits)."""
+    for traces in page.evaluate(PLOT_DATA):
+        names = {t["name"] for t in traces}
+        if "meta-train" in names:
+            return [v for t in traces if t["name"] in ("meta-train", "meta-test", "external") for v in t["x"] + t["y"]]
+    return None
+
+
+def test_start_demo_shows_a_live_moving_concept_map(page, server, tmp_path):
+    page.goto(server)
+    settle(page)
+    page.get_by_role("button", name="Start demo").click()
+    clicked = time.monotonic()
+    first = None
+    while time.monotonic() - clicked < 90:
+        first = concept_map_points(page)
+        if first:
+            break
+        time.sleep(0.25)
+    assert first, "no concept map within 90 s of the click"
+    to_map = time.monotonic() - clicked
+    page.screenshot(path=str(tmp_path / "home-demo.png"), full_page=True)
+    moved = None
+    while time.monotonic() - clicked < 120:
+        time.sleep(1.0)
+        now = concept_map_points(page)
+        if now and (len(now) != len(first) or not np.allclose(now, first)):
+            moved = now
+            break
+    assert moved is not None, "the concept map did not change between refreshes"
+    (tmp_path / "timing.json").write_text(json.dumps({"click_to_map_s": to_map,
+                                                       "click_to_first_move_s": time.monotonic() - clicked}))
+    print(f"click to concept map: {to_map:.1f} s; to its first move: {time.monotonic() - clicked:.1f} s")
+    page.get_by_role("button", name="Stop").first.click()  # leave the cores to the other tests
+
+
+def _class_zip() -> bytes:
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for c in range(6):
+            base = rng.integers(0, 255, (20, 20), dtype=np.uint8)
+            for k in range(6):
+                img = Image.fromarray(np.clip(base + rng.integers(-20, 20, base.shape), 0, 255).astype(np.uint8))
+                out = io.BytesIO()
+                img.save(out, format="PNG")
+                z.writestr(f"shapes/class_{c}/img_{k}.png", out.getvalue())
+    return buf.getvalue()
+
+
+def test_upload_a_zip_of_class_folders_on_data(page, server, tmp_path):
+    path = tmp_path / "classes.zip"
+    path.write_bytes(_class_zip())
+    page.goto(f"{server}/Data")
+    settle(page)
+    page.get_by_text("Upload a zip").click()
+    settle(page)
+    page.locator('[data-testid="stFileUploader"] input[type=file]').first.set_input_files(str(path))
+    page.get_by_text("The zip was saved as").wait_for()
+    settle(page)
+    for c in range(6):
+        assert page.get_by_text(f"class_{c}").count() > 0, f"class_{c} is not shown"
+    page.screenshot(path=str(tmp_path / "data-upload.png"), full_page=True)
+
+
+def test_adapt_to_a_new_task(page, server, tmp_path):
+    page.goto(f"{server}/Adapt")
+    settle(page)
+    page.get_by_role("button", name="New task").click()
+    settle(page)
+    # the episode in concept space is drawn: a chart with the task's support and query points
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        traces = [t for chart in page.evaluate(PLOT_DATA) for t in chart]
+        if any("query" in t["name"] for t in traces):
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail("the Adapt page drew no episode")
+    page.screenshot(path=str(tmp_path / "adapt.png"), full_page=True)
