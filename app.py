@@ -1,18 +1,19 @@
 """Conceptscape home: what DEML is, a one-click demo, and the live view of a run."""
 from __future__ import annotations
 
-from datetime import datetime
-from pathlib import Path
-
 import streamlit as st
 
-from engine.charts import concept_map_pca, training_curves
-from engine.config import preset
+from engine.config import preset, runs_root
 from engine.errors import UserError
-from engine.job import REGISTRY, TrainingJob
-from engine.runs import RunDir
+from engine.job import REGISTRY
+from engine.live import new_run_dir, start_runs, twin_dir_for
+from engine.project import start_umap_warmup
+from ui.common import current_run, presenter, set_current_run
+from ui.live import live_view
 
 st.set_page_config(page_title="Conceptscape", layout="wide")
+start_umap_warmup()  # import and compile UMAP on a background thread now; maps show PCA until it is ready
+show_presenter = presenter()
 
 
 DIAGRAM = """digraph {
@@ -37,58 +38,20 @@ st.markdown(
 )
 st.graphviz_chart(DIAGRAM)
 
-if st.button("Start demo", type="primary", help="trains the demo preset on built-in glyphs (a few minutes on CPU)"):
-    out = f"runs/{datetime.now():%Y%m%d-%H%M%S}-demo"
+if st.button("Start demo", type="primary", key="start_demo",
+             help="trains the demo preset on built-in glyphs (a few minutes on CPU)"):
     try:
-        REGISTRY.start(TrainingJob(preset("demo"), out=out))
-        st.query_params["run"] = out
+        out = new_run_dir(runs_root(), "demo")
+        start_runs(preset("demo"), out)
+        set_current_run(out)
     except UserError as e:
         st.error(str(e))
 
-run_dir = st.query_params.get("run")
-job = REGISTRY.get(run_dir)
-polling = job is not None and not job.done
+run_dir = current_run()
+live_view(run_dir, key="live", presenter=show_presenter,
+          empty_hint="Press **Start demo** to train on built-in glyphs and watch concept space form.")
 
-
-@st.fragment(run_every=1.0 if polling else None)
-def live_view() -> None:
-    job = REGISTRY.get(run_dir)
-    if job is not None:
-        p = job.progress()
-        eta = f", about {p['eta_seconds']:.0f} s left" if p["eta_seconds"] is not None else ""
-        st.progress(p["fraction"], text=f"{run_dir}: {p['state']}, step {p['step']}/{p['steps']}{eta}")
-        if job.error:
-            st.error(job.error)
-        if job.trainer is not None:
-            st.caption(f"training on {job.trainer.device.type.upper()}")
-        cols = st.columns(3)
-        cols[0].button("Pause", on_click=job.pause, disabled=job.state != "running")
-        cols[1].button("Resume", on_click=job.resume, disabled=job.state != "paused")
-        cols[2].button("Stop", on_click=job.stop, disabled=job.done)
-        metrics, snapshots = job.metrics(), job.snapshots()
-        if polling and job.done:  # one full rerun of the page turns the polling off
-            st.rerun(scope="app")
-    elif run_dir and (Path(run_dir) / "config.json").is_file():
-        run = RunDir(run_dir)
-        metrics = run.read_metrics()
-        steps = run.snapshot_steps()
-        snapshots = [run.load_snapshot(steps[-1])] if steps else []
-        st.info(f"{run_dir}: saved run, {metrics[-1]['step'] if metrics else 0} steps")
-    else:
-        st.caption("Press **Start demo** to train on built-in glyphs and watch concept space form.")
-        return
-    left, right = st.columns([3, 2])
-    if metrics:
-        left.plotly_chart(training_curves(metrics), key="curves", width="stretch", theme=None)
-    probe_file = Path(run_dir) / "snapshots" / "probe.npz"
-    if snapshots and probe_file.is_file():
-        right.plotly_chart(concept_map_pca(RunDir(run_dir).load_probe(), snapshots[-1]), key="map",
-                           width="stretch", theme=None)
-
-
-live_view()
-
-active = [j for j in REGISTRY.active() if j.run_dir != run_dir]
+active = [j for j in REGISTRY.active() if j.run_dir not in (run_dir, run_dir and twin_dir_for(run_dir))]
 if active:
     st.subheader("Other runs in progress")
     for other in active:

@@ -1,0 +1,145 @@
+"""The Train page, driven through Streamlit's AppTest (no browser). AppTest does not fire the
+fragment's run_every, so each test waits on the job itself and then reruns the page."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from engine import config, project
+from engine.config import REPO
+from engine.inference import find_twin
+from engine.job import REGISTRY
+from engine.live import twin_dir_for
+
+TINY_DEMO = dict(dataset="glyphs:classes=60,drawings=8,seed=1", steps=8, width=8, meta_batch=2, ext_batch=8,
+                 val_every=4, val_episodes=8, snapshot_every=4, checkpoint_every=8, probe_classes=4,
+                 probe_per_class=3)
+
+
+@pytest.fixture
+def page(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # runs/ is created in the working directory
+    monkeypatch.delenv("CONCEPTSCAPE_RUNS", raising=False)
+    monkeypatch.setitem(config.PRESETS, "demo", TINY_DEMO)
+    monkeypatch.setattr(project, "start_umap_warmup", lambda: None)  # no background compile in tests
+    return AppTest.from_file(str(REPO / "pages" / "2_Train.py"), default_timeout=60)
+
+
+def start(at: AppTest, **values) -> str:
+    for key, value in values.items():
+        widget = at.checkbox(key=key) if key == "train_twin" else at.number_input(key=key)
+        widget.set_value(value)
+    at.button(key="train_start").click().run()
+    assert not at.exception, at.exception
+    return at.query_params.get("run")
+
+
+def wait_for(predicate, timeout: float = 60.0) -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.05)
+
+
+def specs(at: AppTest) -> dict:
+    return {c.proto.id: json.loads(c.proto.spec) for c in at.get("plotly_chart")}
+
+
+def test_renders_empty(page):
+    page.run()
+    assert not page.exception
+    assert page.title[0].value == "Train"
+    assert [b.label for b in page.button] == ["Start"]
+    assert page.number_input(key="train_steps").value == TINY_DEMO["steps"]  # the demo preset's settings
+    assert not page.get("plotly_chart")
+
+
+def test_start_pause_resume_stop(page):
+    page.run()
+    run = start(page, train_steps=100_000)
+    assert run and run.startswith("runs/")
+    job = REGISTRY.get(run)  # the process-wide registry holds it: a refresh finds it again
+    assert job is not None
+    try:
+        wait_for(lambda: job.state == "running" or job.done)
+        assert job.state == "running", job.error
+        page.run()
+        page.button(key="live_pause").click().run()
+        assert job.state == "paused"
+        step = job.progress()["step"]
+        time.sleep(0.3)
+        assert job.progress()["step"] <= step + 1  # at most the step under way when paused
+        page.button(key="live_resume").click().run()
+        assert job.state == "running"
+        page.button(key="live_stop").click().run()
+        assert job.join(60) and job.state == "stopped"
+    finally:
+        job.stop()
+        job.join(60)
+    page.run()
+    assert not page.exception
+    assert any("stopped" in p.proto.text for p in page.get("progress"))
+    assert not page.button(key="live_resume").disabled  # a stopped run can continue from its checkpoint
+
+
+def test_finished_short_run_shows_map_curves_and_replay(page):
+    page.run()
+    run = start(page)
+    job = REGISTRY.get(run)
+    assert job.join(60) and job.state == "finished", job.error
+    page.run()
+    assert not page.exception
+    charts = [c.proto.id for c in page.get("plotly_chart")]
+    assert len(charts) == 2  # the concept map and the training curves
+    figs = list(specs(page).values())
+    assert figs[0]["layout"]["title"]["text"] == "<b>Concept space at step 8</b>"
+    assert any(t.get("name") == "meta loss" for t in figs[1]["data"])
+    assert page.metric[0].label == "Validation accuracy"
+    assert any("step 8/8" in p.proto.text for p in page.get("progress"))
+    replay = page.select_slider(key="live_replay")
+    replay.set_value(4).run()  # an earlier snapshot, on the same map
+    assert not page.exception
+    assert list(specs(page).values())[0]["layout"]["title"]["text"] == "<b>Concept space at step 4</b>"
+    page.selectbox(key="live_method").set_value("t-SNE").run()
+    page.selectbox(key="live_color").set_value("correct").run()
+    page.toggle(key="live_regions").set_value(False).run()
+    assert not page.exception
+    page.toggle(key="presenter").set_value(True).run()  # presenter view: no controls, bigger charts
+    assert not page.exception
+    assert not page.button and not page.selectbox  # no Start, Pause, Resume, Stop, no settings
+    figs = list(specs(page).values())
+    assert len(figs) == 2 and figs[0]["layout"]["height"] == 720
+
+
+def test_bad_settings_show_the_engines_message(page):
+    page.run()
+    run = start(page, train_lr=0.0)
+    assert run is None  # nothing started
+    assert "learning rates must be positive" in page.error[0].value
+    start(page, train_lr=0.001, train_ways=1)
+    assert "--ways must be at least 2" in page.error[0].value
+
+
+def test_twin_trains_beside_the_run_and_pairs(page):
+    page.run()
+    run = start(page, train_twin=True, train_steps=4)
+    twin = twin_dir_for(run)
+    jobs = [REGISTRY.get(run), REGISTRY.get(twin)]
+    assert all(j is not None for j in jobs)
+    for j in jobs:
+        assert j.join(60) and j.state == "finished", j.error
+    assert find_twin(run) == twin and find_twin(twin) == run
+    assert json.loads((Path(twin) / "config.json").read_text())["config"]["lam"] == 0
+    page.run()
+    assert not page.exception
+    curves = list(specs(page).values())[1]
+    assert any("λ = 0" in (t.get("name") or "") for t in curves["data"])  # the twin, dashed beside it
+    assert any("λ = 0 twin: finished" in p.proto.text for p in page.get("progress"))
+    page.query_params["run"] = twin  # the twin's own view: the DEML run is drawn solid beside it
+    page.run()
+    assert not page.exception
+    assert "λ = 0 run dashed" in list(specs(page).values())[1]["layout"]["title"]["text"]

@@ -1,0 +1,270 @@
+"""The live view of a run, shared by Home and Train: progress, controls, the concept map, the
+training curves, the replay slider and the images behind a selection.
+
+    live_view(run_dir, presenter=presenter())
+
+It refreshes about once a second while the run (or the lambda = 0 twin beside it) trains, inside
+`st.fragment(run_every=1.0)`, so the rest of the page never reruns and nothing blocks. When the run
+ends, the fragment that was polling asks for ONE full rerun, which draws the page without polling;
+a fragment that was not polling never does (that is what keeps it from rerunning forever). State
+kept between refreshes (the projectors) lives in engine.live.LiveMap, one per session.
+
+Stable keys (browser tests and zoom that survives refreshes use them; `key` defaults to "live"):
+  {key}_map        the concept map (plotly; lasso / box / click select -> images below it)
+  {key}_curves     the training curves (plotly; the lambda = 0 twin dashed)
+  {key}_thumbs     the images of the selected points, or a clicked point and its nearest neighbours
+  {key}_method     "Map" (UMAP / PCA / t-SNE)      {key}_color    "Colour by"
+  {key}_regions    "Decision regions" toggle        {key}_replay   "Replay" slider (snapshot steps)
+  {key}_pause, {key}_resume, {key}_stop, {key}_clear   buttons "Pause", "Resume", "Stop", "Clear selection"
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+
+from engine import project
+from engine.charts import concept_map, nearest_neighbours, thumbnail_grid, training_curves
+from engine.live import LiveMap, is_active, pause_runs, resume_runs, selected_rows, stop_runs, val_summary
+
+METHODS = {"UMAP": "umap", "PCA": "pca", "t-SNE": "tsne"}
+METHOD_LABELS = {v: k for k, v in METHODS.items()}
+COLOR_LABELS = {"class": "class", "split": "split", "prediction": "discriminator's prediction",
+                "correct": "discriminator right / wrong"}
+LATEST = "latest"
+SESSION_KEY = "_conceptscape_live_map"  # st.session_state[SESSION_KEY]: this session's LiveMap
+MAX_THUMBS = 64
+NEIGHBOURS = 8
+REFRESH_S = 1.0
+
+
+def live_map() -> LiveMap:
+    """This session's LiveMap (projectors and cached reads survive the page's reruns)."""
+    if SESSION_KEY not in st.session_state:
+        st.session_state[SESSION_KEY] = LiveMap()
+    return st.session_state[SESSION_KEY]
+
+
+def live_view(run_dir: str | None, *, key: str = "live", presenter: bool = False,
+              empty_hint: str | None = None) -> None:
+    """Draw the live view of `run_dir` (None: only `empty_hint`). `presenter` hides the controls and
+    enlarges the map and the curves."""
+    project.start_umap_warmup()  # idempotent: UMAP is compiled on a background thread, PCA is shown meanwhile
+    polling = is_active(run_dir)
+
+    @st.fragment(run_every=REFRESH_S if polling else None)
+    def _live() -> None:
+        _render(run_dir, key, presenter, empty_hint)
+        if is_active(run_dir) != polling:
+            # the run started or ended since the page was drawn: one full rerun turns polling on or
+            # off. Only a fragment whose polling is now wrong asks, so the rerun cannot repeat.
+            st.rerun(scope="app")
+
+    _live()
+
+
+# ------------------------------------------------------------------------------------------------
+def _render(run_dir: str | None, key: str, presenter: bool, empty_hint: str | None) -> None:
+    lm = live_map()
+    view = lm.read(run_dir)
+    if view.source == "none":
+        if run_dir and view.error:
+            st.warning(f"{view.error}. It may have been deleted; start a new run.")
+        elif empty_hint:
+            st.caption(empty_hint)
+        return
+    _status(view, key, presenter)
+    prefs = _settings(view, key, presenter)
+    if presenter:
+        _map_panel(lm, view, key, prefs, height=720)
+        _curves_panel(view, key, height=460)
+    else:
+        left, right = st.columns([3, 2], gap="medium")
+        with left:
+            _map_panel(lm, view, key, prefs, height=560)
+        with right:
+            _curves_panel(view, key, height=None)
+
+
+def _status(view, key: str, presenter: bool) -> None:
+    p = view.progress or {}
+    name = Path(view.run_dir).name
+    eta = f", about {p['eta_seconds']:.0f} s left" if p.get("eta_seconds") is not None and view.active else ""
+    st.progress(min(1.0, float(p.get("fraction", 0.0))),
+                text=f"{name}: {view.state}, step {p.get('step', 0)}/{p.get('steps', 0)}{eta}")
+    if view.twin_progress is not None:
+        tp = view.twin_progress
+        st.progress(min(1.0, float(tp.get("fraction", 0.0))),
+                    text=f"{_twin_label(view)}: {view.twin_state}, step {tp.get('step', 0)}/{tp.get('steps', 0)}")
+    if view.error:
+        st.error(view.error)
+    for w in view.warnings[-3:]:
+        st.warning(w)
+    if view.device:
+        extra = " · the λ = 0 twin trains beside it (two runs share the cores)" \
+            if view.twin_state in ("starting", "running", "paused") else ""
+        st.caption(f"{'training' if view.active else 'trained'} on {view.device}{extra}")
+    elif view.source == "disk":
+        secs = p.get("seconds") or 0.0
+        st.caption(f"saved run: {p.get('step', 0)} of {p.get('steps', 0)} steps, {secs:.0f} s of training")
+    elif view.state == "starting":
+        st.caption("preparing the data and the model…")
+    if presenter:
+        return
+    running = view.state in ("running", "starting") or view.twin_state in ("running", "starting")
+    paused = view.state == "paused" or view.twin_state == "paused"
+    c1, c2, c3, _ = st.columns([1, 1, 1, 5])
+    c1.button("Pause", key=f"{key}_pause", on_click=pause_runs, args=(view.run_dir,), disabled=not running,
+              width="stretch")
+    c2.button("Resume", key=f"{key}_resume", on_click=resume_runs, args=(view.run_dir,),
+              disabled=not (paused or view.resumable), width="stretch",
+              help="continue a paused run, or a stopped one from its last checkpoint")
+    c3.button("Stop", key=f"{key}_stop", on_click=stop_runs, args=(view.run_dir,), disabled=not view.active,
+              width="stretch", help="stops after the current step and saves a checkpoint")
+
+
+def _settings(view, key: str, presenter: bool) -> dict:
+    """The map's settings: widgets, or (presenter view, widgets hidden) the last values chosen."""
+    saved = st.session_state.setdefault(f"_{key}_prefs", {"method": "umap", "color": "class", "regions": True})
+    has_d = bool(view.snapshots) and "disc_pred" in view.snapshots[-1]
+    colors = [c for c in COLOR_LABELS if has_d or c in ("class", "split")]
+    if presenter:
+        return {**saved, "color": saved["color"] if saved["color"] in colors else "class"}
+    c1, c2, c3 = st.columns([1, 1, 1])
+    labels = list(METHODS)
+    method = c1.selectbox("Map", labels, index=labels.index(METHOD_LABELS[saved["method"]]), key=f"{key}_method",
+                          help="UMAP keeps neighbourhoods; PCA is a linear view (exact decision regions); "
+                               "t-SNE separates clusters most")
+    color = c2.selectbox("Colour by", colors, index=colors.index(saved["color"]) if saved["color"] in colors else 0,
+                         format_func=COLOR_LABELS.get, key=f"{key}_color")
+    regions = c3.toggle("Decision regions", value=saved["regions"], key=f"{key}_regions", disabled=not has_d,
+                        help="what the concept discriminator predicts across the map (exact on PCA, "
+                             "from the nearest points on UMAP / t-SNE)")
+    saved.update(method=METHODS[method], color=color, regions=bool(regions))
+    return dict(saved)
+
+
+def _replay_step(view, key: str) -> int | None:
+    """The snapshot step the replay slider points at (None: the latest, i.e. live)."""
+    steps = [int(s["step"]) for s in view.snapshots]
+    if len(steps) < 2:
+        return None
+    options = steps[:-1] + [LATEST]
+    choice = st.select_slider(
+        "Replay", options=options, value=LATEST, key=f"{key}_replay",
+        format_func=lambda o: f"latest (step {steps[-1]})" if o == LATEST else f"step {o}",
+        help="scrub through the snapshots of concept space taken during training")
+    return None if choice == LATEST else int(choice)
+
+
+def _map_panel(lm: LiveMap, view, key: str, prefs: dict, height: int) -> None:
+    if not view.snapshots or view.probe is None:
+        if view.active:
+            st.info("The concept map appears with the first snapshot, a few seconds after training starts.")
+        return
+    step = _replay_step(view, key)
+    run, method, want_regions = view.run_dir, prefs["method"], prefs["regions"]
+    try:
+        if step is None:
+            xy, regions, note = lm.refresh(view.snapshots, view.probe, run=run, method=method, regions=want_regions)
+            snap = view.snapshots[-1]
+        else:
+            with st.spinner("laying out earlier snapshots on the same map…"):
+                xy, regions, snap = lm.frame_at(view.snapshots, view.probe, step, run=run, method=method,
+                                                regions=want_regions)
+            note = ""
+        shown = lm.method_shown(run, method) or method
+        n = len(view.probe["split"])
+        method_note = note or f"{METHOD_LABELS.get(shown, shown)} of {n} probe images' concepts"
+        color = prefs["color"] if prefs["color"] in ("class", "split") or "disc_pred" in snap else "class"
+        fig = concept_map(xy, view.probe, snap, color_by=color, regions=regions, method_note=method_note,
+                          uirevision=f"{key}-map-{run}-{method}", height=height)
+    except ValueError as e:  # e.g. concepts went NaN: say so, keep the page
+        st.warning(f"The concept map cannot be drawn: {e}")
+        return
+    rows_key = f"_{key}_rows"
+    kept_run, rows = st.session_state.get(rows_key, (None, []))
+    rows = [r for r in rows if r < n] if kept_run == run else []
+    _highlight(fig, rows)
+    event = st.plotly_chart(fig, key=f"{key}_map", on_select="rerun", selection_mode=("points", "box", "lasso"),
+                            width="stretch", theme=None)
+    picked = selected_rows(_selection(event))
+    if picked and picked != st.session_state.get(f"_{key}_taken"):
+        # the chart's own selection is reset whenever its figure changes (every new snapshot), and
+        # an old figure's selection can come back with that figure: so the rows are kept here, drawn
+        # as the selection until a different one or "Clear selection", and a selection is taken once
+        st.session_state[rows_key] = (run, picked)
+        st.session_state[f"_{key}_taken"] = rows = picked
+    if rows:
+        _selection_panel(view, snap, rows, key)
+    else:
+        st.caption("Lasso or box-select points (tools at the top right of the map) to see their images; "
+                   "click one point to see its nearest neighbours in concept space.")
+
+
+def _selection(event):
+    if event is None:
+        return None
+    sel = event.get("selection") if hasattr(event, "get") else getattr(event, "selection", None)
+    return sel
+
+
+def _highlight(fig, rows: list[int]) -> None:
+    """Show `rows` as the map's selected points (others dimmed)."""
+    wanted = set(rows)
+    for trace in fig.data:
+        cd = getattr(trace, "customdata", None)
+        if cd is None or trace.type != "scattergl":
+            continue
+        trace.selectedpoints = [i for i, c in enumerate(cd) if int(c[0]) in wanted] if wanted else None
+
+
+def _selection_panel(view, snap: dict, rows: list[int], key: str) -> None:
+    probe = view.probe
+    names = np.asarray(probe["class_name"]).astype(str)
+    if len(rows) == 1:
+        r = rows[0]
+        nn = nearest_neighbours(np.asarray(snap["concepts"]), r, k=NEIGHBOURS).tolist()
+        shown = [r] + nn
+        captions = [f"selected: {names[r]}"] + [f"#{i + 1} nearest: {names[j]}" for i, j in enumerate(nn)]
+        title = f"{names[r]} and its {len(nn)} nearest neighbours in concept space (step {int(snap['step'])})"
+    else:
+        shown = rows[:MAX_THUMBS]
+        captions = [names[j] for j in shown]
+        more = f" (first {MAX_THUMBS})" if len(rows) > MAX_THUMBS else ""
+        title = f"{len(rows)} selected images{more}"
+    st.plotly_chart(thumbnail_grid(probe["images"][shown], captions=captions, columns=9, title=title,
+                                   uirevision=f"{key}-thumbs"), key=f"{key}_thumbs", width="stretch", theme=None)
+    st.button("Clear selection", key=f"{key}_clear", on_click=_clear, args=(f"_{key}_rows",))
+
+
+def _clear(rows_key: str) -> None:
+    st.session_state.pop(rows_key, None)
+
+
+def _twin_label(view) -> str:
+    """What the run beside this one is: its λ = 0 twin, or (for a λ = 0 run) its DEML run."""
+    return "its DEML run (λ > 0)" if view.lam == 0 else "λ = 0 twin"
+
+
+def _curves_panel(view, key: str, height: int | None) -> None:
+    summary = val_summary(view.metrics, view.twin_metrics)
+    if summary is not None:
+        vs = "DEML" if view.lam == 0 else "λ = 0"
+        delta = f"{summary['delta'] * 100:+.1f} pts vs {vs}" if summary["delta"] is not None else None
+        ci = f" ± {summary['ci95']:.1%}" if summary.get("ci95") is not None else ""
+        st.metric("Validation accuracy", f"{summary['acc']:.1%}", delta=delta,
+                  help=f"on fixed held-out validation tasks at step {summary['step']}{ci} (95% CI)")
+    if not view.metrics:
+        st.caption("Training curves appear after the first steps.")
+        return
+    main, twin, title = view.metrics, view.twin_metrics or None, "Training"
+    if twin is not None and view.lam == 0:  # viewing the λ = 0 side: the DEML run is drawn solid
+        main, twin, title = twin, main, "Training: this λ = 0 run dashed, its DEML run solid"
+    try:
+        fig = training_curves(main, twin, title=title, uirevision=f"{key}-curves-{view.run_dir}", height=height)
+    except ValueError as e:
+        st.warning(f"The training curves cannot be drawn: {e}")
+        return
+    st.plotly_chart(fig, key=f"{key}_curves", width="stretch", theme=None)
