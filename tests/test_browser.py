@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -150,13 +151,14 @@ def test_start_demo_shows_a_live_moving_concept_map(page, server, tmp_path):
     page.get_by_role("button", name="Stop").first.click()  # leave the cores to the other tests
 
 
-def _class_zip() -> bytes:
+def _class_zip(classes: int = 6, images: int = 6) -> bytes:
+    """A zip of class folders: each class a random 20x20 pattern, its images noisy copies."""
     rng = np.random.default_rng(0)
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
-        for c in range(6):
+        for c in range(classes):
             base = rng.integers(0, 255, (20, 20), dtype=np.uint8)
-            for k in range(6):
+            for k in range(images):
                 img = Image.fromarray(np.clip(base + rng.integers(-20, 20, base.shape), 0, 255).astype(np.uint8))
                 out = io.BytesIO()
                 img.save(out, format="PNG")
@@ -194,3 +196,47 @@ def test_adapt_to_a_new_task(page, server, tmp_path):
     else:
         pytest.fail("the Adapt page drew no episode")
     page.screenshot(path=str(tmp_path / "adapt.png"), full_page=True)
+
+
+def test_uploaded_zip_trains_and_adapts_end_to_end(page, server, tmp_path):
+    """Data: upload and use a zip -> Train: a short run on it -> Adapt: a new task from its classes."""
+    path = tmp_path / "thirty.zip"
+    path.write_bytes(_class_zip(classes=30, images=8))  # enough classes for every split at 3 ways
+    page.goto(f"{server}/Data")
+    settle(page)
+    page.get_by_text("Upload a zip").click()
+    settle(page)
+    page.locator('[data-testid="stFileUploader"] input[type=file]').first.set_input_files(str(path))
+    page.get_by_text("The zip was saved as").wait_for()
+    settle(page)
+    page.get_by_role("button", name="Use this data").click()
+    page.get_by_text("The Train page will use").wait_for()
+
+    page.get_by_role("link", name="Train").click()  # in-app navigation keeps the session's data choice
+    settle(page)
+    for key, value in (("train_steps", "30"), ("train_ways", "3")):
+        field = page.locator(f".st-key-{key} input")
+        field.fill(value)
+        field.press("Tab")
+    page.get_by_role("button", name="Start", exact=True).click()
+    page.wait_for_url("**run=**")
+    page.get_by_text("finished, step 30/30").wait_for(timeout=180_000)
+    run_dir = urllib.parse.parse_qs(urllib.parse.urlparse(page.url).query)["run"][0]
+    config = json.loads((Path(run_dir) / "config.json").read_text())["config"]
+    assert config["dataset"].endswith(".zip") and config["ways"] == 3 and config["steps"] == 30
+    page.screenshot(path=str(tmp_path / "train-upload.png"), full_page=True)
+
+    page.goto(f"{server}/Adapt?run={urllib.parse.quote(run_dir)}")
+    settle(page)
+    page.get_by_role("button", name="New task").click()
+    settle(page)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        traces = [t for chart in page.evaluate(PLOT_DATA) for t in chart]
+        if any("query" in t["name"] for t in traces):
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail("the Adapt page drew no episode for the run trained on the upload")
+    assert page.get_by_text("class_").count() > 0  # the uploaded classes are the task's classes
+    page.screenshot(path=str(tmp_path / "adapt-upload.png"), full_page=True)
