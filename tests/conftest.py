@@ -40,3 +40,32 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+TINY_RUN = dict(dataset="glyphs:classes=60,drawings=8,seed=1", steps=6, width=8, concept_dim=16, meta_batch=2,
+                ext_batch=8, val_every=3, val_episodes=8, snapshot_every=3, checkpoint_every=6)
+
+
+@pytest.fixture(scope="session")
+def twin_runs_built(tmp_path_factory) -> Path:
+    """Two finished tiny runs, built once: deml/ (lambda = 1) and deml-lam0/ (its lambda = 0 twin).
+    Read-only: take `twin_runs` for a copy a test may change."""
+    from engine.config import preset
+    from engine.trainer import start_run
+
+    root = tmp_path_factory.mktemp("twins")
+    for name, lam in (("deml", 1.0), ("deml-lam0", 0.0)):
+        trainer, run = start_run(preset("smoke").with_overrides(lam=lam, **TINY_RUN), str(root / name))
+        trainer.run(run)
+    return root
+
+
+@pytest.fixture
+def twin_runs(twin_runs_built, tmp_path, monkeypatch) -> Path:
+    """A fresh copy of the twin runs as the app's runs folder ($CONCEPTSCAPE_RUNS)."""
+    import shutil
+
+    root = tmp_path / "runs"
+    shutil.copytree(twin_runs_built, root)
+    monkeypatch.setenv("CONCEPTSCAPE_RUNS", str(root))
+    return root

@@ -9,26 +9,18 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from engine import adapt
-from engine.config import REPO, preset
-from engine.trainer import start_run
+from engine.config import REPO
 
-TINY = dict(dataset="glyphs:classes=60,drawings=8,seed=1", steps=6, width=8, concept_dim=16, meta_batch=2,
-            ext_batch=8, val_every=3, val_episodes=8, snapshot_every=3, checkpoint_every=6)
 PAGE = str(REPO / "pages" / "3_Adapt.py")
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    root = tmp_path_factory.mktemp("runs")
-    for name, lam in (("deml", 1.0), ("deml-lam0", 0.0)):
-        trainer, run = start_run(preset("smoke").with_overrides(lam=lam, **TINY), str(root / name))
-        trainer.run(run)
-    return root
+@pytest.fixture
+def built(twin_runs):
+    return twin_runs
 
 
 @pytest.fixture
-def page(built, monkeypatch):
-    monkeypatch.setenv("CONCEPTSCAPE_RUNS", str(built))
+def page(built):
     at = AppTest.from_file(PAGE, default_timeout=60)
     at.session_state["adapt_episodes"] = 20  # keep the held-out comparison small
     return at

@@ -1,37 +1,20 @@
 """The Runs page, driven through Streamlit's AppTest (no browser)."""
 from __future__ import annotations
 
-import shutil
-
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from engine.config import REPO, preset
+from engine.config import REPO
 from engine.runs import RunDir
-from engine.trainer import start_run
 
-TINY = dict(dataset="glyphs:classes=60,drawings=8,seed=1", steps=6, width=8, concept_dim=16, meta_batch=2,
-            ext_batch=8, val_every=3, val_episodes=8, snapshot_every=3, checkpoint_every=6)
 PAGE = str(REPO / "pages" / "4_Runs.py")
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    root = tmp_path_factory.mktemp("built")
-    for name, lam in (("deml", 1.0), ("deml-lam0", 0.0)):
-        trainer, run = start_run(preset("smoke").with_overrides(lam=lam, **TINY), str(root / name))
-        trainer.run(run)
-    return root
-
-
 @pytest.fixture
-def root(built, tmp_path, monkeypatch):
-    dst = tmp_path / "runs"
-    shutil.copytree(built, dst)
-    (dst / "broken").mkdir()
-    (dst / "broken" / "config.json").write_text("{damaged")
-    monkeypatch.setenv("CONCEPTSCAPE_RUNS", str(dst))
-    return dst
+def root(twin_runs):
+    (twin_runs / "broken").mkdir()
+    (twin_runs / "broken" / "config.json").write_text("{damaged")
+    return twin_runs
 
 
 def page(run: str | None = None) -> AppTest:
