@@ -123,6 +123,16 @@ def concept_map_points(page) -> list[float] | None:
     return None
 
 
+def wait_for_episode_chart(page, timeout: float = 60):
+    """Until the episode in concept space is drawn (a chart with the task's query points)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any("query" in t["name"] for chart in page.evaluate(PLOT_DATA) for t in chart):
+            return
+        time.sleep(0.5)
+    pytest.fail("the Adapt page drew no episode")
+
+
 def test_start_demo_shows_a_live_moving_concept_map(page, server, tmp_path):
     page.goto(server)
     settle(page)
@@ -186,15 +196,7 @@ def test_adapt_to_a_new_task(page, server, tmp_path):
     settle(page)
     page.get_by_role("button", name="New task").click()
     settle(page)
-    # the episode in concept space is drawn: a chart with the task's support and query points
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        traces = [t for chart in page.evaluate(PLOT_DATA) for t in chart]
-        if any("query" in t["name"] for t in traces):
-            break
-        time.sleep(0.5)
-    else:
-        pytest.fail("the Adapt page drew no episode")
+    wait_for_episode_chart(page)
     page.screenshot(path=str(tmp_path / "adapt.png"), full_page=True)
 
 
@@ -230,13 +232,6 @@ def test_uploaded_zip_trains_and_adapts_end_to_end(page, server, tmp_path):
     settle(page)
     page.get_by_role("button", name="New task").click()
     settle(page)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        traces = [t for chart in page.evaluate(PLOT_DATA) for t in chart]
-        if any("query" in t["name"] for t in traces):
-            break
-        time.sleep(0.5)
-    else:
-        pytest.fail("the Adapt page drew no episode for the run trained on the upload")
+    wait_for_episode_chart(page)
     assert page.get_by_text("class_").count() > 0  # the uploaded classes are the task's classes
     page.screenshot(path=str(tmp_path / "adapt-upload.png"), full_page=True)
