@@ -105,6 +105,13 @@ def torchrun(*argv, timeout=240) -> subprocess.CompletedProcess:
                           check=False)
 
 
+def failure(done: subprocess.CompletedProcess) -> str:
+    """What the ranks said, for a failed torchrun: every non-rank-0 line (a crash there is the usual
+    cause; rank 0's traceback and torchrun's summary follow it), then the tail."""
+    others = [line for line in done.stderr.splitlines() if not line.startswith("[rank0]")]
+    return "\n".join(others[:80]) + "\n...\n" + done.stderr[-2000:]
+
+
 # --- comparisons ------------------------------------------------------------------------------
 def assert_close(a: torch.Tensor, b: torch.Tensor, what: str, floor=1e-3, rel=REL):
     """Equal up to float rounding: relative to the tensor's own scale (at least `floor`)."""
@@ -203,7 +210,7 @@ def two_processes(tmp_path_factory) -> Path:
     assert dist.is_available() and dist.is_gloo_available(), "this PyTorch has no gloo backend"  # fail, not skip
     out = tmp_path_factory.mktemp("two")
     done = torchrun(Path(__file__).relative_to(REPO), out)
-    assert done.returncode == 0, done.stderr[-4000:]
+    assert done.returncode == 0, failure(done)
     return out
 
 
@@ -261,7 +268,7 @@ def test_torchrun_command_line(tmp_path):
             "--checkpoint-every", "2", "--snapshot-every", "2", "--inner-steps", "2", "--learner", "maml",
             "--lr-schedule", "constant"]  # so that 2 steps, then 2 more, follow the 4-step schedule
     done = torchrun("-m", "engine", "train", "--steps", "4", *args, "--out", tmp_path / "two")
-    assert done.returncode == 0, done.stderr[-4000:]
+    assert done.returncode == 0, failure(done)
     lines = done.stdout.strip().splitlines()
     assert len(lines) == 1, done.stdout
     summary = json.loads(lines[0])
@@ -272,7 +279,7 @@ def test_torchrun_command_line(tmp_path):
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         assert cli.main(["train", "--steps", "2", *args, "--out", str(tmp_path / "one")]) == 0
     resumed = torchrun("-m", "engine", "train", "--resume", tmp_path / "one", "--steps", "4")
-    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert resumed.returncode == 0, failure(resumed)
     assert len(resumed.stdout.strip().splitlines()) == 1 and json.loads(resumed.stdout)["steps"] == 4
     runs = [RunDir(tmp_path / name) for name in ("two", "one")]
     assert [r["step"] for r in runs[1].read_metrics() if r["kind"] == "train"] == [1, 2, 3, 4]
