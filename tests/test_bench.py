@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import io
-import math
-
 import pytest
 
 from engine.bench import throughput
@@ -18,9 +16,7 @@ def test_throughput_benchmark_reports_a_ratio(learner):
                         steps_per_round=2, log=io.StringIO())
     assert result["images_per_step"] == 2 * 5 * (1 + 4) + 8  # tasks x ways x (shots + queries) + external
     assert result["trainer_ms_per_step"] > 0 and result["raw_ms_per_step"] > 0
-    assert math.isclose(result["ratio_median"], result["trainer_ms_per_step"] / result["raw_ms_per_step"],
-                        rel_tol=0.5)  # median of ratios vs ratio of medians: same order
-    assert result["ratio_min"] <= result["ratio_median"] <= result["ratio_max"]
+    assert 0 < result["ratio_min"] <= result["ratio_median"] <= result["ratio_max"]
 
 
 @pytest.mark.slow

@@ -176,9 +176,8 @@ def _class_zip(classes: int = 6, images: int = 6) -> bytes:
     return buf.getvalue()
 
 
-def test_upload_a_zip_of_class_folders_on_data(page, server, tmp_path):
-    path = tmp_path / "classes.zip"
-    path.write_bytes(_class_zip())
+def upload_zip(page, server, path: Path):
+    """On the Data page, choose "Upload a zip" and upload `path`; returns once it is saved."""
     page.goto(f"{server}/Data")
     settle(page)
     page.get_by_text("Upload a zip").click()
@@ -186,6 +185,12 @@ def test_upload_a_zip_of_class_folders_on_data(page, server, tmp_path):
     page.locator('[data-testid="stFileUploader"] input[type=file]').first.set_input_files(str(path))
     page.get_by_text("The zip was saved as").wait_for()
     settle(page)
+
+
+def test_upload_a_zip_of_class_folders_on_data(page, server, tmp_path):
+    path = tmp_path / "classes.zip"
+    path.write_bytes(_class_zip())
+    upload_zip(page, server, path)
     for c in range(6):
         assert page.get_by_text(f"class_{c}").count() > 0, f"class_{c} is not shown"
     page.screenshot(path=str(tmp_path / "data-upload.png"), full_page=True)
@@ -204,13 +209,7 @@ def test_uploaded_zip_trains_and_adapts_end_to_end(page, server, tmp_path):
     """Data: upload and use a zip -> Train: a short run on it -> Adapt: a new task from its classes."""
     path = tmp_path / "thirty.zip"
     path.write_bytes(_class_zip(classes=30, images=8))  # enough classes for every split at 3 ways
-    page.goto(f"{server}/Data")
-    settle(page)
-    page.get_by_text("Upload a zip").click()
-    settle(page)
-    page.locator('[data-testid="stFileUploader"] input[type=file]').first.set_input_files(str(path))
-    page.get_by_text("The zip was saved as").wait_for()
-    settle(page)
+    upload_zip(page, server, path)
     page.get_by_role("button", name="Use this data").click()
     page.get_by_text("The Train page will use").wait_for()
 

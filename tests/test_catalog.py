@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import time
 
 import pytest
@@ -12,40 +11,24 @@ from engine.config import preset
 from engine.errors import UserError
 from engine.inference import run_evaluation
 from engine.job import REGISTRY, TrainingJob
-from engine.trainer import start_run
 
-TINY = dict(dataset="glyphs:classes=60,drawings=8,seed=1", steps=6, width=8, concept_dim=16, meta_batch=2,
-            ext_batch=8, val_every=3, val_episodes=8, snapshot_every=3, checkpoint_every=6)
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    """Two finished tiny runs: DEML and its lambda = 0 twin."""
-    root = tmp_path_factory.mktemp("built")
-    for name, lam in (("deml", 1.0), ("vanilla", 0.0)):
-        trainer, run = start_run(preset("smoke").with_overrides(lam=lam, **TINY), str(root / name))
-        trainer.run(run)
-    return root
-
+from conftest import TINY_RUN
 
 @pytest.fixture
-def root(built, tmp_path, monkeypatch):
-    """A copy of the built runs as runs_root() (tests change it)."""
-    dst = tmp_path / "runs"
-    shutil.copytree(built, dst)
-    monkeypatch.setenv("CONCEPTSCAPE_RUNS", str(dst))
-    return dst
+def root(twin_runs):
+    """deml/ and its twin deml-lam0/, copied as runs_root() (tests change them)."""
+    return twin_runs
 
 
 def test_lists_runs_with_summaries(root):
     run_evaluation(str(root / "deml"), "evaluate", episodes=10)
     runs = catalog.list_runs()
-    assert sorted(r.name for r in runs) == ["deml", "vanilla"]
+    assert sorted(r.name for r in runs) == ["deml", "deml-lam0"]
     by = {r.name: r for r in runs}
-    deml, vanilla = by["deml"], by["vanilla"]
+    deml, vanilla = by["deml"], by["deml-lam0"]
     for r in runs:
         assert r.state == "finished" and r.readable and r.adaptable
-        assert (r.learner, r.dataset, r.steps_done, r.steps_total) == ("protonet", TINY["dataset"], 6, 6)
+        assert (r.learner, r.dataset, r.steps_done, r.steps_total) == ("protonet", TINY_RUN["dataset"], 6, 6)
         assert 0 <= r.val_acc <= 1 and r.val_ci95 > 0
         assert r.checkpoint.endswith("step_0000006.pt")
         assert r.config["steps"] == 6
@@ -59,7 +42,7 @@ def test_lists_runs_with_summaries(root):
     assert [t["run"] for t in table] == [r.name for r in runs]
     fig = catalog.comparison_curves(runs)
     assert {t.name for t in fig.data if t.showlegend is not False} >= {"deml (protonet DEML (λ = 1))",
-                                                                      "vanilla (protonet vanilla (λ = 0))"}
+                                                                      "deml-lam0 (protonet vanilla (λ = 0))"}
     assert catalog.newest_checkpoint(root / "deml").name == "step_0000006.pt"
 
 
@@ -68,14 +51,14 @@ def test_a_damaged_run_is_listed_as_unreadable(root):
     (root / "broken" / "config.json").write_text("{not json")
     (root / "empty").mkdir()
     (root / "notes.txt").write_text("not a run")  # plain files are not runs
-    (root / "vanilla" / "metrics.jsonl").write_text('{"kind": "train", "step": 3}\n{cut off')  # tolerated
+    (root / "deml-lam0" / "metrics.jsonl").write_text('{"kind": "train", "step": 3}\n{cut off')  # tolerated
     runs = {r.name: r for r in catalog.list_runs()}
-    assert sorted(runs) == ["broken", "deml", "empty", "vanilla"]
+    assert sorted(runs) == ["broken", "deml", "deml-lam0", "empty"]
     assert runs["broken"].state == "unreadable" and "config.json" in runs["broken"].detail
     assert runs["empty"].state == "unreadable" and "no config.json" in runs["empty"].detail
     assert not runs["broken"].adaptable and runs["broken"].row()["learner"] is None
     assert runs["deml"].state == "finished"
-    assert runs["vanilla"].state == "stopped" and runs["vanilla"].steps_done == 3  # what its metrics say
+    assert runs["deml-lam0"].state == "stopped" and runs["deml-lam0"].steps_done == 3  # what its metrics say
     assert catalog.list_runs(root / "missing") == []
 
 
@@ -89,12 +72,12 @@ def test_delete_refuses_paths_outside_the_runs_root(root, tmp_path):
     assert outside.is_dir() and root.is_dir()
     with pytest.raises(UserError, match="does not exist"):
         catalog.delete_run(root / "never")
-    assert catalog.delete_run(root / "vanilla") == {"deleted": os.path.realpath(root / "vanilla"), "stopped_job": False}
-    assert not (root / "vanilla").exists() and (root / "deml").is_dir()
+    assert catalog.delete_run(root / "deml-lam0") == {"deleted": os.path.realpath(root / "deml-lam0"), "stopped_job": False}
+    assert not (root / "deml-lam0").exists() and (root / "deml").is_dir()
 
 
 def test_delete_stops_a_running_job_first(root):
-    cfg = preset("smoke").with_overrides(**{**TINY, "steps": 100_000, "checkpoint_every": 100_000})
+    cfg = preset("smoke").with_overrides(**{**TINY_RUN, "steps": 100_000, "checkpoint_every": 100_000})
     job = REGISTRY.start(TrainingJob(cfg, out=str(root / "live")))
     try:
         deadline = time.monotonic() + 30
