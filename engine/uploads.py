@@ -35,7 +35,7 @@ from PIL import Image
 from engine.charts.thumbnails import tile
 from engine.config import TrainConfig, uploads_root
 from engine.data.imageset import Preprocess
-from engine.data.sources import EXPECTED_LAYOUT, IMAGE_EXTENSIONS, load_imageset, parse_spec
+from engine.data.sources import EXPECTED_LAYOUT, IMAGE_EXTENSIONS, load_imageset, parse_spec, read_member
 from engine.errors import UserError
 
 MB = 1_000_000
@@ -234,7 +234,7 @@ def save_zip(name: str, data: bytes, limits: UploadLimits = LIMITS) -> tuple[Pat
         problems = _Problems()
         candidates: list[zipfile.ZipInfo] = []
         for info in infos:
-            if info.is_dir():
+            if info.filename.endswith("/"):  # a folder; not info.is_dir(), which fails on an empty name
                 continue
             refused = _member_refusal(info)
             if refused is None:
@@ -295,7 +295,7 @@ def _repack(zf: zipfile.ZipFile, kept: list[zipfile.ZipInfo], problems: _Problem
     with zipfile.ZipFile(buf, "w") as out:
         for info in kept:
             try:
-                content = zf.read(info)
+                content = read_member(zf, info, info.file_size)  # kept: within the limits
             except Exception as e:  # noqa: BLE001 - CRC errors, truncated data
                 problems.add(f"{info.filename}: damaged in the archive ({_reason(e)}), left out")
                 continue
@@ -419,7 +419,7 @@ def original_sizes(spec: str, limit: int = SIZE_SCAN_FILES) -> dict | None:
                 for info in zf.infolist():
                     if len(sizes) >= limit:
                         break
-                    if info.is_dir() or _member_refusal(info) != "" or info.file_size > LIMITS.max_file_bytes:
+                    if info.filename.endswith("/") or _member_refusal(info) != "" or info.file_size > LIMITS.max_file_bytes:
                         continue
                     try:
                         with zf.open(info) as member:

@@ -319,8 +319,13 @@ def _read_regular_file(path: str) -> bytes:
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise OSError("not a regular file")
+        size = os.fstat(fd).st_size
         with os.fdopen(fd, "rb", closefd=False) as f:
-            return f.read(MAX_FILE_BYTES + 1)
+            # read(MAX_FILE_BYTES + 1) would allocate 64 MiB for every small image
+            data = f.read(min(size, MAX_FILE_BYTES) + 1)
+            if size < len(data) <= MAX_FILE_BYTES:  # grew since fstat
+                data += f.read(MAX_FILE_BYTES + 1 - len(data))
+            return data
     finally:
         os.close(fd)
 
@@ -376,7 +381,7 @@ def _load_zip(path: str, prep: Preprocess, spec: str) -> ImageSet:
         seen: set[tuple[str, ...]] = set()
         for info in infos:
             name = info.filename
-            if info.is_dir():
+            if name.endswith("/"):  # a folder; not info.is_dir(), which fails on an empty name
                 continue
             if (info.external_attr >> 16) & 0o170000 == 0o120000:
                 problems.add(f"{name}: refused (symbolic link member), skipped")
@@ -407,10 +412,27 @@ def _load_zip(path: str, prep: Preprocess, spec: str) -> ImageSet:
             items.append((parts[:-1], parts[-1], info))
 
         def read(info: zipfile.ZipInfo) -> bytes:
-            return zf.read(info)
+            return read_member(zf, info, MAX_FILE_BYTES)
 
         found = f"{len(items)} image members and {other} other files"
         return _assemble(items, read, prep, spec, problems, found, "top of the archive")
+
+
+def read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int, chunk: int = 2**20) -> bytes:
+    """A zip member's bytes, inflated a chunk at a time. Not ``zf.read``: that inflates the whole
+    compressed member in one step, so a member declaring a small size but holding a bomb would use
+    memory far past its declared size before zipfile cuts it to that size (and fails its CRC)."""
+    limit = min(info.file_size, limit)
+    chunks, total = [], 0
+    with zf.open(info) as f:
+        while True:
+            data = f.read(min(chunk, limit + 1 - total))
+            if not data:
+                return b"".join(chunks)
+            total += len(data)
+            if total > limit:
+                raise ValueError(f"more than the {limit:,} bytes declared")
+            chunks.append(data)
 
 
 def _assemble(items, read, prep: Preprocess, spec: str, problems: _Problems, found: str, top: str) -> ImageSet:
@@ -563,7 +585,13 @@ def _load_npz(path: str, prep: Preprocess, spec: str) -> ImageSet:
 
 def _npz_array(npz, key: str, spec: str) -> np.ndarray:
     try:
-        return npz[key]
+        arr = npz[key]
+        if not isinstance(arr, np.ndarray):  # NpzFile hands back the raw bytes of a non-.npy member
+            raise UserError(f"{spec}: {key!r} is not a NumPy array (.npy) member, so it is not read; "
+                            "save the arrays with numpy.savez")
+        return arr
+    except UserError:
+        raise
     except ValueError as e:
         if "allow_pickle" in str(e) or "Object arrays" in str(e):
             raise UserError(
@@ -588,7 +616,7 @@ def _from_npz_arrays(images, labels, class_names, groups, prep: Preprocess, spec
     shapes = f"found images {images.dtype} {images.shape} and labels {labels.dtype} {labels.shape}"
     layout_a = labels.ndim == 2 and images.ndim in (4, 5) and images.shape[:2] == labels.shape
     layout_b = labels.ndim == 1 and images.ndim in (3, 4) and images.shape[0] == labels.shape[0]
-    channels_ok = (images.ndim - labels.ndim == 2) or images.shape[-1] in (1, 3, 4)
+    channels_ok = (images.ndim - labels.ndim == 2) or (images.ndim > 0 and images.shape[-1] in (1, 3, 4))
     if not (layout_a or layout_b) or not channels_ok:
         raise UserError(f"{spec}: {shapes}; accepted: {NPZ_LAYOUTS}")
     if images.dtype.kind not in "buif":
