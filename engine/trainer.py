@@ -348,9 +348,13 @@ def resume_run(path: str, steps: int | None = None) -> tuple[Trainer, RunDir]:
         distributed.on_main(lambda: run.update_config(cfg.to_dict()))
     # every rank reads the same checkpoint (nothing in it depends on the number of processes), and
     # before Trainer() meets the others, so rank 0 cannot have written a newer one meanwhile
-    state, warnings = run.load_checkpoint()
+    if run.checkpoints():
+        state, warnings = run.load_checkpoint()
+    else:  # killed before its first checkpoint: it starts over (the model is seeded by the config)
+        state, warnings = None, [f"{run.path} has no checkpoint yet; training starts again from step 0"]
     trainer = Trainer(cfg)
-    trainer.load_state(state)
+    if state is not None:
+        trainer.load_state(state)
     trainer.warnings += warnings
 
     def drop_later():
