@@ -8,7 +8,7 @@ from engine.config import TrainConfig
 from engine.data.imageset import ImageSet, Preprocess
 from engine.data.sources import load_imageset
 from engine.data.splits import make_splits
-from engine.model import DEMLModel, resolve_device
+from engine.model import DEMLModel, resolve_device, seeded_model
 from engine.errors import UserError
 from engine.runs import RunDir
 
@@ -22,7 +22,7 @@ def load_trained(run_dir: str, device: str = "auto") -> tuple[TrainConfig, DEMLM
     cfg = TrainConfig.from_dict(run.config())
     state, _ = run.load_checkpoint()
     dev = resolve_device(device)
-    model = DEMLModel(cfg, cfg.channels, state["external_classes"])
+    model = seeded_model(cfg, cfg.channels, state["external_classes"], cfg.seed)  # weights replaced just below
     model.load_state_dict(state["model"])
     return cfg, model.to(dev).eval(), dev
 

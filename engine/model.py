@@ -1,6 +1,8 @@
 """The three DEML parts in one module, so one state_dict checkpoints them together."""
 from __future__ import annotations
 
+import threading
+
 import torch
 from torch import nn
 
@@ -25,6 +27,19 @@ class DEMLModel(nn.Module):
         """(B, C, H, W) -> (B, D) in chunks, without gradients (for evaluation and snapshots)."""
         with torch.no_grad():
             return torch.cat([self.generator(images[i:i + chunk]) for i in range(0, len(images), chunk)])
+
+
+# torch's generator is one per process: two threads building models at once would draw their initial
+# weights from one stream in turn, and neither would get what its seed alone gives
+_INIT_LOCK = threading.Lock()
+
+
+def seeded_model(cfg, channels: int, external_classes: int, seed: int) -> DEMLModel:
+    """A model whose initial weights depend on `seed` alone, whatever other threads are doing;
+    the process's random state is left as it was."""
+    with _INIT_LOCK, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return DEMLModel(cfg, channels, external_classes)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -30,7 +30,7 @@ from engine.data.sources import load_imageset
 from engine.data.splits import Splits, make_splits
 from engine.errors import UserError
 from engine.evaluate import episode_accuracies, mean_ci95
-from engine.model import DEMLModel, resolve_device
+from engine.model import resolve_device, seeded_model
 from engine.runs import RunDir
 
 SPLIT_CODES = {"meta-train": 0, "meta-test": 1, "external": 2}
@@ -82,8 +82,8 @@ class Trainer:
         ext = splits.external
         self.ext_images = channels_first(ext.images) if ext is not None else None  # uint8 (E, C, H, W)
         self.ext_labels = torch.tensor(ext.labels) if ext is not None else None
-        torch.manual_seed(cfg.seed)
-        self.model = DEMLModel(cfg, splits.train.channels, ext.num_classes if ext is not None else 0).to(self.device)
+        self.model = seeded_model(cfg, splits.train.channels, ext.num_classes if ext is not None else 0,
+                                  cfg.seed).to(self.device)
         if distributed.world_size() > 1 and self.device.type == "cuda":
             # batch statistics over the whole step's batch, as one process has them (NCCL only: with
             # gloo on CPU each rank normalises by its own share; norm "group" does not depend on it)
