@@ -343,9 +343,11 @@ def resume_run(path: str, steps: int | None = None) -> tuple[Trainer, RunDir]:
     `steps` trains the run longer than it was set up for (config.json is updated)."""
     run = RunDir.open(path)
     cfg = TrainConfig.from_dict(run.config())
-    if steps is not None and steps != cfg.steps:
-        cfg = cfg.with_overrides(steps=steps)
-        distributed.on_main(lambda: run.update_config(cfg.to_dict()))
+    if steps is not None:
+        # every rank takes part whatever config.json says now: rank 0 may already have rewritten it,
+        # and a rank skipping the collective would meet the others' next one (a gloo mismatch)
+        longer, cfg = steps != cfg.steps, cfg.with_overrides(steps=steps)
+        distributed.on_main(lambda: run.update_config(cfg.to_dict()) if longer else None)
     # every rank reads the same checkpoint (nothing in it depends on the number of processes), and
     # before Trainer() meets the others, so rank 0 cannot have written a newer one meanwhile
     if run.checkpoints():

