@@ -69,3 +69,12 @@ def twin_runs(twin_runs_built, tmp_path, monkeypatch) -> Path:
     shutil.copytree(twin_runs_built, root)
     monkeypatch.setenv("CONCEPTSCAPE_RUNS", str(root))
     return root
+
+
+def write_tree(root: Path, files: dict[str, bytes]) -> Path:
+    """Files {relative path: bytes} written under root (folders made as needed)."""
+    for rel, data in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return root

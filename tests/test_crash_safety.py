@@ -224,7 +224,9 @@ def test_unwritable_run_folder_is_one_clear_cli_error(tmp_path, monkeypatch, cap
     assert not list(locked.rglob("*.tmp"))
 
 
-def test_disk_full_mid_run_is_one_clear_cli_error(tmp_path, monkeypatch, capsys):
+def disk_full_at_second_checkpoint(monkeypatch):
+    """The run's 2nd checkpoint write fails with ENOSPC; the others are written as usual.
+    Returns (the steps save_checkpoint was called with, the real save_checkpoint)."""
     calls = []
     real = RunDir.save_checkpoint
 
@@ -235,6 +237,11 @@ def test_disk_full_mid_run_is_one_clear_cli_error(tmp_path, monkeypatch, capsys)
         return real(self, state, step)
 
     monkeypatch.setattr(RunDir, "save_checkpoint", save)
+    return calls, real
+
+
+def test_disk_full_mid_run_is_one_clear_cli_error(tmp_path, monkeypatch, capsys):
+    disk_full_at_second_checkpoint(monkeypatch)
     code = cli_main(["train", *TRAIN_ARGS[:-1], "12", "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert code == 2
@@ -246,16 +253,7 @@ def test_disk_full_mid_run_is_one_clear_cli_error(tmp_path, monkeypatch, capsys)
 
 def test_disk_full_mid_job_fails_it_cleanly_and_resume_works(tmp_path, monkeypatch):
     cfg = tiny(steps=20)
-    calls = []
-    real = RunDir.save_checkpoint
-
-    def save(self, state, step):
-        calls.append(step)
-        if len(calls) == 2:
-            enospc()
-        return real(self, state, step)
-
-    monkeypatch.setattr(RunDir, "save_checkpoint", save)
+    calls, real = disk_full_at_second_checkpoint(monkeypatch)
     run_dir = tmp_path / "run"
     job = TrainingJob(cfg, out=str(run_dir)).start()
     assert job.join(timeout=120), "the job thread did not exit"

@@ -28,6 +28,8 @@ from engine.data import Preprocess, load_imageset, sources
 from engine.data.episodes import EpisodeSampler
 from engine.errors import UserError
 
+from conftest import write_tree
+
 pytestmark = pytest.mark.filterwarnings("ignore:Duplicate name:UserWarning")
 
 FUZZ = settings(max_examples=60, deadline=None, derandomize=True,
@@ -61,14 +63,6 @@ def zip_bytes(members: list[tuple[str, bytes]], method=zipfile.ZIP_DEFLATED) -> 
         for name, data in members:
             zf.writestr(zipfile.ZipInfo(name, (2020, 1, 1, 0, 0, 0)), data, compress_type=method)
     return buf.getvalue()
-
-
-def write_tree(root: Path, files: dict[str, bytes]) -> Path:
-    for rel, data in files.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-    return root
 
 
 def listing(root: Path) -> list[str]:

@@ -15,6 +15,8 @@ from engine.data import ImageSet, Preprocess, load_imageset, parse_spec
 from engine.data import omniglot, sources
 from engine.errors import UserError
 
+from conftest import write_tree
+
 
 @pytest.fixture(autouse=True)
 def _fresh_cache():
@@ -47,14 +49,6 @@ def encode(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
     buf = io.BytesIO()
     img.save(buf, fmt, **kw)
     return buf.getvalue()
-
-
-def write_tree(root: Path, files: dict[str, bytes]) -> Path:
-    for rel, data in files.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-    return root
 
 
 def make_zip(path: Path, files: dict[str, bytes], extra: list[tuple[zipfile.ZipInfo, bytes]] = ()) -> Path:
