@@ -13,7 +13,7 @@ from engine.config import TrainConfig
 from engine.trainer import Trainer
 
 
-def _machine() -> dict:
+def machine() -> dict:
     return {"cpu_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
             "processor": platform.processor() or platform.machine()}
 
@@ -52,6 +52,6 @@ def throughput(cfg: TrainConfig, rounds: int = 6, steps_per_round: int = 10, log
         "raw_ms_per_step": round(1e3 * statistics.median(raw_times), 2),
         "ratio_median": round(statistics.median(ratios), 3), "ratio_min": round(min(ratios), 3),
         "ratio_max": round(max(ratios), 3), "trainer_images_per_s": round(images / statistics.median(trainer_times), 1),
-        "device": str(trainer.device), "machine": _machine(),
+        "device": str(trainer.device), "machine": machine(),
     }
 

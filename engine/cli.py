@@ -85,8 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--method", choices=["umap", "pca", "tsne"], default="umap", help="layout of the replay")
     rep.add_argument("--episodes", type=int, default=300, help="test episodes when no evaluation was recorded")
     bench = sub.add_parser("bench", help="benchmarks, measured as ratios within one run")
-    bench.add_argument("name", choices=["throughput", "projection", "live"])
+    bench.add_argument("name", choices=["throughput", "projection", "live", "omniglot"])
     bench.add_argument("--preset", default="demo")
+    bench.add_argument("--out", metavar="DIR", help="omniglot: the run directory to create "
+                       "(default runs/bench/omniglot-LEARNER-lamLAM-sSEED)")
+    bench.add_argument("--minutes", type=float, help="omniglot: training budget, turned into steps")
+    bench.add_argument("--steps", type=int, help="omniglot: training steps (repeats a run exactly)")
+    bench.add_argument("--episodes", type=int, default=1000, help="omniglot: test episodes per setting")
+    bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("--run", metavar="RUN_DIR", help="projection: take concepts from this run's snapshots")
     bench.add_argument("--learner")
     bench.add_argument("--lam", type=float)
@@ -239,6 +245,13 @@ def cmd_bench(args) -> dict:
     if args.name == "live":
         from engine.bench_live import live_benchmark
         return live_benchmark(args.preset, rounds=args.rounds)
+    if args.name == "omniglot":
+        from engine.bench_omniglot import omniglot_benchmark
+        from engine.config import runs_root
+        learner, lam = args.learner or "protonet", 1.0 if args.lam is None else args.lam
+        out = args.out or str(runs_root() / "bench" / f"omniglot-{learner}-lam{lam:g}-s{args.seed}")
+        return omniglot_benchmark(out, learner, lam, args.minutes, args.steps, args.episodes, args.seed,
+                                  overrides={"device": args.device} if args.device else None)
     from engine.bench import throughput
     from engine.config import preset
 

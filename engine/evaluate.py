@@ -6,11 +6,11 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from engine.data.episodes import EpisodeIndex, EpisodeSampler, take
+from engine.data.episodes import EpisodeIndex, EpisodeSampler
 from engine.learners.base import per_task_cross_entropy
 from engine.model import DEMLModel
 
-TASK_CHUNK = 16  # tasks per forward pass: bounded memory, still batched
+TASK_CHUNK = 64  # tasks per learner call: bounded memory, still batched
 
 
 def mean_ci95(values) -> tuple[float, float]:
@@ -21,24 +21,50 @@ def mean_ci95(values) -> tuple[float, float]:
     return float(v.mean()), float(1.96 * v.std(ddof=1) / np.sqrt(len(v)))
 
 
-def _concepts(model: DEMLModel, sampler: EpisodeSampler, index: EpisodeIndex, device, shots=None):
-    ep = sampler.materialize(index, shots).to(device)
-    t, nk, nq = ep.tasks, ep.support.shape[1], ep.query.shape[1]
-    z = model.concepts(torch.cat([ep.support.flatten(0, 1), ep.query.flatten(0, 1)]))  # (T*(NK+NQ), D)
-    return z[: t * nk].view(t, nk, -1), z[t * nk:].view(t, nq, -1), ep
+def _support_shots(sampler: EpisodeSampler, support: np.ndarray, shots: int | None) -> np.ndarray:
+    """(T, N*K) support indices -> (T, N*shots): the first `shots` of each class (shot curves)."""
+    n, k = sampler.ways, sampler.shots
+    if shots is None or shots == k:
+        return support
+    if not 1 <= shots <= k:  # more would label shots that are not there
+        raise ValueError(f"shots must be 1..{k} for these episodes, not {shots}")
+    return support.reshape(len(support), n, k)[:, :, :shots].reshape(len(support), -1)
+
+
+def concept_table(model: DEMLModel, sampler: EpisodeSampler, used: np.ndarray, device,
+                  chunk: int = 1024) -> torch.Tensor:
+    """Concepts (U, D) of the sampler's images `used` (U,), in chunks from host memory. In eval
+    mode an image's concept does not depend on what else is in the batch, so each image is passed
+    through G once however many episodes it appears in (several times fewer passes than per task)."""
+    parts = []
+    for i in range(0, len(used), chunk):
+        x = sampler.images[torch.from_numpy(used[i:i + chunk])].to(device).float().div_(255.0)  # (c, C, H, W)
+        parts.append(model.concepts(x))
+    return torch.cat(parts)
 
 
 def _per_task(model, sampler, index, device, fn: Callable, shots=None, progress=None) -> list:
-    """Run fn(support, query, episode) on chunks of tasks; model in eval mode throughout."""
+    """Run fn(support concepts (T, N*K, D), query concepts (T, N*Q, D), labels) on chunks of tasks,
+    the model in eval mode throughout."""
     was_training = model.training
     model.eval()
     out = []
     try:
+        support = _support_shots(sampler, index.support, shots)
+        used, inverse = np.unique(np.concatenate([support.ravel(), index.query.ravel()]), return_inverse=True)
+        z = concept_table(model, sampler, used, device)  # (U, D)
+        rows = torch.from_numpy(inverse).to(device)
+        zs_all = z[rows[: support.size]].view(*support.shape, -1)  # (E, N*K, D)
+        zq_all = z[rows[support.size:]].view(*index.query.shape, -1)  # (E, N*Q, D)
+        n, k, q = sampler.ways, support.shape[1] // sampler.ways, sampler.queries
         total = len(index.classes)
         for start in range(0, total, TASK_CHUNK):
-            zs, zq, ep = _concepts(model, sampler, take(index, start, start + TASK_CHUNK), device, shots)
+            zs, zq = zs_all[start:start + TASK_CHUNK], zq_all[start:start + TASK_CHUNK]
+            t = len(zs)
+            labels = {"support": torch.arange(n, device=device).repeat_interleave(k).expand(t, -1),
+                      "query": torch.arange(n, device=device).repeat_interleave(q).expand(t, -1)}
             with torch.no_grad():  # gradient learners turn gradients on for their own inner loop
-                out.append(fn(zs, zq, ep))
+                out.append(fn(zs, zq, labels))
             if progress:
                 progress(min(start + TASK_CHUNK, total), total)
     finally:
@@ -49,8 +75,8 @@ def _per_task(model, sampler, index, device, fn: Callable, shots=None, progress=
 def query_predictions(model: DEMLModel, sampler: EpisodeSampler, index: EpisodeIndex, device,
                       steps: int | None = None, progress=None) -> np.ndarray:
     """Predicted task label of every query, (E, N*Q); the true labels are class-major 0..N-1."""
-    def fn(zs, zq, ep):
-        logits = model.learner.logits(zs, ep.support_labels, zq, sampler.ways, steps=steps, training=False)
+    def fn(zs, zq, labels):
+        logits = model.learner.logits(zs, labels["support"], zq, sampler.ways, steps=steps, training=False)
         return logits.argmax(-1).cpu()  # (T, N*Q)
     return torch.cat(_per_task(model, sampler, index, device, fn, progress=progress)).numpy()
 
@@ -102,8 +128,8 @@ def adaptation_curve(model: DEMLModel, sampler: EpisodeSampler, episodes: int, s
     base = {"episodes": episodes, "ways": sampler.ways, "shots": sampler.shots, "queries": sampler.queries,
             "seed": seed, "learner": model.learner.name}
     if model.learner.adapts_by_steps:
-        def fn(zs, zq, ep):
-            losses, accs = model.learner.trace(zs, ep.support_labels, zq, ep.query_labels, sampler.ways, max_steps)
+        def fn(zs, zq, labels):
+            losses, accs = model.learner.trace(zs, labels["support"], zq, labels["query"], sampler.ways, max_steps)
             return losses.detach().cpu(), accs.detach().cpu()  # (S+1, T) each
         parts = _per_task(model, sampler, index, device, fn, progress=progress)
         losses = torch.cat([p[0] for p in parts], 1).numpy()
@@ -111,10 +137,10 @@ def adaptation_curve(model: DEMLModel, sampler: EpisodeSampler, episodes: int, s
         return {**base, "axis": "steps", "steps": list(range(max_steps + 1)), **_summaries(accs, losses)}
     rows_acc, rows_loss = [], []
     for k in range(1, sampler.shots + 1):
-        def fn(zs, zq, ep):
-            logits = model.learner.logits(zs, ep.support_labels, zq, sampler.ways, training=False)
-            loss = per_task_cross_entropy(logits, ep.query_labels)  # (T,)
-            return loss.cpu(), (logits.argmax(-1) == ep.query_labels).float().mean(-1).cpu()
+        def fn(zs, zq, labels):
+            logits = model.learner.logits(zs, labels["support"], zq, sampler.ways, training=False)
+            loss = per_task_cross_entropy(logits, labels["query"])  # (T,)
+            return loss.cpu(), (logits.argmax(-1) == labels["query"]).float().mean(-1).cpu()
         parts = _per_task(model, sampler, index, device, fn, shots=k)
         rows_loss.append(torch.cat([p[0] for p in parts]).numpy())
         rows_acc.append(torch.cat([p[1] for p in parts]).numpy())
