@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--method", choices=["umap", "pca", "tsne"], default="umap", help="layout of the replay")
     rep.add_argument("--episodes", type=int, default=300, help="test episodes when no evaluation was recorded")
     bench = sub.add_parser("bench", help="benchmarks, measured as ratios within one run")
-    bench.add_argument("name", choices=["throughput", "projection", "live", "omniglot"])
+    bench.add_argument("name", choices=["throughput", "projection", "live", "omniglot", "deml"])
     bench.add_argument("--preset", default="demo")
     bench.add_argument("--out", metavar="DIR", help="omniglot: the run directory to create "
                        "(default runs/bench/omniglot-LEARNER-lamLAM-sSEED)")
@@ -93,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--steps", type=int, help="omniglot: training steps (repeats a run exactly)")
     bench.add_argument("--episodes", type=int, default=1000, help="omniglot: test episodes per setting")
     bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--seeds", default="0,1,2", help="deml: training seeds, comma-separated")
+    bench.add_argument("--train-alphabets", type=int, default=4, help="deml: meta-train alphabets (scarce data)")
+    bench.add_argument("--sweep", default="0.3,3", help="deml: other lambda values to try, comma-separated")
+    bench.add_argument("--cross-domain", default="glyphs", metavar="SPEC",
+                       help="deml: an external set from another domain ('' to skip)")
     bench.add_argument("--run", metavar="RUN_DIR", help="projection: take concepts from this run's snapshots")
     bench.add_argument("--learner")
     bench.add_argument("--lam", type=float)
@@ -236,6 +241,13 @@ def cmd_report(args) -> dict:
                         progress=lambda msg: print(msg, file=sys.stderr, flush=True))
 
 
+def _numbers(text: str, kind, flag: str) -> list:
+    try:
+        return [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"{flag} takes comma-separated numbers, like 0,1,2 (got {text!r})") from None
+
+
 def cmd_bench(args) -> dict:
     if args.rounds < 1:
         raise UserError(f"--rounds must be at least 1 (got {args.rounds})")
@@ -245,6 +257,11 @@ def cmd_bench(args) -> dict:
     if args.name == "live":
         from engine.bench_live import live_benchmark
         return live_benchmark(args.preset, rounds=args.rounds)
+    if args.name == "deml":
+        from engine.bench_deml import deml_benchmark
+        return deml_benchmark(args.train_alphabets, args.steps or 300, _numbers(args.seeds, int, "--seeds"),
+                              1.0 if args.lam is None else args.lam, _numbers(args.sweep, float, "--sweep"),
+                              args.cross_domain, args.episodes)
     if args.name == "omniglot":
         from engine.bench_omniglot import omniglot_benchmark
         from engine.config import runs_root

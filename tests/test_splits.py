@@ -135,6 +135,20 @@ def test_train_limit_keeps_only_that_many_units():
     assert len(groups.report["units"]["meta-train"]) == 2 and groups.train.num_classes == 6
 
 
+def test_limited_meta_train_is_the_same_with_another_external_set():
+    """DEML ablations compare an "auto" external set, another one and none: the limited
+    meta-train units (and val/test) must not move with that choice."""
+    data = grouped(12, 3)
+    cfg = SplitConfig(val=2, test=2, external=3, train_limit=2, seed=5)
+    auto = make_splits(data, cfg, "auto")
+    other = make_splits(data, cfg, imageset(4, seed=99, source="other"))
+    none = make_splits(data, cfg, None)
+    for s in (other, none):
+        assert s.report["units"]["meta-train"] == auto.report["units"]["meta-train"]
+        assert s.test.class_names == auto.test.class_names and s.val.class_names == auto.val.class_names
+    assert not set(auto.report["units"]["external"]) & set(auto.report["units"]["meta-train"])
+
+
 def test_too_few_units():
     with pytest.raises(UserError) as err:
         make_splits(imageset(3), SplitConfig(val=1, test=1, external=1), "auto")

@@ -101,8 +101,10 @@ def make_splits(data: ImageSet, cfg: SplitConfig, external: ImageSet | str | Non
         )
     if cfg.train_limit > 0:
         n_train = min(n_train, cfg.train_limit)
-    cut = np.cumsum([n_val, n_test, n_ext, n_train])
-    picked = np.split(order, cut)[:4]  # unit positions for val, test, external, train
+    # val, test and external units come first in the order, and limited meta-training takes the
+    # last units: the same ones whether or not units are held out for an "auto" external set, so
+    # a run with another external set (or none) meta-trains on exactly the same classes
+    picked = [*np.split(order[: n_val + n_test + n_ext], np.cumsum([n_val, n_test])), order[len(order) - n_train:]]
 
     def classes_of(positions) -> np.ndarray:
         return np.concatenate([units[p] for p in positions]) if len(positions) else np.array([], dtype=np.int64)
