@@ -41,35 +41,38 @@ def mean_ci95_seeds(values) -> tuple[float, float]:
     return float(v.mean()), float(T95.get(len(v) - 1, 1.96) * v.std(ddof=1) / np.sqrt(len(v)))
 
 
-def _score(trainer: Trainer, episodes: int) -> dict:
+def _score(trainer: Trainer, episodes: int, queries: int) -> dict:
     out = {}
     for ways, shots in SETTINGS:
-        sampler = EpisodeSampler(trainer.splits.test, ways, shots, TEST_QUERIES)
+        sampler = EpisodeSampler(trainer.splits.test, ways, shots, queries)
         r = evaluate(trainer.model, sampler, episodes, 0, trainer.device)
         out[f"{ways}w{shots}s"] = round(r["accuracy"], 5)
     return out
 
 
-def train_variant(cfg, splits, steps: int, episodes: int, until_seconds: float | None = None) -> dict:
+def train_variant(cfg, splits, steps: int, episodes: int, until_seconds: float | None = None,
+                  queries: int = TEST_QUERIES) -> dict:
     """Train `steps` steps and score; with until_seconds, go on to that much training time and score again."""
     trainer = Trainer(cfg.with_overrides(steps=steps), splits)
     while trainer.step < steps:
         trainer.train_step()
-    out = {"equal_steps": _score(trainer, episodes), "steps": steps, "seconds": round(trainer.seconds, 2)}
+    out = {"equal_steps": _score(trainer, episodes, queries), "steps": steps, "seconds": round(trainer.seconds, 2)}
     if until_seconds is not None:
         while trainer.seconds < until_seconds:
             trainer.train_step()
-        out.update(equal_time=_score(trainer, episodes), equal_time_steps=trainer.step,
+        out.update(equal_time=_score(trainer, episodes, queries), equal_time_steps=trainer.step,
                    equal_time_seconds=round(trainer.seconds, 2))
     return out
 
 
 def deml_benchmark(train_alphabets: int = 4, steps: int = 300, seeds=(0, 1, 2), lam: float = 1.0,
                    sweep=(0.3, 3.0), cross_domain: str = "glyphs", episodes: int = 1000,
-                   dataset: str | None = None, log=sys.stderr) -> dict:
+                   dataset: str | None = None, queries: int = TEST_QUERIES, overrides: dict | None = None,
+                   log=sys.stderr) -> dict:
     if train_alphabets < 1 or steps < 1 or not seeds or episodes < 2:
         raise UserError("bench deml needs --train-alphabets, --steps >= 1, at least one seed and --episodes >= 2")
-    base = preset("omniglot").with_overrides(train_limit=train_alphabets, lr_schedule="constant", dataset=dataset)
+    base = preset("omniglot").with_overrides(train_limit=train_alphabets, lr_schedule="constant", dataset=dataset,
+                                             **(overrides or {}))
     data = {}  # variant name -> (config, splits), loaded once and shared by the seeds
 
     def variant(name: str, **changes):
@@ -81,7 +84,7 @@ def deml_benchmark(train_alphabets: int = 4, steps: int = 300, seeds=(0, 1, 2), 
 
     def record(name: str, seed: int, cfg, splits, until=None):
         t0 = time.perf_counter()
-        res = train_variant(cfg.with_overrides(seed=seed), splits, steps, episodes, until)
+        res = train_variant(cfg.with_overrides(seed=seed), splits, steps, episodes, until, queries)
         runs.setdefault(name, []).append({"seed": seed, **res})
         print(f"seed {seed} {name}: {res['equal_steps']}"
               + (f"  equal time ({res['equal_time_steps']} steps): {res['equal_time']}" if until else "")
@@ -102,7 +105,7 @@ def deml_benchmark(train_alphabets: int = 4, steps: int = 300, seeds=(0, 1, 2), 
         "benchmark": "deml", "train_alphabets": splits.report["units"]["meta-train"],
         "external_alphabets": splits.report["units"]["external"], "test_alphabets": splits.report["units"]["meta-test"],
         "meta_train_classes": splits.train.num_classes, "steps": steps, "lam": lam, "seeds": list(seeds),
-        "episodes": episodes, "test_queries": TEST_QUERIES, "summary": summarise(runs), "runs": runs,
+        "episodes": episodes, "test_queries": queries, "summary": summarise(runs), "runs": runs,
         "machine": machine(), "date": time.strftime("%Y-%m-%d"),
     }
 

@@ -64,7 +64,7 @@ def omniglot_benchmark(out: str, learner: str = "protonet", lam: float = 1.0, mi
         raise UserError("give the training budget as either --minutes or --steps")
     if episodes < 2:
         raise UserError(f"--episodes must be at least 2 for a confidence interval (got {episodes})")
-    cfg = preset("omniglot").with_overrides(learner=learner, lam=lam, seed=seed, **RECIPE, **(overrides or {}))
+    cfg = preset("omniglot").with_overrides(learner=learner, lam=lam, seed=seed, **{**RECIPE, **(overrides or {})})
     cfg, splits = load_data(cfg)
     if minutes is not None:
         per_step = seconds_per_step(cfg, splits)

@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--method", choices=["umap", "pca", "tsne"], default="umap", help="layout of the replay")
     rep.add_argument("--episodes", type=int, default=300, help="test episodes when no evaluation was recorded")
     bench = sub.add_parser("bench", help="benchmarks, measured as ratios within one run")
-    bench.add_argument("name", choices=["throughput", "projection", "live", "omniglot", "deml"])
+    bench.add_argument("name", choices=["throughput", "projection", "live", "omniglot", "deml", "cost", "summary"])
     bench.add_argument("--preset", default="demo")
     bench.add_argument("--out", metavar="DIR", help="omniglot: the run directory to create "
                        "(default runs/bench/omniglot-LEARNER-lamLAM-sSEED)")
@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--steps", type=int, help="omniglot: training steps (repeats a run exactly)")
     bench.add_argument("--episodes", type=int, default=1000, help="omniglot: test episodes per setting")
     bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--results", nargs="+", metavar="JSON", help="summary: outputs of bench omniglot / deml")
+    bench.add_argument("--svg", metavar="FILE.svg", help="summary: write the accuracy-against-time plot here")
+    bench.add_argument("--parts", default="settings,vmap,scaling,memory", help="cost: which parts to run")
     bench.add_argument("--seeds", default="0,1,2", help="deml: training seeds, comma-separated")
     bench.add_argument("--train-alphabets", type=int, default=4, help="deml: meta-train alphabets (scarce data)")
     bench.add_argument("--sweep", default="0.3,3", help="deml: other lambda values to try, comma-separated")
@@ -248,7 +251,7 @@ def _numbers(text: str, kind, flag: str) -> list:
         raise UserError(f"{flag} takes comma-separated numbers, like 0,1,2 (got {text!r})") from None
 
 
-def cmd_bench(args) -> dict:
+def cmd_bench(args) -> dict | None:
     if args.rounds < 1:
         raise UserError(f"--rounds must be at least 1 (got {args.rounds})")
     if args.name == "projection":
@@ -257,6 +260,18 @@ def cmd_bench(args) -> dict:
     if args.name == "live":
         from engine.bench_live import live_benchmark
         return live_benchmark(args.preset, rounds=args.rounds)
+    if args.name == "summary":
+        from engine.bench_summary import summary
+        if not args.results:
+            raise UserError("bench summary needs --results FILE.json ... (outputs of bench omniglot or bench deml)")
+        print("\n\n".join(summary(args.results, args.svg)["tables"]))  # markdown, to paste into BENCHMARKS.md
+        return None
+    if args.name == "cost":
+        from engine.bench_cost import PARTS, cost_benchmark
+        parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+        if unknown := set(parts) - set(PARTS):
+            raise UserError(f"--parts: unknown {', '.join(sorted(unknown))}; choose from {', '.join(PARTS)}")
+        return cost_benchmark(parts, rounds=args.rounds)
     if args.name == "deml":
         from engine.bench_deml import deml_benchmark
         return deml_benchmark(args.train_alphabets, args.steps or 300, _numbers(args.seeds, int, "--seeds"),

@@ -1,7 +1,10 @@
 """Smoke versions of the benchmarks, so the commands in BENCHMARKS.md cannot rot."""
 from __future__ import annotations
 
+import contextlib
 import io
+
+import numpy as np
 import pytest
 
 from engine.bench import throughput
@@ -30,3 +33,113 @@ def test_projection_benchmark_smoke():
     assert stability["frames"] == result["source"]["snapshots"]
     # the measured claim: warm-started, aligned updates move less than independent (aligned) refits
     assert stability["ratio_update_vs_aligned_refits"] < 1.0
+
+
+TINY_MODEL = dict(width=8, concept_dim=16, val_episodes=4, probe_classes=2, probe_per_class=2)
+
+
+@pytest.mark.slow
+def test_omniglot_benchmark_smoke(omniglot_dir, tmp_path):
+    """Two steps on the real background set: four settings scored on the unseen alphabets at each
+    mark, a normal run directory left behind, and the acceptance command on another npz."""
+    import json
+
+    import numpy as np
+
+    from engine.bench_omniglot import omniglot_benchmark
+    from engine.cli import main
+
+    result = omniglot_benchmark(str(tmp_path / "run"), "protonet", 1.0, steps=2, episodes=3,
+                                overrides=TINY_MODEL, log=io.StringIO())
+    assert set(result["final"]) == {"5w1s", "5w5s", "20w1s", "20w5s"}
+    assert [p["step"] for p in result["curve"]] == [1, 2]
+    assert 0 < result["curve"][0]["train_seconds"] < result["curve"][1]["train_seconds"]
+    for r in result["final"].values():
+        assert 0 <= r["accuracy"] <= 1 and r["ci95"] >= 0
+    splits = json.loads((tmp_path / "run" / "splits.json").read_text())["units"]
+    assert result["test_alphabets"] == splits["meta-test"] and len(splits["meta-test"]) == 6
+    assert not set(splits["meta-test"]) & (set(splits["meta-train"]) | set(splits["external"]))
+    assert json.loads((tmp_path / "run" / "bench.json").read_text())["final"] == result["final"]
+
+    # `evaluate RUN --dataset FILE.npz --classes all` on data laid out like the background file
+    with np.load(omniglot_dir / "images_background.npz") as bg:
+        np.savez(tmp_path / "other.npz", images=bg["images"][-25:], labels=np.arange(25)[:, None].repeat(20, 1))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["evaluate", str(tmp_path / "run"), "--dataset", str(tmp_path / "other.npz"), "--classes", "all",
+                     "--ways", "20", "--shots", "1", "--episodes", "50"]) == 0
+    scored = json.loads(out.getvalue())
+    assert scored["ways"] == 20 and scored["episodes"] == 50 and 0 < scored["accuracy"] <= 1
+
+
+DEML_DATA = "glyphs:classes=400,drawings=6,seed=2"  # 20 alphabets: 2 val, 4 test, 4 external, 10 train
+
+
+@pytest.mark.slow
+def test_deml_benchmark_smoke():
+    from engine.bench_deml import deml_benchmark
+
+    result = deml_benchmark(train_alphabets=2, steps=2, seeds=(0, 1), sweep=(0.5,), cross_domain="digits",
+                            episodes=3, dataset=DEML_DATA, queries=2, overrides=TINY_MODEL, log=io.StringIO())
+    assert set(result["runs"]) == {"deml", "vanilla", "pooled", "deml-digits", "deml-lam0.5"}
+    assert len(result["train_alphabets"]) == 2 and not set(result["train_alphabets"]) & set(result["test_alphabets"])
+    for name, rows in result["runs"].items():
+        assert [r["seed"] for r in rows] == [0, 1] and all(r["steps"] == 2 for r in rows)
+    for row, deml in zip(result["runs"]["vanilla"], result["runs"]["deml"]):
+        # equal time: vanilla trains on until it has used the DEML run's training time
+        assert row["equal_time_seconds"] >= deml["seconds"] and row["equal_time_steps"] >= 2
+    summary = result["summary"]
+    assert "gain_equal_steps" not in summary["vanilla"]["5w1s"]
+    pooled, vanilla = result["runs"]["pooled"], result["runs"]["vanilla"]
+    expected = np.mean([p["equal_time"]["20w1s"] - v["equal_time"]["20w1s"] for p, v in zip(pooled, vanilla)])
+    assert summary["pooled"]["20w1s"]["gain_equal_time"][0] == pytest.approx(expected)
+
+
+def test_seed_interval_uses_student_t():
+    from engine.bench_deml import mean_ci95_seeds
+
+    mean, ci = mean_ci95_seeds([0.90, 0.92, 0.94])
+    assert mean == pytest.approx(0.92) and ci == pytest.approx(4.303 * 0.02 / np.sqrt(3))
+    assert np.isnan(mean_ci95_seeds([0.5])[1])
+
+
+def test_cost_benchmark_smoke():
+    from engine import bench_cost
+
+    rows = bench_cost.vmap_benchmark(1, 1, io.StringIO(), meta_batches=(2,))
+    assert [(r["learner"], r["meta_batch"]) for r in rows] == [("maml", 2), ("metasgd", 2)]
+    assert all(r["step_ratio_vmap_to_loop"] > 0 and r["learner_ratio_vmap_to_loop"] > 0 for r in rows)
+    rows = bench_cost.scaling_benchmark(1, 1, io.StringIO(), grid={"ways": (2, 3)})
+    assert [r["images_per_step"] for r in rows] == [4 * 2 * 6 + 64, 4 * 3 * 6 + 64]
+
+
+@pytest.mark.slow
+def test_cost_settings_and_memory_smoke():
+    from engine import bench_cost
+
+    rows = bench_cost.settings_benchmark(1, 1, io.StringIO(), compile_too=False)  # compiling takes a minute
+    names = [r["setting"] for r in rows]
+    assert names[0].startswith("default") and "channels_last" in names and "torch.compile (failed)" in names
+    assert rows[0]["ratio_to_default"] == 1.0 and all(r["ms"] > 0 for r in rows if "ms" in r)
+    (row,) = bench_cost.memory_benchmark(presets=("smoke",), steps=3, log=io.StringIO())
+    assert 50 < row["peak_rss_mib"] < 4096
+
+
+def test_summary_renders_tables_and_plot(tmp_path):
+    import json
+
+    from engine.bench_summary import summary
+
+    point = {s: {"accuracy": 0.9, "ci95": 0.01} for s in ("5w1s", "5w5s", "20w1s", "20w5s")}
+    results = []
+    for i, (learner, lam) in enumerate((("protonet", 1.0), ("maml", 0.0))):
+        r = {"benchmark": "omniglot", "learner": learner, "lam": lam, "seed": 0, "steps": 10, "train_seconds": 60.0,
+             "final": point, "curve": [{"step": 5, "train_seconds": 30.0, **point}, {"step": 10, "train_seconds": 60.0, **point}]}
+        results.append(tmp_path / f"r{i}.json")
+        results[-1].write_text(json.dumps(r))
+    out = summary([str(p) for p in results], str(tmp_path / "plot.svg"))
+    table = out["tables"][0].splitlines()
+    assert table[0].startswith("| learner | λ | training | 5w1s") and len(table) == 4
+    assert "| maml | 0 | 1.0 min (10 steps) | 90.0 ± 1.0" in table[2]
+    svg = (tmp_path / "plot.svg").read_text()
+    assert svg.startswith("<svg") and svg.count("<polyline") == 8 and "maml λ=0" in svg
