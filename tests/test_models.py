@@ -99,3 +99,26 @@ def test_deml_model_parts_and_concepts():
     none = DEMLModel(TrainConfig(concept_dim=8, width=8, lam=0.0), channels=3, external_classes=0)
     assert none.discriminator is None
     assert not any(n.startswith("discriminator") for n, _ in none.named_parameters())
+
+
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
+@pytest.mark.parametrize("norm", ["batch", "group"])
+def test_channels_last_layout_computes_what_nchw_computes(backbone, norm):
+    """The generators run in channels_last for speed; the numbers are those of the default layout."""
+    import copy
+
+    torch.manual_seed(0)
+    g = build_generator(backbone, 3, 16, 8, norm)
+    assert g.blocks[0][0].weight.is_contiguous(memory_format=torch.channels_last) if backbone == "conv4" else True
+    nchw = copy.deepcopy(g).to(memory_format=torch.contiguous_format)
+    nchw.memory_format = torch.contiguous_format
+    x = torch.rand(6, 3, 32, 32)
+    out, ref = g(x), nchw(x)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+    out.square().sum().backward()
+    ref.square().sum().backward()
+    # float rounding, relative to the gradients' scale (a conv bias before batch norm has a true
+    # gradient of 0, so its own scale is rounding noise)
+    scale = max(q.grad.abs().max() for q in nchw.parameters())
+    for (name, p), q in zip(g.named_parameters(), nchw.parameters()):
+        assert (p.grad - q.grad).abs().max() <= 1e-4 * scale, name

@@ -18,7 +18,13 @@ def _norm(kind: str, channels: int) -> nn.Module:
     raise UserError(f"unknown norm {kind!r}: use batch, group or none")
 
 
-class Conv4(nn.Module):
+class Generator(nn.Module):
+    # channels_last (NHWC) weights and activations: a training step takes about 0.75x the time of
+    # the default NCHW layout on this 2-core CPU (python -m engine bench cost --parts settings)
+    memory_format = torch.channels_last
+
+
+class Conv4(Generator):
     """The standard few-shot backbone: 4 x [3x3 conv, norm, ReLU, 2x2 max-pool].
 
     The last block has concept_dim channels; what is left of the spatial map is averaged
@@ -34,6 +40,7 @@ class Conv4(nn.Module):
         ])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous(memory_format=self.memory_format)
         return self.blocks(x).mean(dim=(2, 3))  # (B, concept_dim, h, w) -> (B, concept_dim)
 
 
@@ -54,7 +61,7 @@ class ResidualBlock(nn.Module):
         return self.out(self.body(x) + self.shortcut(x))
 
 
-class ResNet12(nn.Module):
+class ResNet12(Generator):
     """A deeper residual generator for RGB images: 4 stages of widths (w, 2w, 4w, concept_dim)."""
 
     def __init__(self, in_channels: int, concept_dim: int = 64, hidden: int = 64, norm: str = "batch"):
@@ -63,6 +70,7 @@ class ResNet12(nn.Module):
         self.stages = nn.Sequential(*[ResidualBlock(a, b, norm) for a, b in zip(widths[:-1], widths[1:])])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous(memory_format=self.memory_format)
         return self.stages(x).mean(dim=(2, 3))  # (B, concept_dim)
 
 
@@ -74,4 +82,5 @@ def build_generator(name: str, in_channels: int, concept_dim: int, hidden: int, 
         raise UserError(f"unknown backbone {name!r}: choose one of {', '.join(BACKBONES)}")
     if concept_dim < 2 or hidden < 1:
         raise UserError(f"concept dimension must be at least 2 and width at least 1 (got {concept_dim}, {hidden})")
-    return BACKBONES[name](in_channels, concept_dim=concept_dim, hidden=hidden, norm=norm)
+    model = BACKBONES[name](in_channels, concept_dim=concept_dim, hidden=hidden, norm=norm)
+    return model.to(memory_format=model.memory_format)
