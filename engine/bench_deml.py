@@ -68,7 +68,9 @@ def train_variant(cfg, splits, steps: int, episodes: int, until_seconds: float |
 def deml_benchmark(train_alphabets: int = 4, steps: int = 300, seeds=(0, 1, 2), lam: float = 1.0,
                    sweep=(0.3, 3.0), cross_domain: str = "glyphs", episodes: int = 1000,
                    dataset: str | None = None, queries: int = TEST_QUERIES, overrides: dict | None = None,
-                   log=sys.stderr) -> dict:
+                   controls: bool = True, log=sys.stderr) -> dict:
+    """controls=False trains only the lambda > 0 runs (to extend a sweep); `bench summary` merges
+    such a result with a full one of the same settings."""
     if train_alphabets < 1 or steps < 1 or not seeds or episodes < 2:
         raise UserError("bench deml needs --train-alphabets, --steps >= 1, at least one seed and --episodes >= 2")
     base = preset("omniglot").with_overrides(train_limit=train_alphabets, lr_schedule="constant", dataset=dataset,
@@ -93,8 +95,9 @@ def deml_benchmark(train_alphabets: int = 4, steps: int = 300, seeds=(0, 1, 2), 
 
     for seed in seeds:
         deml = record("deml", seed, *variant("deml", lam=lam))
-        record("vanilla", seed, *variant("vanilla", lam=0.0), until=deml["seconds"])
-        record("pooled", seed, *variant("pooled", lam=0.0, pool_external=True), until=deml["seconds"])
+        if controls:
+            record("vanilla", seed, *variant("vanilla", lam=0.0), until=deml["seconds"])
+            record("pooled", seed, *variant("pooled", lam=0.0, pool_external=True), until=deml["seconds"])
         if cross_domain:
             record(f"deml-{cross_domain}", seed, *variant("cross", lam=lam, external=cross_domain))
         for value in sweep:

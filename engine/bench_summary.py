@@ -7,6 +7,7 @@ import json
 from html import escape
 from pathlib import Path
 
+from engine.bench_deml import summarise
 from engine.bench_omniglot import SETTINGS, setting_name
 from engine.errors import UserError
 
@@ -112,6 +113,23 @@ def deml_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def merge_deml(results: list[dict]) -> dict | None:
+    """One deml result from several of the same study (e.g. a sweep extended later): their runs
+    side by side, summarised again. A variant in two results keeps the first one's runs."""
+    if not results:
+        return None
+    same = ("train_alphabets", "test_alphabets", "steps", "seeds", "episodes", "test_queries")
+    first = results[0]
+    for r in results[1:]:
+        if differ := [k for k in same if r.get(k) != first.get(k)]:
+            raise UserError(f"these deml results are from different studies (they differ in {', '.join(differ)})")
+    runs = {}
+    for r in results:
+        for name, rows in r["runs"].items():
+            runs.setdefault(name, rows)
+    return {**first, "runs": runs, "summary": summarise(runs)}
+
+
 def gain(mean_ci) -> str:
     return "" if mean_ci is None else "+" * (mean_ci[0] >= 0) + pct(mean_ci)
 
@@ -120,7 +138,8 @@ def summary(paths: list[str], svg_out: str | None = None) -> dict:
     results = load_results(paths)
     omniglot = sorted((r for r in results if r["benchmark"] == "omniglot"),
                       key=lambda r: (r["learner"], -r["lam"], r["seed"]))
-    out = {"benchmark": "summary", "tables": [deml_table(r) for r in results if r["benchmark"] == "deml"]}
+    deml = merge_deml([r for r in results if r["benchmark"] == "deml"])
+    out = {"benchmark": "summary", "tables": [deml_table(deml)] if deml else []}
     if omniglot:
         out["tables"].insert(0, omniglot_table(omniglot))
         if svg_out:

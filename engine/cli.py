@@ -99,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seeds", default="0,1,2", help="deml: training seeds, comma-separated")
     bench.add_argument("--train-alphabets", type=int, default=4, help="deml: meta-train alphabets (scarce data)")
     bench.add_argument("--sweep", default="0.3,3", help="deml: other lambda values to try, comma-separated")
+    bench.add_argument("--no-controls", action="store_true",
+                       help="deml: only the lambda > 0 runs (extends a sweep; bench summary merges the results)")
     bench.add_argument("--cross-domain", default="glyphs", metavar="SPEC",
                        help="deml: an external set from another domain ('' to skip)")
     bench.add_argument("--run", metavar="RUN_DIR", help="projection: take concepts from this run's snapshots")
@@ -276,7 +278,7 @@ def cmd_bench(args) -> dict | None:
         from engine.bench_deml import deml_benchmark
         return deml_benchmark(args.train_alphabets, args.steps or 300, _numbers(args.seeds, int, "--seeds"),
                               1.0 if args.lam is None else args.lam, _numbers(args.sweep, float, "--sweep"),
-                              args.cross_domain, args.episodes)
+                              args.cross_domain, args.episodes, controls=not args.no_controls)
     if args.name == "omniglot":
         from engine.bench_omniglot import omniglot_benchmark
         from engine.config import runs_root

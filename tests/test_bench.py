@@ -9,6 +9,7 @@ import pytest
 
 from engine.bench import throughput
 from engine.config import preset
+from engine.errors import UserError
 
 TINY = dict(dataset="glyphs:classes=60,drawings=8,seed=1", width=8, concept_dim=16, meta_batch=2, ext_batch=8)
 
@@ -143,3 +144,29 @@ def test_summary_renders_tables_and_plot(tmp_path):
     assert "| maml | 0 | 1.0 min (10 steps) | 90.0 ± 1.0" in table[2]
     svg = (tmp_path / "plot.svg").read_text()
     assert svg.startswith("<svg") and svg.count("<polyline") == 8 and "maml λ=0" in svg
+
+
+def test_summary_merges_an_extended_deml_sweep(tmp_path):
+    import json
+
+    from engine.bench_deml import summarise
+    from engine.bench_summary import summary
+
+    def rows(acc, time_acc=None):
+        return [{"seed": s, "steps": 3, "seconds": 1.0, "equal_steps": {"5w1s": acc + s / 100},
+                 **({"equal_time": {"5w1s": time_acc + s / 100}} if time_acc else {})} for s in (0, 1, 2)]
+
+    study = dict(benchmark="deml", train_alphabets=["a"], test_alphabets=["t"], steps=3, seeds=[0, 1, 2],
+                 episodes=10, test_queries=2)
+    full = {**study, "runs": {"deml": rows(0.80), "vanilla": rows(0.70, 0.72)}}
+    extra = {**study, "runs": {"deml": rows(0.80), "deml-lam10": rows(0.90)}}
+    for name, r in (("full", full), ("extra", extra)):
+        r["summary"] = summarise(r["runs"])
+        (tmp_path / f"{name}.json").write_text(json.dumps(r))
+    (table,) = summary([str(tmp_path / "full.json"), str(tmp_path / "extra.json")])["tables"]
+    lam10 = next(line for line in table.splitlines() if line.startswith("| deml-lam10 |"))
+    # 0.90 vs vanilla's 0.70 at equal steps (+20.0 points) and vs its 0.72 at equal time (+18.0)
+    assert "| +20.0 ± 0.0 |" in lam10 and "| +18.0 ± 0.0 |" in lam10
+    (tmp_path / "other.json").write_text(json.dumps({**extra, "steps": 4}))
+    with pytest.raises(UserError, match="different studies"):
+        summary([str(tmp_path / "full.json"), str(tmp_path / "other.json")])
