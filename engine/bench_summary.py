@@ -32,9 +32,11 @@ def label(result: dict) -> str:
     return f"{result['learner']} λ={result['lam']:g}"
 
 
-def pct(mean_ci) -> str:
-    mean, ci = mean_ci
-    return f"{100 * mean:.1f}" if ci != ci else f"{100 * mean:.1f} ± {100 * ci:.1f}"  # ci is nan for one seed
+def pct(mean_ci, sign: bool = False) -> str:
+    """(0.9312, 0.0041) -> '93.1 ± 0.4' (percent); sign=True: '+93.1 ± 0.4', never '-0.0'."""
+    mean, ci = round(100 * mean_ci[0], 1) + 0.0, 100 * mean_ci[1]
+    text = f"{mean:+.1f}" if sign else f"{mean:.1f}"
+    return text if ci != ci else f"{text} ± {ci:.1f}"  # ci is nan for a single seed
 
 
 def omniglot_table(results: list[dict]) -> str:
@@ -131,7 +133,7 @@ def merge_deml(results: list[dict]) -> dict | None:
 
 
 def gain(mean_ci) -> str:
-    return "" if mean_ci is None else "+" * (mean_ci[0] >= 0) + pct(mean_ci)
+    return "" if mean_ci is None else pct(mean_ci, sign=True)
 
 
 def summary(paths: list[str], svg_out: str | None = None) -> dict:
