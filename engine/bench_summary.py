@@ -12,7 +12,7 @@ from engine.bench_omniglot import SETTINGS, setting_name
 from engine.errors import UserError
 
 COLOURS = {"protonet": "#1f77b4", "maml": "#d62728", "metasgd": "#2ca02c", "matching": "#9467bd", "reptile": "#8c564b"}
-PANEL_W, PANEL_H, MARGIN = 330, 220, 48
+PANEL_W, PANEL_H, MARGIN, TOP = 330, 220, 48, 46  # px: one panel, the gaps, the title band
 
 
 def load_results(paths: list[str]) -> list[dict]:
@@ -58,7 +58,7 @@ def accuracy_time_svg(results: list[dict]) -> str:
     parts = []
     for i, (ways, shots) in enumerate(SETTINGS):
         name = setting_name(ways, shots)
-        ox, oy = MARGIN + (i % 2) * (PANEL_W + MARGIN), 30 + (i // 2) * (PANEL_H + MARGIN)
+        ox, oy = MARGIN + (i % 2) * (PANEL_W + MARGIN), TOP + (i // 2) * (PANEL_H + MARGIN)
         accs = [p[name]["accuracy"] for r in results for p in r["curve"]]
         lo = max(0.0, min(accs) - 0.01)
         lo = min(lo, 0.95)
@@ -67,7 +67,7 @@ def accuracy_time_svg(results: list[dict]) -> str:
             return ox + PANEL_W * minutes / t_max, oy + PANEL_H * (1 - (acc - lo) / (1 - lo))
 
         parts.append(f'<rect x="{ox}" y="{oy}" width="{PANEL_W}" height="{PANEL_H}" fill="none" stroke="#999"/>')
-        parts.append(f'<text x="{ox + 6}" y="{oy + 16}" font-size="13" font-weight="bold">{name}</text>')
+        parts.append(f'<text x="{ox}" y="{oy - 6}" font-size="13" font-weight="bold">{name}</text>')
         for frac in (0, 0.5, 1):  # y ticks
             acc = lo + frac * (1 - lo)
             _, y = xy(0, acc)
@@ -82,7 +82,7 @@ def accuracy_time_svg(results: list[dict]) -> str:
             dash = ' stroke-dasharray="5,3"' if r["lam"] == 0 else ""
             colour = COLOURS.get(r["learner"], "#333")
             parts.append(f'<polyline points="{pts}" fill="none" stroke="{colour}" stroke-width="1.8"{dash}/>')
-    legend_y = 30 + 2 * (PANEL_H + MARGIN) - 10
+    legend_y = TOP + 2 * (PANEL_H + MARGIN) - 10
     for j, r in enumerate(results):
         x = MARGIN + (j % 3) * 230
         y = legend_y + (j // 3) * 18
