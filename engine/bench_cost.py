@@ -23,7 +23,8 @@ from collections.abc import Callable
 import torch
 
 from engine.bench import machine
-from engine.config import PRESETS, TrainConfig, preset
+from engine.config import PRESETS, REPO, TrainConfig, preset
+from engine.errors import UserError
 from engine.trainer import Trainer
 
 # built-in data with enough classes and drawings for 20-way 5-shot tasks at any image size
@@ -144,17 +145,25 @@ def scaling_benchmark(rounds: int, reps: int, log, grid: dict = SCALING) -> list
     return rows
 
 
+# Runs the command line, then reports its own VmHWM (peak resident memory of this process image).
+# Not ru_maxrss: on Linux a child's ru_maxrss keeps the parent's peak from before exec, so every
+# child of a 2 GiB benchmark process would report at least 2 GiB.
+_PEAK = ("import sys; from engine.cli import main; rc = main(sys.argv[1:]); "
+         "print(*[l.strip() for l in open('/proc/self/status') if l.startswith('VmHWM:')], file=sys.stderr); "
+         "sys.exit(rc)")
+
+
 def peak_rss_mib(args: list[str]) -> tuple[float, float]:
-    """Run `python -m engine ARGS` in its own process: (peak RSS in MiB, wall seconds)."""
+    """Run `python -m engine ARGS` in its own process: (peak RSS in MiB, wall seconds). Linux only."""
+    if not os.path.exists("/proc/self/status"):
+        raise UserError("bench cost --parts memory reads /proc/self/status, which only Linux has")
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "engine", *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
-    err = proc.stderr.read()
-    proc.stderr.close()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"python -m engine {' '.join(args)} failed: {err.strip()[-500:]}")
-    return usage.ru_maxrss / 1024, time.perf_counter() - t0  # ru_maxrss is in KiB on Linux
+    proc = subprocess.run([sys.executable, "-c", _PEAK, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True, cwd=REPO)
+    peak = [line.split()[1] for line in proc.stderr.splitlines() if line.startswith("VmHWM:")]
+    if proc.returncode != 0 or not peak:
+        raise RuntimeError(f"python -m engine {' '.join(args)} failed: {proc.stderr.strip()[-500:]}")
+    return int(peak[-1]) / 1024, time.perf_counter() - t0  # VmHWM is in kB
 
 
 def memory_benchmark(presets=("demo", "omniglot"), steps: int = 100, log=sys.stderr) -> list[dict]:

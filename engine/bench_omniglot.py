@@ -36,11 +36,13 @@ def setting_name(ways: int, shots: int) -> str:
     return f"{ways}w{shots}s"
 
 
-def score(trainer: Trainer, test: ImageSet, episodes: int, seed: int = 0) -> dict:
-    """Test accuracy and its 95% CI in each standard setting, on fixed episodes (same seed, same tasks)."""
+def score(trainer: Trainer, test: ImageSet, episodes: int, settings=SETTINGS, queries: int = TEST_QUERIES,
+          seed: int = 0) -> dict:
+    """Test accuracy and its 95% CI in each (ways, shots) setting, on fixed episodes (same seed,
+    same tasks): {"5w1s": {"accuracy": ..., "ci95": ...}, ...}."""
     out = {}
-    for ways, shots in SETTINGS:
-        sampler = EpisodeSampler(test, ways, shots, TEST_QUERIES)
+    for ways, shots in settings:
+        sampler = EpisodeSampler(test, ways, shots, queries)
         r = evaluate(trainer.model, sampler, episodes, seed, trainer.device)
         out[setting_name(ways, shots)] = {"accuracy": round(r["accuracy"], 5), "ci95": round(r["ci95"], 5)}
     return out
