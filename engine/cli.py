@@ -92,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--minutes", type=float, help="omniglot: training budget, turned into steps")
     bench.add_argument("--steps", type=int, help="omniglot: training steps (repeats a run exactly)")
     bench.add_argument("--episodes", type=int, default=1000, help="omniglot: test episodes per setting")
+    bench.add_argument("--inner-lr", type=float, help="omniglot: the gradient learners' inner step size")
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("--results", nargs="+", metavar="JSON", help="summary: outputs of bench omniglot / deml")
     bench.add_argument("--svg", metavar="FILE.svg", help="summary: write the accuracy-against-time plot here")
@@ -284,8 +285,8 @@ def cmd_bench(args) -> dict | None:
         from engine.config import runs_root
         learner, lam = args.learner or "protonet", 1.0 if args.lam is None else args.lam
         out = args.out or str(runs_root() / "bench" / f"omniglot-{learner}-lam{lam:g}-s{args.seed}")
-        return omniglot_benchmark(out, learner, lam, args.minutes, args.steps, args.episodes, args.seed,
-                                  overrides={"device": args.device} if args.device else None)
+        overrides = {k: v for k, v in (("device", args.device), ("inner_lr", args.inner_lr)) if v is not None}
+        return omniglot_benchmark(out, learner, lam, args.minutes, args.steps, args.episodes, args.seed, overrides)
     from engine.bench import throughput
     from engine.config import preset
 
