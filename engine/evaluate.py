@@ -21,16 +21,6 @@ def mean_ci95(values) -> tuple[float, float]:
     return float(v.mean()), float(1.96 * v.std(ddof=1) / np.sqrt(len(v)))
 
 
-def _support_shots(sampler: EpisodeSampler, support: np.ndarray, shots: int | None) -> np.ndarray:
-    """(T, N*K) support indices -> (T, N*shots): the first `shots` of each class (shot curves)."""
-    n, k = sampler.ways, sampler.shots
-    if shots is None or shots == k:
-        return support
-    if not 1 <= shots <= k:  # more would label shots that are not there
-        raise ValueError(f"shots must be 1..{k} for these episodes, not {shots}")
-    return support.reshape(len(support), n, k)[:, :, :shots].reshape(len(support), -1)
-
-
 def concept_table(model: DEMLModel, sampler: EpisodeSampler, used: np.ndarray, device,
                   chunk: int = 1024) -> torch.Tensor:
     """Concepts (U, D) of the sampler's images `used` (U,), in chunks from host memory. In eval
@@ -50,7 +40,7 @@ def _per_task(model, sampler, index, device, fn: Callable, shots=None, progress=
     model.eval()
     out = []
     try:
-        support = _support_shots(sampler, index.support, shots)
+        support = sampler.support_shots(index.support, shots)
         used, inverse = np.unique(np.concatenate([support.ravel(), index.query.ravel()]), return_inverse=True)
         z = concept_table(model, sampler, used, device)  # (U, D)
         rows = torch.from_numpy(inverse).to(device)

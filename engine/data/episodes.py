@@ -83,16 +83,19 @@ class EpisodeSampler:
         """A reproducible set of tasks (validation/test): same seed, same tasks."""
         return self.draw(count, np.random.default_rng([seed, 0xE7A1]))
 
+    def support_shots(self, support: np.ndarray, shots: int | None) -> np.ndarray:
+        """(T, N*K) support indices -> (T, N*shots): the first `shots` of each class (shot curves)."""
+        n, k = self.ways, self.shots
+        if shots is None or shots == k:
+            return support
+        if not 1 <= shots <= k:  # more would label shots that are not there
+            raise ValueError(f"shots must be 1..{k} for these episodes, not {shots}")
+        return support.reshape(len(support), n, k)[:, :, :shots].reshape(len(support), -1)
+
     def materialize(self, index: EpisodeIndex, shots: int | None = None) -> Episode:
         """Index -> tensors. `shots` < K keeps only the first shots of each class (shot curves)."""
-        n, k = self.ways, self.shots
-        support = index.support
-        if shots is not None and shots != k:
-            if not 1 <= shots <= k:  # more would label shots that are not there
-                raise ValueError(f"shots must be 1..{k} for these episodes, not {shots}")
-            support = support.reshape(-1, n, k)[:, :, :shots].reshape(len(support), -1)
-            k = shots
-        t, q = len(support), self.queries
+        n, support = self.ways, self.support_shots(index.support, shots)
+        k, t, q = support.shape[1] // n, len(support), self.queries
         return Episode(
             support=self._pixels(support),
             support_labels=torch.arange(n).repeat_interleave(k).expand(t, -1).contiguous(),
