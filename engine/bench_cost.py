@@ -73,6 +73,7 @@ def settings_benchmark(rounds: int, reps: int, log, compile_too: bool = True) ->
     variants = {f"channels_last, the trainer's ({threads} threads)": step(g, x), "NCHW (torch's default)": step(nchw, x)}
     if threads > 1:
         variants["1 thread"] = step(g, x, 1)
+
     def pass_per_task():  # what the trainer avoids: G called once per task and once for the external batch
         g.zero_grad(set_to_none=True)
         sum(g(part).square().mean() for part in x.chunk(BASE["meta_batch"] + 1)).backward()

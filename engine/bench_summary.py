@@ -43,10 +43,16 @@ def omniglot_table(results: list[dict]) -> str:
     names = [setting_name(w, k) for w, k in SETTINGS]
     lines = ["| learner | λ | training | " + " | ".join(names) + " |", "|---|---|---|" + "---|" * len(names)]
     for r in results:
-        cells = [f"{100 * r['final'][n]['accuracy']:.1f} ± {100 * r['final'][n]['ci95']:.1f}" for n in names]
+        cells = [pct((r["final"][n]["accuracy"], r["final"][n]["ci95"])) for n in names]
         lines.append(f"| {r['learner']} | {r['lam']:g} | {r['train_seconds'] / 60:.1f} min ({r['steps']} steps) | "
                      + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _stroke(result: dict) -> str:
+    """A run's line style: its learner's colour, dashed for lambda = 0."""
+    dash = ' stroke-dasharray="5,3"' if result["lam"] == 0 else ""
+    return f'stroke="{COLOURS.get(result["learner"], "#333")}"{dash}'
 
 
 def accuracy_time_svg(results: list[dict]) -> str:
@@ -60,8 +66,7 @@ def accuracy_time_svg(results: list[dict]) -> str:
         name = setting_name(ways, shots)
         ox, oy = MARGIN + (i % 2) * (PANEL_W + MARGIN), TOP + (i // 2) * (PANEL_H + MARGIN)
         accs = [p[name]["accuracy"] for r in results for p in r["curve"]]
-        lo = max(0.0, min(accs) - 0.01)
-        lo = min(lo, 0.95)
+        lo = min(max(0.0, min(accs) - 0.01), 0.95)  # the panel's lowest accuracy
 
         def xy(minutes, acc):
             return ox + PANEL_W * minutes / t_max, oy + PANEL_H * (1 - (acc - lo) / (1 - lo))
@@ -79,16 +84,12 @@ def accuracy_time_svg(results: list[dict]) -> str:
         for r in results:
             pts = " ".join(f"{x:.1f},{y:.1f}" for x, y in (xy(p["train_seconds"] / 60, p[name]["accuracy"])
                                                           for p in r["curve"]))
-            dash = ' stroke-dasharray="5,3"' if r["lam"] == 0 else ""
-            colour = COLOURS.get(r["learner"], "#333")
-            parts.append(f'<polyline points="{pts}" fill="none" stroke="{colour}" stroke-width="1.8"{dash}/>')
+            parts.append(f'<polyline points="{pts}" fill="none" {_stroke(r)} stroke-width="1.8"/>')
     legend_y = TOP + 2 * (PANEL_H + MARGIN) - 10
     for j, r in enumerate(results):
         x = MARGIN + (j % 3) * 230
         y = legend_y + (j // 3) * 18
-        dash = ' stroke-dasharray="5,3"' if r["lam"] == 0 else ""
-        parts.append(f'<line x1="{x}" y1="{y}" x2="{x + 24}" y2="{y}" stroke="{COLOURS.get(r["learner"], "#333")}" '
-                     f'stroke-width="2"{dash}/>')
+        parts.append(f'<line x1="{x}" y1="{y}" x2="{x + 24}" y2="{y}" {_stroke(r)} stroke-width="2"/>')
         parts.append(f'<text x="{x + 30}" y="{y + 4}" font-size="12">{escape(label(r))}</text>')
     width = 2 * PANEL_W + 3 * MARGIN
     height = legend_y + 18 * ((len(results) + 2) // 3) + 10
