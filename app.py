@@ -5,9 +5,9 @@ import streamlit as st
 
 from engine.config import preset, runs_root
 from engine.errors import UserError
-from engine.job import REGISTRY
-from engine.live import new_run_dir, start_runs, twin_dir_for
-from engine.project import start_umap_warmup
+from engine.train.job import REGISTRY
+from engine.viz.live import new_run_dir, start_runs, twin_dir_for
+from engine.viz.project import start_umap_warmup
 from ui.common import current_run, presenter, set_current_run
 from ui.live import live_view
 

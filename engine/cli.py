@@ -4,7 +4,7 @@ Progress goes to stderr; the last stdout line is one JSON object others can scri
 Bad input exits with status 2 and one stderr line starting with "error:".
 
 `torchrun --nproc_per_node=N -m engine train ...` trains data-parallel over N processes (see
-engine/distributed.py); only rank 0 prints, the others exit 0 silently.
+engine/train/distributed.py); only rank 0 prints, the others exit 0 silently.
 """
 from __future__ import annotations
 
@@ -141,9 +141,9 @@ class Progress:
 
 
 def cmd_train(args) -> dict | None:
-    from engine import distributed
+    from engine.train import distributed
     from engine.config import TrainConfig, preset
-    from engine.trainer import Control, resume_run, start_run
+    from engine.train.trainer import Control, resume_run, start_run
 
     if args.resume:
         changed = [f"--{f.name.replace('_', '-')}" for f in fields(TrainConfig)
@@ -183,7 +183,7 @@ def cmd_train(args) -> dict | None:
 
 # --- evaluate / curve -------------------------------------------------------------------------
 def _evaluation(args, kind: str) -> dict:
-    from engine.inference import run_evaluation
+    from engine.eval.checkpoints import run_evaluation
 
     if args.episodes < 1:
         raise UserError(f"--episodes must be at least 1 (got {args.episodes})")
@@ -236,7 +236,7 @@ def cmd_inspect(args) -> dict:
 
 
 def cmd_report(args) -> dict:
-    from engine.report import build_report
+    from engine.viz.report import build_report
 
     if args.episodes < 1:
         raise UserError(f"--episodes must be at least 1 (got {args.episodes})")
@@ -258,36 +258,36 @@ def cmd_bench(args) -> dict | None:
     if args.rounds < 1:
         raise UserError(f"--rounds must be at least 1 (got {args.rounds})")
     if args.name == "projection":
-        from engine.bench_projection import projection_benchmark
+        from engine.bench.projection import projection_benchmark
         return projection_benchmark(args.run)
     if args.name == "live":
-        from engine.bench_live import live_benchmark
+        from engine.bench.live import live_benchmark
         return live_benchmark(args.preset, rounds=args.rounds)
     if args.name == "summary":
-        from engine.bench_summary import summary
+        from engine.bench.summary import summary
         if not args.results:
             raise UserError("bench summary needs --results FILE.json ... (outputs of bench omniglot or bench deml)")
         print("\n\n".join(summary(args.results, args.svg)["tables"]))  # markdown, to paste into BENCHMARKS.md
         return None
     if args.name == "cost":
-        from engine.bench_cost import PARTS, cost_benchmark
+        from engine.bench.cost import PARTS, cost_benchmark
         parts = [p.strip() for p in args.parts.split(",") if p.strip()]
         if unknown := set(parts) - set(PARTS):
             raise UserError(f"--parts: unknown {', '.join(sorted(unknown))}; choose from {', '.join(PARTS)}")
         return cost_benchmark(parts, rounds=args.rounds)
     if args.name == "deml":
-        from engine.bench_deml import deml_benchmark
+        from engine.bench.deml import deml_benchmark
         return deml_benchmark(args.train_alphabets, args.steps or 300, _numbers(args.seeds, int, "--seeds"),
                               1.0 if args.lam is None else args.lam, _numbers(args.sweep, float, "--sweep"),
                               args.cross_domain, args.episodes, controls=not args.no_controls)
     if args.name == "omniglot":
-        from engine.bench_omniglot import omniglot_benchmark
+        from engine.bench.omniglot import omniglot_benchmark
         from engine.config import runs_root
         learner, lam = args.learner or "protonet", 1.0 if args.lam is None else args.lam
         out = args.out or str(runs_root() / "bench" / f"omniglot-{learner}-lam{lam:g}-s{args.seed}")
         overrides = {k: v for k, v in (("device", args.device), ("inner_lr", args.inner_lr)) if v is not None}
         return omniglot_benchmark(out, learner, lam, args.minutes, args.steps, args.episodes, args.seed, overrides)
-    from engine.bench import throughput
+    from engine.bench.throughput import throughput
     from engine.config import preset
 
     cfg = preset(args.preset).with_overrides(learner=args.learner, lam=args.lam, device=args.device)

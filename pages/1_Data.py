@@ -8,7 +8,7 @@ import streamlit as st
 
 from engine.data.imageset import Preprocess
 from engine.errors import UserError
-from engine.uploads import (IMAGE_TYPES, LIMITS, SHOWN_CLASSES, SPLITS, preview, save_browser_classes, save_zip,
+from engine.services.uploads import (IMAGE_TYPES, LIMITS, SHOWN_CLASSES, SPLITS, preview, save_browser_classes, save_zip,
                             spec_kind, split_preview)
 from ui.common import data_overrides, set_data_overrides
 

@@ -7,10 +7,10 @@ import os
 import numpy as np
 import streamlit as st
 
-from engine import adapt, catalog
-from engine.charts import adaptation_curves
+from engine.services import adapt, catalog
+from engine.viz.charts import adaptation_curves
 from engine.errors import UserError
-from engine.inference import find_twin
+from engine.eval.checkpoints import find_twin
 from ui.common import current_run, presenter, set_current_run
 
 st.set_page_config(page_title="Adapt", layout="wide")
@@ -42,7 +42,7 @@ def same(a: str | None, b: str | None) -> bool:
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def held_out(run_dir, stamp, twin_dir, twin_stamp, ways, shots, queries, episodes, steps) -> dict:
-    """engine.adapt.compare_held_out, cached per run, checkpoint and settings."""
+    """engine.services.adapt.compare_held_out, cached per run, checkpoint and settings."""
     return adapt.compare_held_out(run_dir, twin_dir, ways, shots, queries, episodes, seed=0, steps=steps)
 
 

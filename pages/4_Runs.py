@@ -8,13 +8,13 @@ from pathlib import Path
 
 import streamlit as st
 
-from engine import catalog
-from engine.charts import adaptation_curves
+from engine.services import catalog
+from engine.viz.charts import adaptation_curves
 from engine.config import runs_root
 from engine.errors import UserError
-from engine.inference import find_twin, run_evaluation
-from engine.project import umap_status
-from engine.report import build_report
+from engine.eval.checkpoints import find_twin, run_evaluation
+from engine.viz.project import umap_status
+from engine.viz.report import build_report
 from ui.common import current_run, presenter, set_current_run
 
 st.set_page_config(page_title="Runs", layout="wide")

@@ -1,18 +1,18 @@
-"""Adapting a trained run to a new task (engine.adapt): sampled and uploaded tasks, polarity,
+"""Adapting a trained run to a new task (engine.services.adapt): sampled and uploaded tasks, polarity,
 bad uploads, and the run next to its lambda = 0 twin on the same episodes."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from engine import adapt
+from engine.services import adapt
 from engine.config import preset
 from engine.data.episodes import EpisodeIndex, EpisodeSampler
-from engine.episode import episode_detail
+from engine.viz.episode import episode_detail
 from engine.errors import UserError
-from engine.evaluate import adaptation_curve, episode_accuracies, query_predictions
-from engine.inference import CURVE_SHOTS, evaluation_classes
-from engine.trainer import start_run
+from engine.eval.evaluate import adaptation_curve, episode_accuracies, query_predictions
+from engine.eval.checkpoints import CURVE_SHOTS, evaluation_classes
+from engine.train.trainer import start_run
 
 TINY = dict(dataset="glyphs:classes=60,drawings=8,seed=1", steps=6, width=8, concept_dim=16, meta_batch=2,
             ext_batch=8, val_every=3, val_episodes=8, snapshot_every=3, checkpoint_every=6)
@@ -81,7 +81,7 @@ def test_uploaded_glyphs_are_answered_as_the_sampled_path_answers(runs, name):
     np.testing.assert_array_equal(mine["pred"], theirs["pred"])
     np.testing.assert_allclose(mine["probs"], theirs["probs"], atol=1e-5)
     assert mine["accuracy"] == pytest.approx(episode_accuracies(model, sampled.sampler, sampled.index, dev)[0])
-    # the concept-space layout of an upload is the one engine.episode computes for the same images
+    # the concept-space layout of an upload is the one engine.viz.episode computes for the same images
     ours = adapt.task_detail(model, task, dev, grid=12)
     ref = episode_detail(model, sampled.sampler, sampled.index, dev, 0, grid=12)
     for key in ("support_xy", "query_xy"):
@@ -156,7 +156,7 @@ def test_twin_comparison_uses_the_same_episodes(runs):
     assert [r["lam"] for r in comp["runs"]] == [1.0, 0.0]
     assert comp["runs"][0]["episodes_digest"] == comp["runs"][1]["episodes_digest"]
     cfg, _, dev = adapt.load_model(runs["deml"])
-    data = evaluation_classes(cfg, None, "test")  # built independently of engine.adapt
+    data = evaluation_classes(cfg, None, "test")  # built independently of engine.services.adapt
     curve_sampler = EpisodeSampler(data, 3, CURVE_SHOTS, 2)  # shot curves run over 1..5 shots
     index = curve_sampler.fixed(12, 5)
     one_shot = EpisodeIndex(index.support.reshape(12, 3, 5)[:, :, :1].reshape(12, 3), index.query, index.classes)

@@ -6,7 +6,7 @@ from streamlit.testing.v1 import AppTest
 
 from engine import config
 from engine.config import REPO
-from engine.job import REGISTRY
+from engine.train.job import REGISTRY
 
 TINY_DEMO = dict(dataset="glyphs:classes=60,drawings=8,seed=1", steps=8, width=8, meta_batch=2, ext_batch=8,
                  val_every=4, val_episodes=8, snapshot_every=4, checkpoint_every=8)

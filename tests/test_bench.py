@@ -7,7 +7,7 @@ import io
 import numpy as np
 import pytest
 
-from engine.bench import throughput
+from engine.bench.throughput import throughput
 from engine.config import preset
 from engine.errors import UserError
 
@@ -25,7 +25,7 @@ def test_throughput_benchmark_reports_a_ratio(learner):
 
 @pytest.mark.slow
 def test_projection_benchmark_smoke():
-    from engine.bench_projection import projection_benchmark
+    from engine.bench.projection import projection_benchmark
 
     result = projection_benchmark(None, points=(60,), reps=1, stability_max_points=60, log=io.StringIO())
     (row,) = result["results"]
@@ -47,7 +47,7 @@ def test_omniglot_benchmark_smoke(omniglot_dir, tmp_path):
 
     import numpy as np
 
-    from engine.bench_omniglot import omniglot_benchmark
+    from engine.bench.omniglot import omniglot_benchmark
     from engine.cli import main
 
     result = omniglot_benchmark(str(tmp_path / "run"), "protonet", 1.0, steps=2, episodes=3,
@@ -78,7 +78,7 @@ DEML_DATA = "glyphs:classes=400,drawings=6,seed=2"  # 20 alphabets: 2 val, 4 tes
 
 @pytest.mark.slow
 def test_deml_benchmark_smoke():
-    from engine.bench_deml import deml_benchmark
+    from engine.bench.deml import deml_benchmark
 
     result = deml_benchmark(train_alphabets=2, steps=2, seeds=(0, 1), sweep=(0.5,), cross_domain="digits",
                             episodes=3, dataset=DEML_DATA, queries=2, overrides=TINY_MODEL, log=io.StringIO())
@@ -97,7 +97,7 @@ def test_deml_benchmark_smoke():
 
 
 def test_seed_interval_uses_student_t():
-    from engine.bench_deml import mean_ci95_seeds
+    from engine.bench.deml import mean_ci95_seeds
 
     mean, ci = mean_ci95_seeds([0.90, 0.92, 0.94])
     assert mean == pytest.approx(0.92) and ci == pytest.approx(4.303 * 0.02 / np.sqrt(3))
@@ -105,7 +105,7 @@ def test_seed_interval_uses_student_t():
 
 
 def test_cost_benchmark_smoke():
-    from engine import bench_cost
+    from engine.bench import cost as bench_cost
 
     rows = bench_cost.vmap_benchmark(1, 1, io.StringIO(), meta_batches=(2,))
     assert [(r["learner"], r["meta_batch"]) for r in rows] == [("maml", 2), ("metasgd", 2)]
@@ -116,7 +116,7 @@ def test_cost_benchmark_smoke():
 
 @pytest.mark.slow
 def test_cost_settings_and_memory_smoke():
-    from engine import bench_cost
+    from engine.bench import cost as bench_cost
 
     rows = bench_cost.settings_benchmark(1, 1, io.StringIO(), compile_too=False)  # compiling takes a minute
     names = [r["setting"] for r in rows]
@@ -129,7 +129,7 @@ def test_cost_settings_and_memory_smoke():
 def test_summary_renders_tables_and_plot(tmp_path):
     import json
 
-    from engine.bench_summary import summary
+    from engine.bench.summary import summary
 
     point = {s: {"accuracy": 0.9, "ci95": 0.01} for s in ("5w1s", "5w5s", "20w1s", "20w5s")}
     results = []
@@ -149,8 +149,8 @@ def test_summary_renders_tables_and_plot(tmp_path):
 def test_summary_merges_an_extended_deml_sweep(tmp_path):
     import json
 
-    from engine.bench_deml import summarise
-    from engine.bench_summary import summary
+    from engine.bench.deml import summarise
+    from engine.bench.summary import summary
 
     def rows(acc, time_acc=None):
         return [{"seed": s, "steps": 3, "seconds": 1.0, "equal_steps": {"5w1s": acc + s / 100},

@@ -6,11 +6,11 @@ import time
 
 import pytest
 
-from engine import catalog
+from engine.services import catalog
 from engine.config import preset
 from engine.errors import UserError
-from engine.inference import run_evaluation
-from engine.job import REGISTRY, TrainingJob
+from engine.eval.checkpoints import run_evaluation
+from engine.train.job import REGISTRY, TrainingJob
 
 from conftest import TINY_RUN
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from PIL import Image
 
-from engine.charts import (
+from engine.viz.charts import (
     adaptation_curves,
     concept_map,
     concept_map_pca,
@@ -27,8 +27,8 @@ from engine.charts import (
     tile,
     training_curves,
 )
-from engine.charts.concept_map import ClassColors
-from engine.charts.style import (
+from engine.viz.charts.concept_map import ClassColors
+from engine.viz.charts.style import (
     CORRECT,
     NEUTRAL,
     SPLIT_COLORS,
@@ -36,7 +36,7 @@ from engine.charts.style import (
     WRONG,
     palette,
 )
-from engine.regions import RegionGrid
+from engine.viz.regions import RegionGrid
 
 SPLITS = ["meta-train", "meta-test", "external"]
 
@@ -641,8 +641,8 @@ def test_concept_map_and_replay_from_a_real_run():
     from sklearn.decomposition import PCA
 
     from engine.config import preset
-    from engine.regions import discriminator_logits, softmax
-    from engine.trainer import Trainer
+    from engine.viz.regions import discriminator_logits, softmax
+    from engine.train.trainer import Trainer
 
     cfg = preset("smoke").with_overrides(steps=8, width=8, val_every=4, val_episodes=8, snapshot_every=4,
                                          checkpoint_every=8, dataset="glyphs:classes=60,drawings=8,seed=1",

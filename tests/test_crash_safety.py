@@ -23,12 +23,12 @@ import pytest
 import torch
 
 import engine.runs
-from engine import catalog
+from engine.services import catalog
 from engine.cli import main as cli_main
 from engine.config import TrainConfig, preset
-from engine.job import TrainingJob
+from engine.train.job import TrainingJob
 from engine.runs import RunDir
-from engine.trainer import Trainer, resume_run, start_run
+from engine.train.trainer import Trainer, resume_run, start_run
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_DATA = "glyphs:classes=60,drawings=8,seed=1"

@@ -8,9 +8,9 @@ from sklearn.decomposition import PCA
 
 from engine.config import preset
 from engine.data.episodes import EpisodeSampler
-from engine.episode import episode_detail
-from engine.evaluate import confusion, episode_accuracies, evaluate
-from engine.trainer import Trainer
+from engine.viz.episode import episode_detail
+from engine.eval.evaluate import confusion, episode_accuracies, evaluate
+from engine.train.trainer import Trainer
 
 TINY = dict(dataset="glyphs:classes=60,drawings=8,seed=1", steps=6, width=8, concept_dim=16, meta_batch=2,
             ext_batch=8, val_every=6, val_episodes=8, snapshot_every=6, checkpoint_every=6)
@@ -77,7 +77,7 @@ def test_task_regions_are_what_the_learner_answers_on_the_plane(trained):
 
 @pytest.mark.parametrize("learner", ["protonet", "matching", "maml", "metasgd", "reptile"])
 def test_every_learner_has_an_adaptation_curve(learner):
-    from engine.evaluate import adaptation_curve
+    from engine.eval.evaluate import adaptation_curve
 
     trainer = Trainer(preset("smoke").with_overrides(learner=learner, inner_steps=2, **TINY))
     for _ in range(2):

@@ -194,7 +194,7 @@ def test_arbitrary_member_names_never_escape(hostile):
 
 
 def test_member_with_an_empty_name_is_skipped_by_loader_and_upload(tmp_path, monkeypatch):
-    from engine.uploads import original_sizes, save_zip
+    from engine.services.uploads import original_sizes, save_zip
 
     monkeypatch.setenv("CONCEPTSCAPE_UPLOADS", str(tmp_path / "uploads"))
     data = zip_bytes(GOOD + [("", encode(gray(4)))])  # zipfile's is_dir() raises IndexError on ''
@@ -505,7 +505,7 @@ def test_member_lying_about_its_size_is_cut_off_while_reading(tmp_path):
 
 
 def test_lying_member_in_an_upload_is_cut_off_while_reading(tmp_path, monkeypatch):
-    from engine.uploads import save_zip
+    from engine.services.uploads import save_zip
 
     monkeypatch.setenv("CONCEPTSCAPE_UPLOADS", str(tmp_path / "uploads"))
     zeros = encode(gray(8)) + b"\0" * (30 * 2**20)  # a readable header, so the member is kept for repacking
@@ -520,7 +520,7 @@ def test_lying_member_in_an_upload_is_cut_off_while_reading(tmp_path, monkeypatc
 
 
 def test_zip_bomb_in_uploads_is_refused_before_saving(tmp_path, monkeypatch):
-    from engine.uploads import save_zip
+    from engine.services.uploads import save_zip
 
     monkeypatch.setenv("CONCEPTSCAPE_UPLOADS", str(tmp_path / "uploads"))
     data = zip_bytes(GOOD + [("a/zeros.png", b"\0" * (30 * 2**20))])

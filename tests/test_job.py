@@ -7,7 +7,7 @@ import pytest
 
 from engine.config import preset
 from engine.errors import UserError
-from engine.job import JobRegistry, TrainingJob
+from engine.train.job import JobRegistry, TrainingJob
 from engine.runs import RunDir
 
 TINY_DATA = "glyphs:classes=60,drawings=8,seed=1"

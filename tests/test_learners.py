@@ -20,7 +20,7 @@ from engine.learners import LEARNERS, LearnerConfig, build_learner
 from engine.learners.base import cross_entropy
 from engine.learners.maml import support_loss
 from engine.learners.protonet import prototypes
-from engine.model import DEMLModel
+from engine.models.deml import DEMLModel
 
 ALL = sorted(LEARNERS)
 STEP_LEARNERS = ["maml", "metasgd", "reptile"]  # the gradient learners sharing MAML's inner loop
@@ -243,7 +243,7 @@ def test_metric_learners_ignore_inner_steps_but_not_negative_ones(name):
 
 
 def deml_backward(model: DEMLModel, cfg: TrainConfig, lam: float, seed: int = 0):
-    """One DEML loss as engine/trainer.py forms it: one G pass over support, query and external
+    """One DEML loss as engine/train/trainer.py forms it: one G pass over support, query and external
     images; meta loss + lam * CE(D(G(x_ext))); the D term is left out entirely when lam == 0."""
     g = torch.Generator().manual_seed(seed)
     t, n, k, q, b = 2, cfg.ways, cfg.shots, cfg.queries, 6
@@ -326,7 +326,7 @@ def toy_splits():
 def test_trainer_step_gradients(name, lam, toy_splits, monkeypatch):
     """Through the real training step: with lambda = 0 the generator's gradient is the meta loss's
     alone and D gets none (and does not move); with lambda > 0 every G and D parameter learns."""
-    from engine.trainer import Trainer
+    from engine.train.trainer import Trainer
 
     cfg = TrainConfig(learner=name, lam=lam, ways=3, shots=1, queries=2, meta_batch=2, ext_batch=8,
                       concept_dim=16, width=16, norm="group", inner_steps=2, head_hidden=3, steps=5,

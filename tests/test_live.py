@@ -1,14 +1,14 @@
-"""engine.live: the state a live view keeps between refreshes (synthetic snapshots: no training,
+"""engine.viz.live: the state a live view keeps between refreshes (synthetic snapshots: no training,
 except one tiny job for reading runs back)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from engine import project
+from engine.viz import project
 from engine.config import TrainConfig
-from engine.job import JobRegistry, TrainingJob
-from engine.live import (
+from engine.train.job import JobRegistry, TrainingJob
+from engine.viz.live import (
     LiveMap,
     is_active,
     new_run_dir,
@@ -16,7 +16,7 @@ from engine.live import (
     twin_dir_for,
     val_summary,
 )
-from engine.project import frame_displacement
+from engine.viz.project import frame_displacement
 
 P_SPLIT, CLASSES, PER_CLASS, DIM, EXT = 3, 3, 4, 8, 3
 

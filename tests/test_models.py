@@ -6,7 +6,7 @@ import torch
 
 from engine.config import TrainConfig
 from engine.errors import UserError
-from engine.model import DEMLModel
+from engine.models.deml import DEMLModel
 from engine.models import BACKBONES, ConceptDiscriminator, build_generator
 
 

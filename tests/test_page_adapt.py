@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from engine import adapt
+from engine.services import adapt
 from engine.config import REPO
 
 PAGE = str(REPO / "pages" / "3_Adapt.py")

@@ -1,4 +1,4 @@
-"""engine.project: 2-D maps of concept vectors that stay still between frames.
+"""engine.viz.project: 2-D maps of concept vectors that stay still between frames.
 
 Fast tests use PCA (and a tiny t-SNE); every UMAP test is marked slow and shares one module-scoped
 warm-up (the first UMAP fit in a process compiles for ~10-15 s)."""
@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine import project
-from engine.project import ConceptProjector, frame_displacement, procrustes_align, procrustes_transform, stable_layouts
+from engine.viz import project
+from engine.viz.project import ConceptProjector, frame_displacement, procrustes_align, procrustes_transform, stable_layouts
 
 
 def drifting_frames(n=300, d=16, k=6, frames=6, step=0.05, seed=0) -> list[np.ndarray]:

@@ -1,4 +1,4 @@
-"""engine.regions: the discriminator's decision regions on a concept map."""
+"""engine.viz.regions: the discriminator's decision regions on a concept map."""
 from __future__ import annotations
 
 import time
@@ -7,8 +7,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from engine.project import ConceptProjector
-from engine.regions import RegionGrid, discriminator_logits, neighbour_regions, pca_regions, regions_for, softmax
+from engine.viz.project import ConceptProjector
+from engine.viz.regions import RegionGrid, discriminator_logits, neighbour_regions, pca_regions, regions_for, softmax
 
 
 def linear_disc(d=8, classes=4, seed=0) -> dict[str, np.ndarray]:
@@ -121,7 +121,7 @@ def test_regions_for_is_cheap_for_a_live_loop():
 
 
 def test_normalised_frame_keeps_points_on_their_regions():
-    from engine.regions import RegionGrid, normalise_frame
+    from engine.viz.regions import RegionGrid, normalise_frame
 
     xy = np.array([[10.3, 0.4], [12.4, 0.1], [9.6, 4.2]])  # no point halfway between grid lines
     grid = RegionGrid(x=np.array([9.0, 11.0, 13.0]), y=np.array([-1.0, 5.0]), pred=np.array([[0, 1, 1], [0, 0, 1]]),
@@ -136,8 +136,8 @@ def test_normalised_frame_keeps_points_on_their_regions():
 
 
 def test_no_regions_for_an_untrained_discriminator():
-    from engine.project import ConceptProjector
-    from engine.regions import regions_for
+    from engine.viz.project import ConceptProjector
+    from engine.viz.regions import regions_for
 
     rng = np.random.default_rng(0)
     concepts = rng.normal(size=(30, 4)).astype(np.float32)

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import engine.model
-from engine import catalog
+import engine.models.deml
+from engine.services import catalog
 from engine.config import preset
 from engine.errors import UserError
-from engine.job import REGISTRY, TrainingJob
-from engine.uploads import LIMITS, MB, save_zip
+from engine.train.job import REGISTRY, TrainingJob
+from engine.services.uploads import LIMITS, MB, save_zip
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = dict(dataset="glyphs:classes=60,drawings=8,seed=1", steps=8, width=8, concept_dim=16, meta_batch=2,
@@ -77,7 +77,7 @@ def interleaved_init(monkeypatch):
     """Make two trainers build their models at the same moment: each waits (up to 2 s) for the
     other right after seeding, so any shared random state is drawn from by both at once."""
     barrier = threading.Barrier(2, timeout=2.0)
-    real = engine.model.DEMLModel
+    real = engine.models.deml.DEMLModel
 
     def model(*args, **kwargs):
         try:
@@ -86,7 +86,7 @@ def interleaved_init(monkeypatch):
             pass
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(engine.model, "DEMLModel", model)
+    monkeypatch.setattr(engine.models.deml, "DEMLModel", model)
 
 
 def test_two_jobs_at_once_train_exactly_as_each_would_alone(tmp_path, alone, interleaved_init):

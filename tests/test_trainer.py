@@ -8,7 +8,7 @@ import torch
 
 from engine.config import preset
 from engine.learners import LEARNERS
-from engine.trainer import Control, Trainer, resume_run, start_run
+from engine.train.trainer import Control, Trainer, resume_run, start_run
 
 TINY_DATA = "glyphs:classes=60,drawings=8,seed=1"  # 6 meta-val classes: enough for 5-way
 TIMING_KEYS = {"step_seconds", "images_per_s", "seconds"}
@@ -253,7 +253,7 @@ def test_smoke_preset_clearly_beats_chance_and_its_untrained_self():
 
 @pytest.mark.parametrize("changes", [dict(), dict(lam=0.0, external="none")])
 def test_a_trained_run_loads_back_with_its_own_test_classes(tmp_path, changes):
-    from engine.inference import evaluation_classes, load_trained
+    from engine.eval.checkpoints import evaluation_classes, load_trained
 
     trainer, run = start_run(tiny(steps=3, **changes), tmp_path / "run")
     collect(trainer, run)

@@ -1,4 +1,4 @@
-"""engine/uploads.py: upload limits, safe names, saving zips and browser-built classes, previews."""
+"""engine/services/uploads.py: upload limits, safe names, saving zips and browser-built classes, previews."""
 from __future__ import annotations
 
 import io
@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine import uploads
+from engine.services import uploads
 from engine.data import load_imageset, sources
 from engine.errors import UserError
-from engine.uploads import (UploadLimits, check_dimensions, check_limits, preview, safe_name, save_browser_classes,
+from engine.services.uploads import (UploadLimits, check_dimensions, check_limits, preview, safe_name, save_browser_classes,
                             save_zip, spec_kind, split_preview)
 
 

@@ -7,7 +7,7 @@ It refreshes about once a second while the run (or the lambda = 0 twin beside it
 `st.fragment(run_every=1.0)`, so the rest of the page never reruns and nothing blocks. When the run
 ends, the fragment that was polling asks for ONE full rerun, which draws the page without polling;
 a fragment that was not polling never does (that is what keeps it from rerunning forever). State
-kept between refreshes (the projectors) lives in engine.live.LiveMap, one per session.
+kept between refreshes (the projectors) lives in engine.viz.live.LiveMap, one per session.
 
 Stable keys (browser tests and zoom that survives refreshes use them; `key` defaults to "live"):
   {key}_map        the concept map (plotly; lasso / box / click select -> images below it)
@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from engine import project
-from engine.charts import concept_map, nearest_neighbours, thumbnail_grid, training_curves
-from engine.live import LiveMap, is_active, pause_runs, resume_runs, selected_rows, stop_runs, val_summary
+from engine.viz import project
+from engine.viz.charts import concept_map, nearest_neighbours, thumbnail_grid, training_curves
+from engine.viz.live import LiveMap, is_active, pause_runs, resume_runs, selected_rows, stop_runs, val_summary
 
 METHODS = {"UMAP": "umap", "PCA": "pca", "t-SNE": "tsne"}
 METHOD_LABELS = {v: k for k, v in METHODS.items()}

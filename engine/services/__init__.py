@@ -1,0 +1,1 @@
+"""What the pages call: training controls, the run catalog, uploads, dataset previews, adaptation tasks."""

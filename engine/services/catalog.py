@@ -1,0 +1,307 @@
+"""Every saved run under runs_root(), summarised for the Runs and Adapt pages; and deleting a run.
+
+A run directory that cannot be read (a damaged config.json, files it cannot open) is listed as
+"unreadable" with the reason, never raised: one bad folder must not hide the others. Nothing
+here imports streamlit.
+"""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from engine.config import TrainConfig, runs_root
+from engine.errors import UserError
+from engine.train.job import REGISTRY
+from engine.runs import RunDir
+
+STATES = ("running", "finished", "stopped", "unreadable")
+STOP_TIMEOUT = 60.0  # seconds to wait for a running job to checkpoint and end before deleting its run
+
+
+@dataclass
+class RunSummary:
+    path: str  # the run directory, as runs_root() / name
+    name: str
+    state: str  # one of STATES
+    detail: str = ""  # the job's own state while it runs (running, paused, starting...), or why unreadable
+    config: dict | None = None  # the filled-in TrainConfig (None when unreadable)
+    learner: str | None = None
+    lam: float | None = None
+    dataset: str | None = None
+    ways: int | None = None
+    shots: int | None = None
+    steps_done: int = 0
+    steps_total: int | None = None
+    val_acc: float | None = None  # last validation
+    val_ci95: float | None = None
+    test: dict | None = None  # latest "evaluate" record on the meta-test classes, if any
+    curve: dict | None = None  # latest adaptation curve on the meta-test classes, if any
+    checkpoint: str | None = None  # newest checkpoint file
+    modified: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def readable(self) -> bool:
+        return self.state != "unreadable" and self.config is not None
+
+    @property
+    def adaptable(self) -> bool:
+        """A model can be loaded: readable and with at least one checkpoint."""
+        return self.readable and self.checkpoint is not None
+
+    @property
+    def method(self) -> str:
+        if self.lam is None:
+            return "?"
+        return f"{self.learner} " + ("vanilla (λ = 0)" if self.lam == 0 else f"DEML (λ = {self.lam:g})")
+
+    def label(self) -> str:
+        """One line for selectboxes: name, method, state."""
+        if not self.readable:
+            return f"{self.name} (unreadable)"
+        return f"{self.name} · {self.method} · {self.state}"
+
+    def row(self) -> dict:
+        """One row of the runs table."""
+        return {
+            "run": self.name,
+            "state": self.state if not self.detail or self.detail == self.state else f"{self.state} ({self.detail})",
+            "learner": self.learner,
+            "λ": self.lam,
+            "dataset": self.dataset,
+            "task": f"{self.ways}-way {self.shots}-shot" if self.ways else None,
+            "steps": f"{self.steps_done}/{self.steps_total}" if self.steps_total else None,
+            "validation accuracy": fmt_acc(self.val_acc, self.val_ci95),
+            "test accuracy": (fmt_acc(self.test.get("accuracy"), self.test.get("ci95"))
+                              + f" ({self.test.get('episodes')} ep.)") if self.test else None,
+            "path": self.path,
+        }
+
+
+def fmt_acc(acc, ci=None) -> str | None:
+    """0.8123, 0.012 -> '81.2% ± 1.2'."""
+    if acc is None or (isinstance(acc, float) and math.isnan(acc)):
+        return None
+    text = f"{acc:.1%}"
+    if ci is not None and not (isinstance(ci, float) and math.isnan(ci)):
+        text += f" ± {ci * 100:.1f}"
+    return text
+
+
+def _is_test_record(rec: dict, kind: str, cfg: TrainConfig) -> bool:
+    return (rec.get("kind") == kind and rec.get("classes") == "test"
+            and rec.get("dataset") in (None, f"{cfg.dataset} [meta-test]"))
+
+
+def latest_evaluation(run_dir: str | os.PathLike, kind: str = "evaluate") -> dict | None:
+    """The newest recorded result of `kind` ("evaluate" or "curve") on the run's own meta-test classes."""
+    run = RunDir(run_dir)
+    cfg = TrainConfig.from_dict(run.config())
+    for rec in reversed(run.read_evaluations()):
+        if _is_test_record(rec, kind, cfg):
+            return rec
+    return None
+
+
+def summarize(path: str | os.PathLike) -> RunSummary:
+    """One run's summary; any failure to read it makes it "unreadable", with the reason in `detail`."""
+    path = Path(path)
+    job = REGISTRY.get(str(path))
+    active = job is not None and not job.done
+    s = RunSummary(path=str(path), name=path.name, state="running" if active else "unreadable",
+                   detail=job.state if active else "")
+    try:
+        s.modified = path.stat().st_mtime
+        if not (path / "config.json").is_file():
+            if active:  # the job is still reading its data; the folder fills in a moment
+                p = job.progress()
+                s.steps_done, s.steps_total = p["step"], p["steps"]
+                return s
+            raise UserError("no config.json (not a run directory, or one whose creation failed)")
+        run = RunDir(path)
+        raw = run.config()
+        cfg = TrainConfig.from_dict(raw)
+        s.config = cfg.to_dict()
+        s.learner, s.lam, s.dataset, s.ways, s.shots = cfg.learner, cfg.lam, cfg.dataset, cfg.ways, cfg.shots
+        s.steps_total = cfg.steps
+        s.modified = max(s.modified, (path / "config.json").stat().st_mtime)
+        metrics = run.read_metrics()
+        train = [m for m in metrics if m.get("kind") == "train" and isinstance(m.get("step"), int)]
+        val = [m for m in metrics if m.get("kind") == "val"]
+        s.steps_done = max((m["step"] for m in train), default=0)
+        if val:
+            s.val_acc, s.val_ci95 = val[-1].get("val_acc"), val[-1].get("val_ci95")
+        checkpoints = run.checkpoints()
+        s.checkpoint = str(checkpoints[-1]) if checkpoints else None
+        evaluations = run.read_evaluations()
+        s.test = next((r for r in reversed(evaluations) if _is_test_record(r, "evaluate", cfg)), None)
+        s.curve = next((r for r in reversed(evaluations) if _is_test_record(r, "curve", cfg)), None)
+        if active:
+            p = job.progress()
+            s.steps_done = max(s.steps_done, p["step"])
+            s.steps_total = p["steps"] or s.steps_total
+        else:
+            s.state = "finished" if s.steps_done >= cfg.steps and s.checkpoint else "stopped"
+            if job is not None and job.state == "failed":
+                s.detail = "failed"
+                s.errors.append(job.error or "the job failed")
+    except Exception as e:  # noqa: BLE001 - a damaged folder is listed, never raised
+        reason = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
+        s.config = None
+        s.learner = s.lam = s.dataset = s.ways = s.shots = None
+        if not active:
+            s.state = "unreadable"
+        s.detail = reason
+        s.errors.append(reason)
+    return s
+
+
+def list_runs(root: str | os.PathLike | None = None) -> list[RunSummary]:
+    """Every run under `root` (default runs_root()), newest first, plus jobs registered under it
+    whose folder does not exist yet. Hidden folders and plain files are skipped."""
+    root = Path(root) if root is not None else runs_root()
+    out: dict[str, RunSummary] = {}
+    if root.is_dir():
+        try:
+            entries = list(root.iterdir())
+        except OSError:
+            entries = []
+        for p in entries:
+            try:
+                if p.name.startswith(".") or not p.is_dir():
+                    continue
+            except OSError:
+                continue
+            out[os.path.realpath(p)] = summarize(p)
+    real_root = os.path.realpath(root)
+    for job in REGISTRY.active():
+        key = os.path.realpath(job.run_dir)
+        if key not in out and os.path.dirname(key) == real_root:
+            out[key] = summarize(Path(root) / os.path.basename(key))
+    return sorted(out.values(), key=lambda s: (-s.modified, s.name))
+
+
+def find(runs: list[RunSummary], run_dir: str | None) -> int | None:
+    """Position of `run_dir` (however spelled) in `runs`, or None."""
+    if not run_dir:
+        return None
+    key = os.path.realpath(run_dir)
+    return next((i for i, s in enumerate(runs) if os.path.realpath(s.path) == key), None)
+
+
+def inside_root(run_dir: str | os.PathLike, root: str | os.PathLike | None = None) -> Path:
+    """The run directory's real path, if it lies strictly inside the runs root; else UserError."""
+    root_real = Path(os.path.realpath(root if root is not None else runs_root()))
+    real = Path(os.path.realpath(run_dir))
+    if real == root_real or root_real not in real.parents:
+        raise UserError(f"{run_dir} is not a run under {root_real}; only runs there can be deleted here")
+    return real
+
+
+def delete_run(run_dir: str | os.PathLike, root: str | os.PathLike | None = None,
+               timeout: float = STOP_TIMEOUT) -> dict:
+    """Remove a run directory under runs_root(). A job still training in it is stopped and joined
+    first (it checkpoints on stop, so nothing writes into the folder while it is removed)."""
+    real = inside_root(run_dir, root)
+    stopped = False
+    job = REGISTRY.get(str(run_dir))
+    if job is not None and not job.done:
+        job.stop()
+        if not job.join(timeout):
+            raise UserError(f"the training job in {run_dir} did not stop within {timeout:.0f} s; "
+                            "try again in a moment")
+        stopped = True
+    elif job is not None:
+        job.join(timeout)  # done, but its thread may still be returning
+    if not real.exists():
+        raise UserError(f"{run_dir} does not exist (already deleted?)")
+    if not real.is_dir():
+        raise UserError(f"{run_dir} is not a folder")
+    shutil.rmtree(real)
+    return {"deleted": str(real), "stopped_job": stopped}
+
+
+def newest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """The newest file in the run's checkpoints/ folder (what a download should hand out), or None."""
+    folder = Path(run_dir) / "checkpoints"
+    try:
+        files = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
+    except OSError:
+        return None
+    return max(files, key=lambda p: (p.stat().st_mtime, p.name)) if files else None
+
+
+# ----------------------------------------------------------------------------------------------
+# Comparison of several runs
+# ----------------------------------------------------------------------------------------------
+def _smooth(values: np.ndarray, window: int) -> np.ndarray:
+    from engine.viz.charts import smooth
+    return smooth(values, window)
+
+
+def comparison_table(runs: list[RunSummary]) -> list[dict]:
+    """Results of several runs side by side, accuracies with their 95% CIs."""
+    rows = []
+    for s in runs:
+        test = s.test or {}
+        rows.append({
+            "run": s.name, "method": s.method, "dataset": s.dataset,
+            "task": f"{s.ways}-way {s.shots}-shot" if s.ways else None,
+            "steps": f"{s.steps_done}/{s.steps_total}" if s.steps_total else None,
+            "validation accuracy (last)": fmt_acc(s.val_acc, s.val_ci95),
+            "test accuracy": fmt_acc(test.get("accuracy"), test.get("ci95")),
+            "test episodes": test.get("episodes"),
+            "test task": f"{test.get('ways')}-way {test.get('shots')}-shot" if test else None,
+        })
+    return rows
+
+
+def comparison_curves(runs: list[RunSummary], title: str = "Training curves") -> go.Figure:
+    """Several runs overlaid: smoothed meta loss (left) and validation accuracy with its 95%
+    band (right) against the training step, one colour per run (λ = 0 runs dashed)."""
+    from engine.viz.charts.style import finish, palette, rgba
+
+    if not runs:
+        raise ValueError("comparison_curves needs at least one run")
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("meta loss (smoothed)", "validation accuracy"),
+                        horizontal_spacing=0.09)
+    colors = palette(len(runs))
+    for s, color in zip(runs, colors):
+        metrics = RunDir(s.path).read_metrics()
+        train = sorted((m for m in metrics if m.get("kind") == "train" and "step" in m), key=lambda m: m["step"])
+        val = sorted((m for m in metrics if m.get("kind") == "val" and "step" in m), key=lambda m: m["step"])
+        dash = "dash" if s.lam == 0 else None
+        name = f"{s.name} ({s.method})"
+        if train:
+            x = np.asarray([m["step"] for m in train], dtype=float)
+            y = np.asarray([m.get("meta_loss") if m.get("meta_loss") is not None else np.nan for m in train], float)
+            y = _smooth(y, int(np.clip(len(y) // 15, 1, 50)))
+            fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name=name, legendgroup=name,
+                                     line=dict(color=color, width=2, dash=dash),
+                                     hovertemplate=f"{s.name}: %{{y:.3f}} at step %{{x}}<extra></extra>"), 1, 1)
+        if val:
+            x = np.asarray([m["step"] for m in val], dtype=float)
+            y = np.asarray([m.get("val_acc") if m.get("val_acc") is not None else np.nan for m in val], float)
+            ci = np.asarray([m.get("val_ci95") if m.get("val_ci95") is not None else 0.0 for m in val], float)
+            if len(x) > 1:
+                fig.add_trace(go.Scatter(x=np.concatenate([x, x[::-1]]), y=np.concatenate([y + ci, (y - ci)[::-1]]),
+                                         mode="lines", fill="toself", fillcolor=rgba(color, 0.14), line=dict(width=0),
+                                         hoverinfo="skip", showlegend=False, legendgroup=name), 1, 2)
+            fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=name, legendgroup=name, showlegend=not train,
+                                     line=dict(color=color, width=2, dash=dash), marker=dict(size=6),
+                                     customdata=ci,
+                                     hovertemplate=f"{s.name}: %{{y:.1%}} ± %{{customdata:.1%}} at step %{{x}}"
+                                                   "<extra></extra>"), 1, 2)
+    finish(fig, title=title, uirevision="runs-compare", subtitle="bands: 95% confidence interval of validation "
+           "accuracy · dashed: λ = 0", height=440, subtitle_shift=34, margin=dict(l=60, r=20, t=110, b=110))
+    fig.update_xaxes(title_text="training step")
+    fig.update_yaxes(tickformat=".0%", range=[0, 1.02], row=1, col=2)
+    fig.update_layout(legend=dict(orientation="h", y=-0.22, x=0))
+    return fig

@@ -1,0 +1,1 @@
+"""Training: the DEML joint loop, the background job and its registry, torchrun data parallelism."""

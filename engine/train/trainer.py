@@ -1,0 +1,367 @@
+"""The DEML joint loop: each step samples a meta-batch of tasks and a batch of external images,
+passes all of them through G once, and takes one Adam step on L_meta + lambda * L_disc over G,
+D and M. lambda = 0 is the vanilla meta-learner with everything else identical.
+
+Randomness per step comes from numpy generators seeded by (seed, step), so a run resumed from a
+checkpoint draws exactly the batches the uninterrupted run would have drawn.
+
+Under torchrun (engine/train/distributed.py) each of W processes draws the same global step and trains
+on its 1/W of the tasks and of the external images; gradients are averaged over the processes, so
+every rank takes the step one process would take on the whole batch (up to float rounding).
+Only rank 0 validates, snapshots, checkpoints and writes the run directory. A single process is
+world size 1, and the code paths are the same.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engine.train import distributed
+from engine.config import TrainConfig
+from engine.data.episodes import EpisodeSampler, channels_first, take
+from engine.data.imageset import ImageSet, Preprocess
+from engine.data.sources import load_imageset
+from engine.data.splits import Splits, make_splits
+from engine.errors import UserError
+from engine.eval.evaluate import episode_accuracies, mean_ci95
+from engine.models.deml import resolve_device, seeded_model
+from engine.runs import RunDir
+
+SPLIT_CODES = {"meta-train": 0, "meta-test": 1, "external": 2}
+
+
+def load_data(cfg: TrainConfig) -> tuple[TrainConfig, Splits]:
+    """Read the dataset and external set, split them, and pin the resolved image size and
+    channels into the config (so evaluation prepares other data the same way)."""
+    data = load_imageset(cfg.dataset, cfg.preprocess())
+    cfg = cfg.with_overrides(image_size=data.image_size, channels=data.channels)
+    if cfg.external in ("auto", "none"):
+        external: ImageSet | str | None = "auto" if cfg.external == "auto" else None
+    else:
+        if cfg.external == cfg.dataset:
+            raise UserError("--external names the same data as --dataset: its classes would overlap the "
+                            "meta-learning classes; use --external auto for a class-disjoint part of it")
+        external = load_imageset(cfg.external, Preprocess(data.image_size, data.channels, cfg.polarity))
+    splits = make_splits(data, cfg.split_config(), external)
+    if cfg.lam > 0 and splits.external is None:
+        raise UserError("--lam > 0 needs an external set for the discriminator: use --external auto or a SPEC, "
+                        "or --lam 0 for the vanilla meta-learner")
+    return cfg, splits
+
+
+@dataclass
+class Control:
+    """Pause/stop requests from another thread (the app), read by the loop between steps."""
+
+    paused: bool = False
+    stop: bool = False
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, splits: Splits | None = None):
+        if splits is None:
+            cfg, splits = load_data(cfg)
+        self.cfg, self.splits = cfg, splits
+        self.device = distributed.device(resolve_device(cfg.device))
+        if cfg.amp and self.device.type != "cuda":
+            raise UserError(f"--amp (bf16 autocast) needs a CUDA GPU, but this run trains on {self.device}: "
+                            "add --device cuda, or leave --amp out")
+        # with W processes each takes a contiguous 1/W of every step's tasks and external images
+        self.task_share = distributed.share(cfg.meta_batch, "--meta-batch")
+        self.ext_share = distributed.share(cfg.ext_batch, "--ext-batch") if cfg.lam > 0 else None
+        self.warnings: list[str] = []
+        self.train_sampler = EpisodeSampler(splits.train, cfg.ways, cfg.shots, cfg.queries)
+        self.val_sampler = self._val_sampler(splits)
+        self.warnings += self.train_sampler.warnings() + self.val_sampler.warnings()
+        ext = splits.external
+        self.ext_images = channels_first(ext.images) if ext is not None else None  # uint8 (E, C, H, W)
+        self.ext_labels = torch.tensor(ext.labels) if ext is not None else None
+        self.model = seeded_model(cfg, splits.train.channels, ext.num_classes if ext is not None else 0,
+                                  cfg.seed).to(self.device)
+        if distributed.world_size() > 1 and self.device.type == "cuda":
+            # batch statistics over the whole step's batch, as one process has them (NCCL only: with
+            # gloo on CPU each rank normalises by its own share; norm "group" does not depend on it)
+            self.model.generator = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model.generator)
+        distributed.broadcast_module(self.model)  # every rank starts from rank 0's parameters
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        # validation episodes depend on split_seed only, so a DEML run and its lambda=0 twin share them
+        self.val_index = self.val_sampler.fixed(cfg.val_episodes, cfg.split_seed)
+        self.probe = self._probe()
+        self.step = 0
+        self.seconds = 0.0  # training wall time, summed over resumes
+        self.last_val: dict | None = None
+
+    def _val_sampler(self, splits: Splits) -> EpisodeSampler:
+        try:
+            return EpisodeSampler(splits.val, self.cfg.ways, self.cfg.shots, self.cfg.queries)
+        except UserError as e:
+            raise UserError(f"meta-validation split: {e}; give it more classes with --val-split "
+                            "or lower --ways") from None
+
+    # --- one optimisation step ---------------------------------------------------------------
+    def lr_at(self, step: int) -> float:
+        if self.cfg.lr_schedule == "constant":
+            return self.cfg.lr
+        progress = step / max(1, self.cfg.steps)
+        return self.cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+    def sample_batch(self, step: int) -> dict:
+        """Step `step`'s images and labels: a meta-batch of tasks, then (lambda > 0) external images.
+        The whole step is drawn from (seed, step) alone; each process keeps its share (all of it
+        when alone), so W processes together train on exactly what one would."""
+        cfg, dev = self.cfg, self.device
+        rng = np.random.default_rng([cfg.seed, step])
+        tasks = take(self.train_sampler.draw(cfg.meta_batch, rng), self.task_share.start, self.task_share.stop)
+        t, (nk, nq) = len(tasks.classes), (tasks.support.shape[1], tasks.query.shape[1])  # T (this rank's), N*K, N*Q
+        index = torch.from_numpy(np.concatenate([tasks.support.reshape(-1), tasks.query.reshape(-1)]))
+        parts = [self.train_sampler.images[index]]  # uint8 (T*N*K + T*N*Q, C, H, W), class-major per task
+        labels = torch.arange(cfg.ways, device=dev)
+        batch = {"tasks": t, "nk": nk, "nq": nq,  # labels made on the device: nothing to copy
+                 "support_labels": labels.repeat_interleave(cfg.shots).expand(t, -1).contiguous(),
+                 "query_labels": labels.repeat_interleave(cfg.queries).expand(t, -1).contiguous()}
+        if cfg.lam > 0:
+            n_ext = len(self.ext_images)
+            pick = rng.choice(n_ext, cfg.ext_batch, replace=cfg.ext_batch > n_ext)[self.ext_share]
+            pick = torch.from_numpy(pick)
+            parts.append(self.ext_images[pick])  # uint8 (B, C, H, W)
+            batch["ext_labels"] = self._to_device(self.ext_labels[pick])
+        # uint8 travels (a quarter of float32's bytes) and becomes [0, 1] floats on the device
+        batch["x"] = self._to_device(torch.cat(parts)).float().div_(255.0)
+        return batch
+
+    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
+        """A host tensor on the training device. On CUDA it is copied into pinned (page-locked) memory
+        first, so the transfer runs asynchronously and the host goes on queueing the step."""
+        if self.device.type != "cuda":
+            return t
+        return t.pin_memory().to(self.device, non_blocking=True)
+
+    def train_step(self) -> dict:
+        cfg, t0 = self.cfg, time.perf_counter()
+        b = self.sample_batch(self.step)
+        x, t, nk, nq = b["x"], b["tasks"], b["nk"], b["nq"]
+        self.model.train()
+        # --amp: G, which has the compute, in bf16; the meta-learner's (second-order) inner loops
+        # and D stay in float32, where concept space is small and precision matters
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.amp):
+            z = self.model.generator(x)  # (T*N*K + T*N*Q [+ B], D): one generator pass for everything
+        z = z.float()
+        zs = z[: t * nk].view(t, nk, -1)  # (T, N*K, D)
+        zq = z[t * nk: t * (nk + nq)].view(t, nq, -1)  # (T, N*Q, D)
+        result = self.model.learner.meta_loss(zs, b["support_labels"], zq, b["query_labels"], cfg.ways)
+        loss = result.loss
+        stats = [result.query_loss, result.accuracy]  # stay on the device until the step is queued
+        if "ext_labels" in b:
+            ext_labels = b["ext_labels"]
+            disc_logits = self.model.discriminator(z[t * (nk + nq):])  # (B, external classes)
+            disc_loss = F.cross_entropy(disc_logits, ext_labels)
+            loss = loss + cfg.lam * disc_loss
+            stats += [disc_loss.detach(), (disc_logits.argmax(-1) == ext_labels).float().mean()]
+        lr = self.lr_at(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        # each rank's loss is the mean over its equal share, so the mean of the ranks' gradients
+        # is the gradient of the mean loss over the whole meta-batch (and external batch)
+        distributed.average_gradients(self.model.parameters())
+        self.optimizer.step()
+        # the step's one host-device sync, after all of it is queued (so step_seconds is honest on
+        # CUDA too); with several processes, the mean over all of them: the whole batch's numbers
+        values = distributed.average(torch.stack([s.float() for s in stats])).tolist()
+        meta_loss, meta_acc, disc_loss, disc_acc = values + [None] * (4 - len(values))
+        record = {"kind": "train", "step": self.step + 1, "meta_loss": meta_loss, "meta_acc": meta_acc,
+                  "disc_loss": disc_loss, "disc_acc": disc_acc}
+        self.step += 1
+        dt = time.perf_counter() - t0
+        self.seconds += dt
+        record.update(lr=lr, step_seconds=dt, images_per_s=len(x) * distributed.world_size() / dt,
+                      seconds=self.seconds)
+        return record
+
+    # --- validation and snapshots -------------------------------------------------------------
+    def validate(self) -> dict:
+        acc = episode_accuracies(self.model, self.val_sampler, self.val_index, self.device)
+        mean, ci = mean_ci95(acc)
+        self.last_val = {"kind": "val", "step": self.step, "val_acc": mean, "val_ci95": ci,
+                         "episodes": len(acc), "seconds": self.seconds}
+        return self.last_val
+
+    def _probe(self) -> dict[str, np.ndarray]:
+        """A fixed set of images whose concepts every snapshot records (for the live map)."""
+        rng = np.random.default_rng([self.cfg.split_seed, 0x9B0BE])
+        parts = [("meta-train", self.splits.train), ("meta-test", self.splits.test)]
+        if self.splits.external is not None:
+            parts.append(("external", self.splits.external))
+        images, split, label, names, index = [], [], [], [], []
+        for split_name, data in parts:
+            per_class = data.class_indices()
+            classes = [c for c in range(data.num_classes) if len(per_class[c])]
+            chosen = np.sort(rng.choice(classes, min(self.cfg.probe_classes, len(classes)), replace=False))
+            for c in chosen:
+                idx = np.sort(rng.choice(per_class[c], min(self.cfg.probe_per_class, len(per_class[c])), replace=False))
+                images.append(data.images[idx])
+                split += [SPLIT_CODES[split_name]] * len(idx)
+                label += [int(c)] * len(idx)
+                names += [data.class_names[c]] * len(idx)
+                index += idx.tolist()
+        return {
+            "images": np.concatenate(images),  # uint8 (P, H, W, C)
+            "split": np.asarray(split, dtype=np.int8),  # (P,) 0 meta-train, 1 meta-test, 2 external
+            "label": np.asarray(label, dtype=np.int64),  # (P,) class id within its split
+            "class_name": np.asarray(names, dtype=str),  # (P,)
+            "image_index": np.asarray(index, dtype=np.int64),  # (P,) index within its split's ImageSet
+            # the discriminator's classes, indexed by a snapshot's disc_pred (empty without an external set)
+            "external_classes": np.asarray(self.splits.external.class_names if self.splits.external else [], dtype=str),
+        }
+
+    def snapshot(self) -> dict[str, np.ndarray]:
+        """Concepts of the probe images and the discriminator's view of them, now."""
+        self.model.eval()
+        x = channels_first(self.probe["images"]).float().div_(255).to(self.device)
+        z = self.model.concepts(x)  # (P, D)
+        out = {"step": np.int64(self.step), "concepts": z.cpu().numpy().astype(np.float32)}
+        if self.model.discriminator is not None:
+            with torch.no_grad():
+                probs = torch.softmax(self.model.discriminator(z), -1)  # (P, external classes)
+            conf, pred = probs.max(-1)
+            out.update(disc_pred=pred.cpu().numpy(), disc_conf=conf.cpu().numpy(),
+                       disc_trained=np.bool_(self.cfg.lam > 0))
+            for k, v in self.model.discriminator.state_dict().items():  # for exact regions on a PCA map
+                out[f"disc.{k}"] = v.cpu().numpy()
+        self.model.train()
+        return out
+
+    def snapshot_due(self) -> bool:
+        s, every = self.step, self.cfg.snapshot_every
+        early = s < every and s & (s - 1) == 0  # 0, 1, 2, 4, 8...: the first seconds move the most
+        return early or s % every == 0 or s == self.cfg.steps
+
+    # --- checkpoints --------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {"step": self.step, "seconds": self.seconds, "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "config": self.cfg.to_dict(),
+                "external_classes": self.model.external_classes, "last_val": self.last_val}
+
+    def load_state(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.seconds, self.last_val = state["step"], state["seconds"], state.get("last_val")
+
+    # --- the loop ----------------------------------------------------------------------------
+    def run(self, run: RunDir | None = None, control: Control | None = None,
+            on_event: Callable[[str, dict], None] | None = None) -> dict:
+        """Train until cfg.steps (or a stop request), writing metrics, snapshots and checkpoints
+        to `run` and handing every record to `on_event(kind, record)`."""
+        control = control or Control()
+        main = distributed.is_main()
+        if not main:  # the other ranks train in lockstep and record nothing
+            run, on_event = None, None
+        emit = on_event or (lambda kind, rec: None)
+        pending: list[dict] = []
+        last_flush = time.monotonic()
+
+        def record(rec: dict):
+            nonlocal last_flush
+            pending.append(rec)
+            emit(rec["kind"], rec)
+            if run is not None and time.monotonic() - last_flush > 1.0:
+                run.append_metrics(pending)
+                pending.clear()
+                last_flush = time.monotonic()
+
+        def checkpoint():
+            if run is not None:
+                run.append_metrics(pending)
+                pending.clear()
+                run.save_checkpoint(self.state(), self.step)
+            emit("checkpoint", {"step": self.step})
+
+        def validate():
+            if main:  # the others wait for rank 0 in the next step's gradient all-reduce
+                record(self.validate())
+
+        def snapshot():
+            if not main:
+                return
+            snap = self.snapshot()
+            if run is not None:
+                run.save_snapshot(self.step, snap)
+            emit("snapshot", snap)
+
+        for w in self.warnings:
+            emit("warning", {"message": w})
+        if run is not None and not (run.path / "snapshots" / "probe.npz").exists():
+            run.save_probe(self.probe)
+        if self.step == 0:
+            snapshot()
+        # a stop request (Ctrl-C) that reaches any rank stops every rank at the same step
+        while self.step < self.cfg.steps and not distributed.any_rank(control.stop, self.device):
+            if control.paused:
+                time.sleep(0.05)
+                continue
+            record(self.train_step())
+            if self.step % self.cfg.val_every == 0 or self.step == self.cfg.steps:
+                validate()
+            if self.snapshot_due():
+                snapshot()
+            if self.step % self.cfg.checkpoint_every == 0 or self.step == self.cfg.steps:
+                checkpoint()
+        if self.last_val is None or self.last_val["step"] != self.step:
+            validate()
+        checkpoint()  # also on stop, so a stopped run can be resumed where it was left
+        distributed.barrier()  # every rank returns once rank 0's last checkpoint is on disk
+        return self.summary(run)
+
+    def summary(self, run: RunDir | None = None) -> dict:
+        return {"run_dir": str(run.path) if run else None, "steps": self.step, "seconds": round(self.seconds, 3),
+                "val_accuracy": self.last_val["val_acc"] if self.last_val else None,
+                "val_ci95": self.last_val["val_ci95"] if self.last_val else None,
+                "learner": self.cfg.learner, "lam": self.cfg.lam, "device": str(self.device)}
+
+
+def start_run(cfg: TrainConfig, out: str) -> tuple[Trainer, RunDir]:
+    """A new trainer and its run directory (config.json and splits.json written, by rank 0 only)."""
+    trainer = Trainer(cfg)
+
+    def create() -> RunDir:
+        run = RunDir.create(out, trainer.cfg.to_dict())
+        run.write_json("splits.json", trainer.splits.report)
+        return run
+
+    return trainer, distributed.on_main(create) or RunDir(out)
+
+
+def resume_run(path: str, steps: int | None = None) -> tuple[Trainer, RunDir]:
+    """The trainer of an existing run at its last good checkpoint; later records are dropped.
+    `steps` trains the run longer than it was set up for (config.json is updated)."""
+    run = RunDir.open(path)
+    cfg = TrainConfig.from_dict(run.config())
+    if steps is not None:
+        # every rank takes part whatever config.json says now: rank 0 may already have rewritten it,
+        # and a rank skipping the collective would meet the others' next one (a gloo mismatch)
+        longer, cfg = steps != cfg.steps, cfg.with_overrides(steps=steps)
+        distributed.on_main(lambda: run.update_config(cfg.to_dict()) if longer else None)
+    # every rank reads the same checkpoint (nothing in it depends on the number of processes), and
+    # before Trainer() meets the others, so rank 0 cannot have written a newer one meanwhile
+    if run.checkpoints():
+        state, warnings = run.load_checkpoint()
+    else:  # killed before its first checkpoint: it starts over (the model is seeded by the config)
+        state, warnings = None, [f"{run.path} has no checkpoint yet; training starts again from step 0"]
+    trainer = Trainer(cfg)
+    if state is not None:
+        trainer.load_state(state)
+    trainer.warnings += warnings
+
+    def drop_later():
+        run.truncate_metrics(trainer.step)
+        run.drop_snapshots_after(trainer.step)
+
+    distributed.on_main(drop_later)
+    return trainer, run

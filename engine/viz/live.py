@@ -1,0 +1,524 @@
+"""What a live view of a run keeps between refreshes (no UI here: ui/live.py draws it).
+
+    live = LiveMap()                                   # one per browser session
+    view = live.read("runs/20260101-demo")             # job or run directory -> metrics, snapshots, probe
+    xy, regions, note = live.refresh(view.snapshots, view.probe, run=view.run_dir, method="umap",
+                                     regions=True)     # the latest snapshot on a stable map
+    frames = live.frames(view.snapshots, run=view.run_dir, method="umap")   # [(step, xy)] per snapshot
+
+Cheap when nothing is new. `refresh` lays out only snapshots it has not seen: a call with the same
+snapshots returns the cached layout (no projector work at all), so a page can call it every second.
+
+Stable. One ConceptProjector per (run, method) carries the map from one snapshot to the next
+(`update`: warm-started and Procrustes-aligned, so points glide instead of jumping). Every new
+snapshot is laid out in training order, so the replay's frames are the very positions the live map
+showed. A map opened on a run that already has snapshots (a finished run, another method) is fitted
+on the latest snapshot first, so the live picture is right at once; the earlier frames are laid out
+only when the replay asks for them, backwards from that first fit (the most trained frame gets the
+best layout and earlier ones morph out of it, as engine.viz.project.stable_layouts does).
+
+UMAP warms up on a background thread; until it is ready the map is PCA and `note` says so, and the
+first refresh after it is ready switches once (the projector starts UMAP from the PCA layout).
+
+Threads. Projections run under `threadpool_limits(1)`: on 2 shared cores an OpenMP or BLAS pool
+fighting the trainer for cores made a 150-point t-SNE take 18 s instead of 0.3 s (measured), and a
+one-thread refresh leaves the trainer its cores. A LiveMap guards its state with a lock, so the
+two threads a Streamlit session can briefly have (a fragment rerun and a full rerun) cannot
+interleave inside it; it is meant for one session, not to be shared across sessions.
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+from threadpoolctl import ThreadpoolController
+
+from engine.viz import project
+from engine.errors import UserError
+from engine.train.job import REGISTRY, JobRegistry, TrainingJob
+from engine.viz.project import ConceptProjector, procrustes_transform
+from engine.viz.regions import RegionGrid, regions_for
+from engine.runs import RunDir
+
+TWIN_SUFFIX = "-lam0"  # the lambda = 0 twin of run R trains in the sibling folder R-lam0
+REGION_GRID = 50  # region cells per side: 2,500 cells read well behind 150-1,500 points
+NOTE_S = 15.0  # how long a one-off note about the map (UMAP took over from PCA) stays up
+TWIN_RECHECK_S = 5.0  # how often an unpaired run looks for its twin again (find_twin reads every config)
+
+
+_CONTROLLER: ThreadpoolController | None = None
+
+
+def _controller() -> ThreadpoolController:
+    """The thread pools loaded now (BLAS, OpenMP), inspected once: limiting through a kept
+    controller costs microseconds, threadpool_limits() inspects every library each time (~3 ms)."""
+    global _CONTROLLER
+    if _CONTROLLER is None:
+        _CONTROLLER = ThreadpoolController()
+    return _CONTROLLER
+
+
+def _step(snapshot: dict) -> int:
+    return int(snapshot["step"])
+
+
+# ------------------------------------------------------------------------------------------------
+# Runs, twins, jobs
+# ------------------------------------------------------------------------------------------------
+def twin_dir_for(run_dir: str) -> str:
+    """Where the lambda = 0 twin of `run_dir` trains when the app starts it: a sibling folder, so
+    engine.eval.checkpoints.find_twin pairs the two."""
+    return str(run_dir).rstrip("/\\") + TWIN_SUFFIX
+
+
+def new_run_dir(root: str | Path, name: str, now: datetime | None = None) -> str:
+    """A fresh run folder name under `root`: STAMP-name, with -2, -3... when taken (also when its
+    twin folder is taken, so a twin can always start beside it)."""
+    stamp = f"{(now or datetime.now()):%Y%m%d-%H%M%S}"
+    base = Path(root) / f"{stamp}-{name}"
+    candidate, i = base, 1
+    while candidate.exists() or Path(twin_dir_for(str(candidate))).exists() or REGISTRY.get(str(candidate)):
+        i += 1
+        candidate = Path(f"{base}-{i}")
+    return str(candidate)
+
+
+def start_runs(cfg, out: str, twin: bool = False, registry: JobRegistry = REGISTRY) -> list[TrainingJob]:
+    """Start a TrainingJob for `cfg` in `out`, and with `twin` a second one with lam = 0 and every
+    other setting identical in twin_dir_for(out). Both run in background threads and share the
+    machine's cores. Raises UserError for a twin of a run that already has lam = 0."""
+    if twin and cfg.lam == 0:
+        raise UserError("this run already has λ = 0 (the vanilla meta-learner): its twin would be the same run; "
+                        "set λ > 0 to compare DEML with its λ = 0 twin")
+    jobs = [registry.start(TrainingJob(cfg, out=out))]
+    if twin:
+        jobs.append(registry.start(TrainingJob(cfg.with_overrides(lam=0.0), out=twin_dir_for(out))))
+    return jobs
+
+
+def run_jobs(run_dir: str | None, registry: JobRegistry = REGISTRY) -> tuple[TrainingJob | None, TrainingJob | None]:
+    """The run's job and its twin's job in the registry (None where there is none)."""
+    if not run_dir:
+        return None, None
+    return registry.get(run_dir), registry.get(twin_dir_for(run_dir))
+
+
+def is_active(run_dir: str | None, registry: JobRegistry = REGISTRY) -> bool:
+    """Is the run, or the twin the app started beside it, still training (or paused)? A live view
+    polls exactly while this is true; a view and its page must decide it the same way."""
+    return any(j is not None and not j.done for j in run_jobs(run_dir, registry))
+
+
+class _DiskRun:
+    """A run without a job in this process (finished earlier, or trained by the command line):
+    its records read from the run directory, each snapshot loaded once, new ones picked up."""
+
+    def __init__(self, run_dir: str):
+        self.run = RunDir(run_dir)
+        self._snapshots: dict[int, dict] = {}
+        self._probe: dict | None = None
+
+    def exists(self) -> bool:
+        return (self.run.path / "config.json").is_file()
+
+    def probe(self) -> dict | None:
+        if self._probe is None and (self.run.path / "snapshots" / "probe.npz").is_file():
+            self._probe = self.run.load_probe()
+        return self._probe
+
+    def snapshots(self) -> list[dict]:
+        for s in self.run.snapshot_steps():
+            if s not in self._snapshots:
+                try:
+                    self._snapshots[s] = self.run.load_snapshot(s)
+                except (OSError, ValueError, EOFError):  # being written by another process: next time
+                    continue
+        return [self._snapshots[s] for s in sorted(self._snapshots)]
+
+
+@dataclass
+class RunView:
+    """Everything the live view shows of one run, read in one go."""
+
+    run_dir: str | None
+    source: str  # "job" (training in this process), "disk" (a saved run), "none"
+    state: str  # a TrainingJob state, "saved", or "none"
+    progress: dict = field(default_factory=dict)  # TrainingJob.progress() (or the same keys from disk)
+    device: str | None = None  # "CPU" / "GPU" while a job trains
+    error: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    metrics: list[dict] = field(default_factory=list)
+    snapshots: list[dict] = field(default_factory=list)
+    probe: dict | None = None
+    twin_dir: str | None = None
+    twin_state: str | None = None
+    twin_metrics: list[dict] | None = None
+    twin_progress: dict | None = None
+    lam: float | None = None  # the run's lambda (0: it is the vanilla side of a twin pair)
+
+    @property
+    def active(self) -> bool:
+        return self.state in ("starting", "running", "paused", "stopping") or \
+            self.twin_state in ("starting", "running", "paused", "stopping")
+
+    @property
+    def resumable(self) -> bool:
+        """A stopped (or unfinished saved) run with a checkpoint: training can continue it."""
+        p = self.progress
+        return self.state in ("stopped", "saved") and bool(p) and p.get("step", 0) < p.get("steps", 0) \
+            and self.run_dir is not None and bool(RunDir(self.run_dir).checkpoints())
+
+
+def _device_name(job: TrainingJob) -> str | None:
+    t = job.trainer
+    if t is None:
+        return None
+    return "GPU" if t.device.type == "cuda" else t.device.type.upper()
+
+
+def _config_lam(run_dir: str) -> float | None:
+    try:
+        return float(RunDir.open(run_dir).config().get("lam"))
+    except (UserError, TypeError, ValueError):
+        return None
+
+
+def val_summary(metrics: list[dict], twin_metrics: list[dict] | None = None) -> dict | None:
+    """The latest validation accuracy (and its 95% CI), with the twin's at the same step or the
+    latest before it, and the difference in points. None before the first validation."""
+    vals = [m for m in metrics if m.get("kind") == "val" and m.get("val_acc") is not None]
+    if not vals:
+        return None
+    last = max(vals, key=lambda m: m["step"])
+    out = {"step": int(last["step"]), "acc": float(last["val_acc"]), "ci95": last.get("val_ci95"),
+           "twin_acc": None, "twin_step": None, "delta": None}
+    twin_vals = [m for m in (twin_metrics or []) if m.get("kind") == "val" and m.get("val_acc") is not None
+                 and m["step"] <= last["step"]]
+    if twin_vals:
+        t = max(twin_vals, key=lambda m: m["step"])
+        out.update(twin_acc=float(t["val_acc"]), twin_step=int(t["step"]), delta=out["acc"] - float(t["val_acc"]))
+    return out
+
+
+def selected_rows(selection) -> list[int]:
+    """Probe rows of the points in a plotly selection (st.plotly_chart's event.selection, or a dict
+    with "points"): customdata[0] of each concept-map point; points of other traces (the region
+    heatmap) are ignored. Order kept, duplicates dropped."""
+    points = (selection or {}).get("points", []) if hasattr(selection, "get") else []
+    rows: list[int] = []
+    for p in points:
+        cd = p.get("customdata") if hasattr(p, "get") else None
+        if isinstance(cd, (list, tuple)) and cd:
+            cd = cd[0]
+        if isinstance(cd, (int, float, np.integer, np.floating)) and not isinstance(cd, bool) and float(cd) >= 0:
+            r = int(cd)
+            if r not in rows:
+                rows.append(r)
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------
+# The map
+# ------------------------------------------------------------------------------------------------
+class _Track:
+    """One projector's map of one run: a frame (P, 2) per laid-out snapshot, in one coordinate
+    system; regions per step where they were computed."""
+
+    def __init__(self, method: str, seed: int):
+        self.projector = ConceptProjector(method, seed=seed)
+        self.frames: dict[int, np.ndarray] = {}
+        self.frame_method: dict[int, str] = {}
+        self.regions: dict[tuple[int, int], RegionGrid | None] = {}  # (step, grid) -> regions
+        self.last_step: int | None = None  # the step of the projector's current layout
+        self.first_step: int | None = None  # the first step fitted; earlier frames go backwards from it
+        self.back: ConceptProjector | None = None  # a second projector walking back in time from first_step
+        self.back_affine = (np.eye(2), 1.0, np.zeros(2))  # back's coordinates -> this map's
+        self.back_step: int | None = None  # the step of `back`'s current layout
+        self.note = ""
+        self.note_at = 0.0  # when the note was made (a note about a switch is shown for NOTE_S only)
+
+
+class LiveMap:
+    """A session's maps of the runs it views: one ConceptProjector per (run, method). See the module
+    docstring. `layouts` counts projector fits and updates (tests and benchmarks read it)."""
+
+    def __init__(self, seed: int = 0, grid: int = REGION_GRID, warm_up: bool = True, threads: int | None = 1):
+        self.seed, self.grid, self.warm_up, self.threads = seed, grid, warm_up, threads
+        self._tracks: dict[tuple[str, str], _Track] = {}
+        self._disk: dict[str, _DiskRun] = {}
+        self._twins: dict[str, tuple[str | None, float]] = {}
+        self._lock = threading.RLock()
+        self.layouts = 0
+
+    # --- reading a run ------------------------------------------------------------------------
+    def read(self, run_dir: str | None, registry: JobRegistry = REGISTRY) -> RunView:
+        """The run as the view shows it now: from its job while one is registered (training, or
+        finished in this process), else from its run directory; "none" when it is neither."""
+        if not run_dir:
+            return RunView(None, "none", "none")
+        job, _ = run_jobs(run_dir, registry)
+        with self._lock:
+            if job is not None:
+                view = RunView(run_dir, "job", job.state, progress=job.progress(), device=_device_name(job),
+                               error=job.error, warnings=list(job.warnings), metrics=job.metrics(),
+                               snapshots=job.snapshots(), probe=job.trainer.probe if job.trainer else None)
+                if view.probe is None and job.trainer is None:
+                    view.snapshots = []  # nothing to place them with yet
+                view.lam = job.trainer.cfg.lam if job.trainer is not None else _config_lam(run_dir)
+            else:
+                disk = self._disk.setdefault(run_dir, _DiskRun(run_dir))
+                if not disk.exists():
+                    return RunView(run_dir, "none", "none", error=f"{run_dir} is not a run directory (no config.json)")
+                view = RunView(run_dir, "disk", "saved", metrics=disk.run.read_metrics(),
+                               snapshots=disk.snapshots(), probe=disk.probe())
+                view.progress = self._disk_progress(disk, view.metrics)
+                view.lam = _config_lam(run_dir)
+            self._read_twin(view, registry)
+            return view
+
+    @staticmethod
+    def _disk_progress(disk: _DiskRun, metrics: list[dict]) -> dict:
+        try:
+            steps = int(disk.run.config().get("steps", 0))
+        except UserError:
+            steps = 0
+        train = [m for m in metrics if m.get("kind") == "train"]
+        step = max((int(m["step"]) for m in train), default=0)
+        seconds = max((float(m.get("seconds", 0.0)) for m in metrics), default=0.0)
+        return {"state": "saved", "step": step, "steps": steps, "seconds": seconds, "eta_seconds": None,
+                "fraction": min(1.0, step / steps) if steps else 0.0, "error": None}
+
+    def twin_of(self, run_dir: str, registry: JobRegistry = REGISTRY) -> str | None:
+        """The run's lambda = 0 twin (or, for a twin, its DEML run): the folder the app starts it
+        in, else engine.eval.checkpoints.find_twin (re-asked at most every TWIN_RECHECK_S while unpaired)."""
+        cached, when = self._twins.get(run_dir, (None, -1e9))
+        if cached is not None:
+            return cached
+        if time.monotonic() - when < TWIN_RECHECK_S:
+            return None
+        found = None
+        candidates = [twin_dir_for(run_dir)]
+        if run_dir.rstrip("/\\").endswith(TWIN_SUFFIX):
+            candidates.append(run_dir.rstrip("/\\")[: -len(TWIN_SUFFIX)])
+        for c in candidates:
+            if registry.get(c) is not None or (Path(c) / "config.json").is_file():
+                found = c
+                break
+        if found is None and (Path(run_dir) / "config.json").is_file():
+            from engine.eval.checkpoints import find_twin
+
+            try:
+                found = find_twin(run_dir)
+            except (UserError, OSError):
+                found = None
+        self._twins[run_dir] = (found, time.monotonic())
+        return found
+
+    def _read_twin(self, view: RunView, registry: JobRegistry) -> None:
+        twin = self.twin_of(view.run_dir, registry)
+        if twin is None:
+            return
+        view.twin_dir = twin
+        job = registry.get(twin)
+        if job is not None:
+            view.twin_state, view.twin_metrics, view.twin_progress = job.state, job.metrics(), job.progress()
+        else:
+            view.twin_state, view.twin_metrics = "saved", RunDir(twin).read_metrics()
+
+    # --- the live map -------------------------------------------------------------------------
+    def _track(self, run: str, method: str) -> _Track:
+        key = (run, method)
+        if key not in self._tracks:
+            self._tracks[key] = _Track(method, self.seed)
+        return self._tracks[key]
+
+    def _limits(self):
+        return _controller().limit(limits=self.threads) if self.threads else contextlib.nullcontext()
+
+    def _advance(self, track: _Track, snapshots: list[dict]) -> None:
+        """Lay out the snapshots the track has not seen, in order (none: nothing happens)."""
+        if self.warm_up and track.projector.method == "umap":
+            project.start_umap_warmup()  # idempotent; the map is PCA until it is ready
+        if not snapshots:
+            return
+        latest = snapshots[-1]
+        if track.last_step is None:  # a new map: the latest snapshot first (earlier ones: see frames())
+            track.projector.fit(latest["concepts"])
+            self.layouts += 1
+            self._keep(track, _step(latest))
+            track.first_step = track.back_step = _step(latest)
+            return
+        new = [s for s in snapshots if _step(s) > track.last_step]
+        if not new and self._switch_due(track):
+            new = [s for s in snapshots if _step(s) == track.last_step][-1:]  # relayout once as UMAP
+        for snap in new:
+            track.projector.update(snap["concepts"])
+            self.layouts += 1
+            self._keep(track, _step(snap))
+
+    def _start_back(self, track: _Track, snapshots: list[dict]) -> None:
+        """A second projector for the frames before the map's first fit: fitted on that same
+        snapshot (the same layout when nothing changed in between) and mapped onto the frame the
+        map shows for it by a Procrustes transform, so both walks share one coordinate system."""
+        first = next(s for s in snapshots if _step(s) == track.first_step)
+        track.back = ConceptProjector(track.projector.method, seed=self.seed).fit(first["concepts"])
+        self.layouts += 1
+        track.back_affine = procrustes_transform(track.back.embedding_, track.frames[track.first_step],
+                                                 scale=track.back.method_ != "pca")
+
+    @staticmethod
+    def _switch_due(track: _Track) -> bool:
+        """UMAP was asked for, PCA is shown because it was warming up, and it is ready now."""
+        p = track.projector
+        return p.method == "umap" and getattr(p, "method_", None) == "pca" and project.umap_status() == "ready"
+
+    @staticmethod
+    def _keep(track: _Track, step: int) -> None:
+        p = track.projector
+        track.frames[step] = p.embedding_
+        track.frame_method[step] = p.method_
+        track.regions = {k: v for k, v in track.regions.items() if k[0] != step}  # relaid: old regions are off
+        track.last_step = step
+        track.note, track.note_at = p.note_, time.monotonic()
+
+    def refresh(self, snapshots: list[dict], probe: dict | None, run: str = "", method: str = "umap",
+                regions: bool = False, grid: int | None = None) -> tuple[np.ndarray | None, RegionGrid | None, str]:
+        """(xy (P, 2) of the latest snapshot, D's regions on this map or None, a note for the UI:
+        "" or why the map is not what was asked, e.g. PCA while UMAP warms up). Lays out only
+        snapshots it has not seen; with nothing new it returns the cached layout."""
+        grid = grid or self.grid
+        snapshots = sorted(snapshots or [], key=_step)
+        if not snapshots or probe is None:
+            return None, None, "no snapshot yet: the first one comes with the first training step"
+        with self._lock, self._limits():
+            track = self._track(run, method)
+            self._advance(track, snapshots)
+            step = track.last_step
+            latest = next(s for s in reversed(snapshots) if _step(s) == step)
+            reg = self._regions(track, latest, probe, step, grid, exact=True) if regions else None
+            return track.frames[step], reg, self._note(track)
+
+    @staticmethod
+    def _note(track: _Track) -> str:
+        """A fallback (PCA while UMAP warms up) is said as long as it lasts; anything else (UMAP took
+        over) for NOTE_S after it happened."""
+        p = track.projector
+        if p.method_ != p.method or time.monotonic() - track.note_at < NOTE_S:
+            return track.note
+        return ""
+
+    def _regions(self, track: _Track, snap: dict, probe: dict, step: int, grid: int, exact: bool):
+        key = (step, grid)
+        if key not in track.regions:
+            if exact and step == track.last_step:
+                proj = track.projector  # exact on PCA: the projector's current plane
+            else:  # a replay frame: the projector has moved on, nearest-probe regions on its positions
+                proj = SimpleNamespace(method_=f"replay-{track.frame_method.get(step)}", embedding_=track.frames[step])
+            track.regions[key] = regions_for(proj, snap, probe, grid=grid)
+        return track.regions[key]
+
+    # --- the replay ---------------------------------------------------------------------------
+    def frames(self, snapshots: list[dict], run: str = "", method: str = "umap", down_to: int | None = None
+               ) -> list[tuple[int, np.ndarray]]:
+        """[(step, xy)] for every snapshot (down to step `down_to` when given), all on this map's
+        stable projector: the live frames as they were shown, earlier ones laid out backwards."""
+        snapshots = sorted(snapshots or [], key=_step)
+        if not snapshots:
+            return []
+        with self._lock, self._limits():
+            track = self._track(run, method)
+            self._advance(track, snapshots)
+            lo = _step(snapshots[0]) if down_to is None else down_to
+            for snap in reversed(snapshots):  # backwards from the first fit, as far down as asked
+                s = _step(snap)
+                if s >= track.back_step or s in track.frames:
+                    continue
+                if s < lo:
+                    break
+                if track.back is None:
+                    self._start_back(track, snapshots)
+                track.back.update(snap["concepts"])
+                self.layouts += 1
+                R, scale, t = track.back_affine
+                track.frames[s] = (scale * track.back.embedding_.astype(np.float64) @ R + t).astype(np.float32)
+                track.frame_method[s] = track.back.method_
+                track.back_step = s
+            return [(_step(s), track.frames[_step(s)]) for s in snapshots
+                    if _step(s) >= lo and _step(s) in track.frames]
+
+    def frame_at(self, snapshots: list[dict], probe: dict, step: int, run: str = "", method: str = "umap",
+                 regions: bool = False, grid: int | None = None) -> tuple[np.ndarray | None, RegionGrid | None, dict | None]:
+        """(xy, regions, snapshot) of the snapshot at `step` on the stable map (a replay position)."""
+        grid = grid or self.grid
+        snapshots = sorted(snapshots or [], key=_step)
+        snap = next((s for s in snapshots if _step(s) == int(step)), None)
+        if snap is None or probe is None:
+            return None, None, None
+        frames = dict(self.frames(snapshots, run, method, down_to=int(step)))
+        if int(step) not in frames:
+            return None, None, snap
+        with self._lock, self._limits():
+            track = self._track(run, method)
+            reg = self._regions(track, snap, probe, int(step), grid, exact=int(step) == track.last_step) \
+                if regions else None
+        return frames[int(step)], reg, snap
+
+    def method_shown(self, run: str, method: str) -> str | None:
+        """What the (run, method) map actually uses now ("pca" while UMAP warms up), None before a layout."""
+        track = self._tracks.get((run, method))
+        return getattr(track.projector, "method_", None) if track else None
+
+    def forget(self, run: str) -> None:
+        """Drop every map and cached read of `run` (e.g. after it was deleted)."""
+        with self._lock:
+            for key in [k for k in self._tracks if k[0] == run]:
+                del self._tracks[key]
+            self._disk.pop(run, None)
+            self._twins.pop(run, None)
+
+
+# ------------------------------------------------------------------------------------------------
+# Controls (for both runs: a run and the lambda = 0 twin started beside it move together)
+# ------------------------------------------------------------------------------------------------
+def pause_runs(run_dir: str, registry: JobRegistry = REGISTRY) -> None:
+    for job in run_jobs(run_dir, registry):
+        if job is not None and not job.done:
+            job.pause()
+
+
+def stop_runs(run_dir: str, registry: JobRegistry = REGISTRY) -> None:
+    """Stop after the current step; each run checkpoints, so Resume continues it later."""
+    for job in run_jobs(run_dir, registry):
+        if job is not None and not job.done:
+            job.stop()
+
+
+def _continuable(run_dir: str) -> bool:
+    try:
+        run = RunDir.open(run_dir)
+        steps = int(run.config().get("steps", 0))
+    except UserError:
+        return False
+    if not run.checkpoints():
+        return False
+    trained = max((int(m["step"]) for m in run.read_metrics() if m.get("kind") == "train"), default=0)
+    return trained < steps
+
+
+def resume_runs(run_dir: str, registry: JobRegistry = REGISTRY) -> list[TrainingJob]:
+    """Un-pause a paused run (and its twin); a stopped one, or a saved one left unfinished,
+    continues from its last checkpoint in a new job. Returns the jobs that now train."""
+    out = []
+    for d, job in zip((run_dir, twin_dir_for(run_dir)), run_jobs(run_dir, registry)):
+        if job is not None and not job.done:
+            job.resume()
+            out.append(job)
+        elif (job is None or job.state == "stopped") and _continuable(d):
+            out.append(registry.start(TrainingJob(resume_from=d)))
+    return out
