@@ -6,7 +6,8 @@ import streamlit as st
 from engine.config import preset, runs_root
 from engine.errors import UserError
 from engine.train.job import REGISTRY
-from engine.viz.live import new_run_dir, start_runs, twin_dir_for
+from engine.eval.twins import twin_dir_for
+from engine.services.training import new_run_dir, start_runs
 from engine.viz.project import start_umap_warmup
 from ui.common import current_run, presenter, set_current_run
 from ui.live import live_view

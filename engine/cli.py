@@ -183,7 +183,7 @@ def cmd_train(args) -> dict | None:
 
 # --- evaluate / curve -------------------------------------------------------------------------
 def _evaluation(args, kind: str) -> dict:
-    from engine.eval.checkpoints import run_evaluation
+    from engine.eval.evaluate import run_evaluation
 
     if args.episodes < 1:
         raise UserError(f"--episodes must be at least 1 (got {args.episodes})")

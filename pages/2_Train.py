@@ -6,7 +6,7 @@ import streamlit as st
 from engine.config import preset, runs_root
 from engine.errors import UserError
 from engine.learners import LEARNERS, build_learner
-from engine.viz.live import new_run_dir, start_runs
+from engine.services.training import new_run_dir, start_runs
 from engine.models import BACKBONES
 from engine.viz.project import start_umap_warmup
 from ui.common import current_run, data_overrides, presenter, set_current_run

@@ -8,9 +8,10 @@ import numpy as np
 import streamlit as st
 
 from engine.services import adapt, catalog
-from engine.viz.charts import adaptation_curves
+from engine.viz.charts import adaptation_curves, episode_view
 from engine.errors import UserError
-from engine.eval.checkpoints import find_twin
+from engine.eval import checkpoints
+from engine.eval.twins import compare_held_out, find_twin
 from ui.common import current_run, presenter, set_current_run
 
 st.set_page_config(page_title="Adapt", layout="wide")
@@ -42,8 +43,8 @@ def same(a: str | None, b: str | None) -> bool:
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def held_out(run_dir, stamp, twin_dir, twin_stamp, ways, shots, queries, episodes, steps) -> dict:
-    """engine.services.adapt.compare_held_out, cached per run, checkpoint and settings."""
-    return adapt.compare_held_out(run_dir, twin_dir, ways, shots, queries, episodes, seed=0, steps=steps)
+    """engine.services.compare_held_out, cached per run, checkpoint and settings."""
+    return compare_held_out(run_dir, twin_dir, ways, shots, queries, episodes, seed=0, steps=steps)
 
 
 # --- the run --------------------------------------------------------------------------------------
@@ -70,14 +71,14 @@ if not same(url, run_dir):
 st.session_state["adapt_url"] = current_run()
 
 try:
-    cfg, model, device = adapt.load_model(run_dir)
+    cfg, model, device = checkpoints.load_model(run_dir)
 except UserError as e:
     st.error(str(e))
     st.stop()
 summary = by_path[run_dir]
 try:
     twin_dir = find_twin(run_dir)
-    twin = adapt.load_model(twin_dir) if twin_dir else None
+    twin = checkpoints.load_model(twin_dir) if twin_dir else None
 except UserError:
     twin_dir, twin = None, None
 st.caption(f"{summary.method} on `{cfg.dataset}` · trained {summary.steps_done}/{summary.steps_total} steps · "
@@ -215,7 +216,7 @@ if task is not None:
 
     st.subheader("The task in concept space")
     detail = adapt.task_detail(model, task, device, steps)
-    fig = adapt.episode_figure(detail)
+    fig = episode_view(detail)
     if big_view:
         fig.update_layout(height=760)
     st.plotly_chart(fig, key="adapt_episode", theme=None, width="stretch")
@@ -228,8 +229,8 @@ episodes = int(st.columns(4)[0].number_input(
 w, k, q = compare_shape
 try:
     with st.spinner(f"Scoring {episodes} held-out {w}-way {k}-shot tasks" + (" for both runs" if twin else "")):
-        comp = held_out(run_dir, adapt.checkpoint_stamp(run_dir), twin_dir,
-                        adapt.checkpoint_stamp(twin_dir) if twin_dir else None, w, k, q, episodes, steps)
+        comp = held_out(run_dir, checkpoints.checkpoint_stamp(run_dir), twin_dir,
+                        checkpoints.checkpoint_stamp(twin_dir) if twin_dir else None, w, k, q, episodes, steps)
 except UserError as e:
     st.error(str(e))
 else:

@@ -12,7 +12,8 @@ from engine.services import catalog
 from engine.viz.charts import adaptation_curves
 from engine.config import runs_root
 from engine.errors import UserError
-from engine.eval.checkpoints import find_twin, run_evaluation
+from engine.eval.evaluate import run_evaluation
+from engine.eval.twins import find_twin
 from engine.viz.project import umap_status
 from engine.viz.report import build_report
 from ui.common import current_run, presenter, set_current_run

@@ -6,12 +6,15 @@ import numpy as np
 import pytest
 
 from engine.services import adapt
+from engine.viz.charts import episode_view
 from engine.config import preset
 from engine.data.episodes import EpisodeIndex, EpisodeSampler
 from engine.viz.episode import episode_detail
 from engine.errors import UserError
 from engine.eval.evaluate import adaptation_curve, episode_accuracies, query_predictions
-from engine.eval.checkpoints import CURVE_SHOTS, evaluation_classes
+from engine.eval.checkpoints import evaluation_classes, held_out_classes, load_model
+from engine.learners.base import CURVE_SHOTS
+from engine.eval.twins import compare_held_out, index_digest
 from engine.train.trainer import start_run
 
 TINY = dict(dataset="glyphs:classes=60,drawings=8,seed=1", steps=6, width=8, concept_dim=16, meta_batch=2,
@@ -46,7 +49,7 @@ def as_upload(task: adapt.Task, invert: bool = False, names=None) -> tuple[list[
 
 @pytest.mark.parametrize("name", ["deml", "maml"])
 def test_sampled_task_predictions_agree_with_evaluate(runs, name):
-    cfg, model, dev = adapt.load_model(runs[name])
+    cfg, model, dev = load_model(runs[name])
     task = adapt.sample_task(cfg, 5, 1, 3, seed=7)
     assert task.support.shape[0] == 5 and task.query.shape[0] == 15 and len(task.class_names) == 5
     result = adapt.classify(model, task, dev)
@@ -56,7 +59,7 @@ def test_sampled_task_predictions_agree_with_evaluate(runs, name):
     detail = adapt.task_detail(model, task, dev, grid=12)
     np.testing.assert_array_equal(detail["query_pred"], result["pred"])
     assert detail["class_names"] == task.class_names
-    fig = adapt.episode_figure(detail)
+    fig = episode_view(detail)
     assert any(t.name == "query, answered right" for t in fig.data)
     assert adapt.sample_task(cfg, 5, 1, 3, seed=7).class_names == task.class_names  # seeded
     assert adapt.sample_task(cfg, 5, 1, 3, seed=8).class_names != task.class_names
@@ -69,7 +72,7 @@ def test_uploaded_glyphs_are_answered_as_the_sampled_path_answers(runs, name):
     """Held-out glyphs saved as PNG files and uploaded as 'new' classes are prepared to exactly the
     pixels the sampled path uses, so every answer, confidence and concept-space position agrees.
     (A 6-step run is not reliably above chance: equality with the evaluated path cannot flake.)"""
-    cfg, model, dev = adapt.load_model(runs[name])
+    cfg, model, dev = load_model(runs[name])
     sampled = adapt.sample_task(cfg, 4, 2, 3, seed=3)
     classes, _ = as_upload(sampled, names=["alpha", "beta", "gamma", "delta"])
     task = adapt.prepare_upload(cfg, classes)
@@ -89,11 +92,11 @@ def test_uploaded_glyphs_are_answered_as_the_sampled_path_answers(runs, name):
     np.testing.assert_array_equal(ours["query_pred"], ref["query_pred"])
     np.testing.assert_array_equal(ours["regions"].pred, ref["regions"].pred)
     assert ("steps_pred" in ours) == ("steps_pred" in ref) == model.learner.adapts_by_steps
-    adapt.episode_figure(ours)
+    episode_view(ours)
 
 
 def test_white_background_uploads_of_bright_on_dark_data_are_flipped(runs):
-    cfg, model, dev = adapt.load_model(runs["deml"])
+    cfg, model, dev = load_model(runs["deml"])
     sampled = adapt.sample_task(cfg, 3, 1, 2, seed=1)
     assert sampled.support[:, 0].mean() < 127  # glyphs: bright ink on dark paper
     classes, _ = as_upload(sampled, invert=True)
@@ -114,7 +117,7 @@ def test_white_background_uploads_of_bright_on_dark_data_are_flipped(runs):
 
 
 def test_bad_uploads_are_named_with_their_reason(runs):
-    cfg, model, dev = adapt.load_model(runs["deml"])
+    cfg, model, dev = load_model(runs["deml"])
     sampled = adapt.sample_task(cfg, 2, 5, 1, seed=0)
     classes, _ = as_upload(sampled, names=["cat", "dog"])
     big = np.zeros((80, 80, 1), np.uint8)
@@ -146,23 +149,23 @@ def test_bad_uploads_are_named_with_their_reason(runs):
     unnamed = adapt.prepare_upload(cfg, [adapt.NewClass("", c.support) for c in classes], queries[:0] +
                                    [adapt.Upload("q.png", png(sampled.query[0]))])
     assert unnamed.class_names == ["class 1", "class 2"] and unnamed.query_labels.tolist() == [adapt.UNKNOWN]
-    fig = adapt.episode_figure(adapt.task_detail(model, unnamed, dev, grid=10))
+    fig = episode_view(adapt.task_detail(model, unnamed, dev, grid=10))
     assert any("without a label" in str(t.name) for t in fig.data)
     assert "1-5 support images" in adapt.limits_text() and "8 MB per image" in adapt.limits_text()
 
 
 def test_twin_comparison_uses_the_same_episodes(runs):
-    comp = adapt.compare_held_out(runs["deml"], runs["twin"], ways=3, shots=1, queries=2, episodes=12, seed=5)
+    comp = compare_held_out(runs["deml"], runs["twin"], ways=3, shots=1, queries=2, episodes=12, seed=5)
     assert [r["lam"] for r in comp["runs"]] == [1.0, 0.0]
     assert comp["runs"][0]["episodes_digest"] == comp["runs"][1]["episodes_digest"]
-    cfg, _, dev = adapt.load_model(runs["deml"])
+    cfg, _, dev = load_model(runs["deml"])
     data = evaluation_classes(cfg, None, "test")  # built independently of engine.services.adapt
     curve_sampler = EpisodeSampler(data, 3, CURVE_SHOTS, 2)  # shot curves run over 1..5 shots
     index = curve_sampler.fixed(12, 5)
     one_shot = EpisodeIndex(index.support.reshape(12, 3, 5)[:, :, :1].reshape(12, 3), index.query, index.classes)
-    assert comp["runs"][0]["episodes_digest"] == adapt.index_digest(index)
+    assert comp["runs"][0]["episodes_digest"] == index_digest(index)
     for r in comp["runs"]:
-        _, model, _ = adapt.load_model(r["run_dir"])
+        _, model, _ = load_model(r["run_dir"])
         reference = adaptation_curve(model, curve_sampler, 12, 5, dev)  # the evaluator's own shot curve
         assert r["curve"]["axis"] == "shots" and r["curve"]["steps"] == reference["steps"] == [1, 2, 3, 4, 5]
         np.testing.assert_allclose(r["curve"]["accuracy"], reference["accuracy"], atol=1e-6)
@@ -174,19 +177,19 @@ def test_twin_comparison_uses_the_same_episodes(runs):
     assert comp["difference"]["accuracy"] == pytest.approx(diff.mean())
     assert comp["difference"]["wins"] + comp["difference"]["losses"] + comp["difference"]["ties"] == 12
     # from the twin's side the difference is still DEML minus lambda = 0
-    back = adapt.compare_held_out(runs["twin"], runs["deml"], ways=3, shots=1, queries=2, episodes=12, seed=5)
+    back = compare_held_out(runs["twin"], runs["deml"], ways=3, shots=1, queries=2, episodes=12, seed=5)
     assert back["difference"]["accuracy"] == pytest.approx(comp["difference"]["accuracy"])
     with pytest.raises(UserError, match="not a λ = 0 twin"):
-        adapt.compare_held_out(runs["deml"], runs["maml"], episodes=4)
+        compare_held_out(runs["deml"], runs["maml"], episodes=4)
 
 
 def test_a_gradient_learner_is_compared_over_inner_steps(runs):
-    _, model, dev = adapt.load_model(runs["maml"])
-    alone = adapt.compare_held_out(runs["maml"], None, ways=3, shots=1, queries=2, episodes=6, steps=4, curve_steps=2)
+    _, model, dev = load_model(runs["maml"])
+    alone = compare_held_out(runs["maml"], None, ways=3, shots=1, queries=2, episodes=6, steps=4, curve_steps=2)
     assert alone["difference"] is None and alone["steps"] == 4
     curve = alone["runs"][0]["curve"]
     assert curve["axis"] == "steps" and curve["steps"] == [0, 1, 2]
-    sampler = adapt.EpisodeSampler(adapt.held_out_classes(adapt.load_model(runs["maml"])[0]), 3, 1, 2)
+    sampler = adapt.EpisodeSampler(held_out_classes(load_model(runs["maml"])[0]), 3, 1, 2)
     reference = adaptation_curve(model, sampler, 6, 0, dev, 2)
     np.testing.assert_allclose(curve["accuracy"], reference["accuracy"], atol=1e-6)
     np.testing.assert_allclose(alone["runs"][0]["per_episode"],  # after 4 inner steps
@@ -194,6 +197,6 @@ def test_a_gradient_learner_is_compared_over_inner_steps(runs):
 
 
 def test_models_are_cached_per_checkpoint(runs):
-    a = adapt.load_model(runs["deml"])
-    assert adapt.load_model(runs["deml"] + "/")[1] is a[1]
+    a = load_model(runs["deml"])
+    assert load_model(runs["deml"] + "/")[1] is a[1]
     assert not a[1].training

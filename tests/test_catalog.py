@@ -9,7 +9,7 @@ import pytest
 from engine.services import catalog
 from engine.config import preset
 from engine.errors import UserError
-from engine.eval.checkpoints import run_evaluation
+from engine.eval.evaluate import run_evaluation
 from engine.train.job import REGISTRY, TrainingJob
 
 from conftest import TINY_RUN

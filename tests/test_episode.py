@@ -92,3 +92,13 @@ def test_every_learner_has_an_adaptation_curve(learner):
         # before any inner step every class scores the same: the loss is exactly chance's. (Not the
         # accuracy: which of five logits equal up to the last bit the argmax picks is rounding.)
         assert curve["loss"][0] == pytest.approx(np.log(5), rel=1e-6)
+
+
+def test_matching_networks_are_drawn_without_prototypes():
+    """Only a learner with class centres (ProtoNet) gets prototype stars; matching networks compare
+    each query with every support concept, so they have none to draw."""
+    trainer = Trainer(preset("smoke").with_overrides(learner="matching", **TINY))
+    sampler = trainer.val_sampler
+    d = episode_detail(trainer.model, sampler, sampler.fixed(1, 0), trainer.device, grid=5)
+    assert "prototypes_xy" not in d and "steps_pred" not in d
+    assert len(d["query_pred"]) == sampler.ways * sampler.queries

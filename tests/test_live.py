@@ -8,14 +8,9 @@ import pytest
 from engine.viz import project
 from engine.config import TrainConfig
 from engine.train.job import JobRegistry, TrainingJob
-from engine.viz.live import (
-    LiveMap,
-    is_active,
-    new_run_dir,
-    selected_rows,
-    twin_dir_for,
-    val_summary,
-)
+from engine.eval.twins import twin_dir_for
+from engine.services.training import is_active, new_run_dir
+from engine.viz.live import LiveMap, selected_rows, val_summary
 from engine.viz.project import frame_displacement
 
 P_SPLIT, CLASSES, PER_CLASS, DIM, EXT = 3, 3, 4, 8, 3

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
+from engine.eval import checkpoints
 from engine.services import adapt
 from engine.config import REPO
 
@@ -73,7 +74,7 @@ def test_adapt_to_uploaded_images_names_a_bad_file(page, built):
     page.radio(key="adapt_source").set_value("Upload your own").run()
     assert not page.exception
     assert any("Limits:" in c.value for c in page.caption)
-    cfg, _, _ = adapt.load_model(str(built / "deml"))
+    cfg, _, _ = checkpoints.load_model(str(built / "deml"))
     task = adapt.sample_task(cfg, 2, 2, 2, seed=0)
     for c in range(2):
         page.text_input(key=f"adapt_class_name_{c}").set_value(["wave", "hook"][c])

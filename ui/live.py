@@ -26,7 +26,8 @@ import streamlit as st
 
 from engine.viz import project
 from engine.viz.charts import concept_map, nearest_neighbours, thumbnail_grid, training_curves
-from engine.viz.live import LiveMap, is_active, pause_runs, resume_runs, selected_rows, stop_runs, val_summary
+from engine.services.training import is_active, pause_runs, resume_runs, stop_runs
+from engine.viz.live import LiveMap, selected_rows, val_summary
 
 METHODS = {"UMAP": "umap", "PCA": "pca", "t-SNE": "tsne"}
 METHOD_LABELS = {v: k for k, v in METHODS.items()}

@@ -98,9 +98,9 @@ class EpisodeSampler:
         k, t, q = support.shape[1] // n, len(support), self.queries
         return Episode(
             support=self._pixels(support),
-            support_labels=torch.arange(n).repeat_interleave(k).expand(t, -1).contiguous(),
+            support_labels=class_major_labels(n, k, t),
             query=self._pixels(index.query),
-            query_labels=torch.arange(n).repeat_interleave(q).expand(t, -1).contiguous(),
+            query_labels=class_major_labels(n, q, t),
             classes=torch.from_numpy(index.classes),
         )
 
@@ -111,6 +111,12 @@ class EpisodeSampler:
         flat = torch.from_numpy(idx.reshape(-1))
         x = self.images[flat].float().div_(255.0)  # (T*n, C, H, W)
         return x.view(*idx.shape, *x.shape[1:])
+
+
+def class_major_labels(ways: int, per_class: int, tasks: int = 1, device=None) -> torch.Tensor:
+    """Task labels of T tasks' rows, class-major (class 0's rows, then class 1's...): (T, N*per_class).
+    The one place the layout of an episode's labels is written (support: per_class = K, query: Q)."""
+    return torch.arange(ways, device=device).repeat_interleave(per_class).expand(tasks, -1).contiguous()
 
 
 def channels_first(images: np.ndarray) -> torch.Tensor:

@@ -1,7 +1,12 @@
-"""A trained run, loaded back for evaluation, adaptation and the live views."""
+"""A trained run, loaded back for evaluation, adaptation and the live views: its model at the
+last good checkpoint (cached per run and checkpoint), and its held-out classes."""
 from __future__ import annotations
 
-import numpy as np
+import os
+import threading
+from collections import OrderedDict
+from functools import lru_cache
+
 import torch
 
 from engine.config import TrainConfig
@@ -9,11 +14,9 @@ from engine.data.imageset import ImageSet, Preprocess
 from engine.data.sources import load_imageset
 from engine.data.splits import make_splits
 from engine.models.deml import DEMLModel, resolve_device, seeded_model
-from engine.errors import UserError
 from engine.runs import RunDir
 
-
-CURVE_SHOTS = 5  # metric learners' adaptation curves run over 1..5 shots unless told otherwise
+MODEL_CACHE = 4  # models kept loaded (shared by every session)
 
 
 def load_trained(run_dir: str, device: str = "auto") -> tuple[TrainConfig, DEMLModel, torch.device]:
@@ -37,65 +40,38 @@ def evaluation_classes(cfg: TrainConfig, dataset: str | None, classes: str) -> I
     return make_splits(data, cfg.split_config(), external).test
 
 
-def run_evaluation(run_dir: str, kind: str, dataset: str | None = None, classes: str = "test",
-                   ways: int | None = None, shots: int | None = None, queries: int | None = None,
-                   episodes: int = 600, seed: int = 0, steps: int | None = None, device: str = "auto",
-                   progress=None, warn=None) -> dict:
-    """kind "evaluate": accuracy with its 95% CI; "curve": the adaptation curve (inner steps
-    0..steps, default 10, or shots 1..K). Ways/shots/queries default to the run's. The result
-    is appended to the run's evaluations.jsonl and returned. A metric learner's curve runs over
-    1..max(K, 5) shots."""
-    from engine.data.episodes import EpisodeSampler
-    from engine.eval.evaluate import adaptation_curve, evaluate
-
-    cfg, model, dev = load_trained(run_dir, device)
-    data = evaluation_classes(cfg, dataset, classes)
-    if kind == "curve" and shots is None and not model.learner.adapts_by_steps:
-        # a shots curve needs more than the run's own 1 shot, as many as the classes hold
-        w, q = ways or cfg.ways, queries or cfg.queries
-        room = int(np.sort(data.counts())[-w]) - q if data.num_classes >= w else cfg.shots
-        shots = max(cfg.shots, min(CURVE_SHOTS, room))
-    sampler = EpisodeSampler(data, *(cfg_value if given is None else given  # 0 is refused, not replaced
-                                     for given, cfg_value in ((ways, cfg.ways), (shots, cfg.shots),
-                                                              (queries, cfg.queries))))
-    for w in sampler.warnings():
-        (warn or (lambda _: None))(w)
-    if kind == "evaluate":
-        result = evaluate(model, sampler, episodes, seed, dev, steps, progress)
-    else:
-        result = adaptation_curve(model, sampler, episodes, seed, dev, 10 if steps is None else steps, progress)
-    result.update(dataset=data.source, classes=classes, learner=cfg.learner, kind=kind)
-    RunDir(run_dir).append_evaluation(result)
-    return result
+@lru_cache(maxsize=4)
+def held_out_classes(cfg: TrainConfig) -> ImageSet:
+    """The run's meta-test classes, prepared as its training data (cached: splitting takes a moment)."""
+    return evaluation_classes(cfg, None, "test")
 
 
-def recorded_or_new(run_dir: str, kind: str, episodes: int, progress=None) -> dict:
-    """The run's own test-split result of `kind` at its ways/shots: the latest recorded one with at
-    least `episodes` episodes, else a new one (recorded too)."""
-    cfg = TrainConfig.from_dict(RunDir.open(run_dir).config())
-    for rec in reversed(RunDir(run_dir).read_evaluations()):
-        if (rec.get("kind") == kind and rec.get("classes") == "test" and rec.get("ways") == cfg.ways
-                and (len(rec.get("steps", [])) > 1 if kind == "curve" else rec.get("shots") == cfg.shots)
-                and rec.get("episodes", 0) >= episodes
-                and rec.get("dataset") == f"{cfg.dataset} [meta-test]"):
-            return rec
-    return run_evaluation(run_dir, kind, episodes=episodes, progress=progress)
+_models: OrderedDict = OrderedDict()
+_models_lock = threading.Lock()
 
 
-def find_twin(run_dir: str) -> str | None:
-    """The run beside this one with the same settings but the other side of lambda = 0 (DEML vs
-    vanilla), or None. Configs are compared after filling defaults, so runs written before a
-    setting existed still match."""
-    run = RunDir.open(run_dir)
-    mine = TrainConfig.from_dict(run.config()).to_dict()
-    for other in sorted(run.path.parent.iterdir()):
-        if other == run.path or not (other / "config.json").is_file():
-            continue
-        try:
-            theirs = TrainConfig.from_dict(RunDir(other).config()).to_dict()
-        except UserError:
-            continue
-        if ({k: v for k, v in theirs.items() if k != "lam"} == {k: v for k, v in mine.items() if k != "lam"}
-                and (theirs["lam"] == 0) != (mine["lam"] == 0)):
-            return str(other)
-    return None
+def checkpoint_stamp(run_dir: str) -> tuple:
+    """What identifies the weights a run would load now (its newest checkpoint's name and time)."""
+    ckpts = RunDir(run_dir).checkpoints()
+    if not ckpts:
+        return ()
+    st = ckpts[-1].stat()
+    return ckpts[-1].name, st.st_mtime_ns, st.st_size
+
+
+def load_model(run_dir: str, device: str = "auto") -> tuple[TrainConfig, DEMLModel, torch.device]:
+    """load_trained, cached per run and checkpoint (a newer checkpoint reloads).
+    The models are shared between sessions: only ever used in eval mode, never changed."""
+    RunDir.open(run_dir)
+    key = (os.path.realpath(run_dir), checkpoint_stamp(run_dir), device)
+    with _models_lock:
+        hit = _models.get(key)
+        if hit is not None:
+            _models.move_to_end(key)
+            return hit
+    loaded = load_trained(run_dir, device)
+    with _models_lock:
+        _models[key] = loaded
+        while len(_models) > MODEL_CACHE:
+            _models.popitem(last=False)
+    return loaded

@@ -1,4 +1,5 @@
-"""Accuracy with a 95% confidence interval over many episodes, and adaptation curves."""
+"""Accuracy with a 95% confidence interval over many episodes, and adaptation curves; a trained
+run scored on its held-out classes (recorded in its evaluations.jsonl)."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -6,9 +7,12 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from engine.data.episodes import EpisodeIndex, EpisodeSampler
-from engine.learners.base import per_task_cross_entropy
-from engine.models.deml import DEMLModel
+from engine.config import TrainConfig
+from engine.data.episodes import EpisodeIndex, EpisodeSampler, class_major_labels
+from engine.data.imageset import ImageSet
+from engine.eval.checkpoints import evaluation_classes, load_trained
+from engine.models.deml import DEMLModel, eval_mode
+from engine.runs import RunDir
 
 TASK_CHUNK = 64  # tasks per learner call: bounded memory, still batched
 
@@ -36,10 +40,8 @@ def concept_table(model: DEMLModel, sampler: EpisodeSampler, used: np.ndarray, d
 def _per_task(model, sampler, index, device, fn: Callable, shots=None, progress=None) -> list:
     """Run fn(support concepts (T, N*K, D), query concepts (T, N*Q, D), labels) on chunks of tasks,
     the model in eval mode throughout."""
-    was_training = model.training
-    model.eval()
     out = []
-    try:
+    with eval_mode(model):
         support = sampler.support_shots(index.support, shots)
         used, inverse = np.unique(np.concatenate([support.ravel(), index.query.ravel()]), return_inverse=True)
         z = concept_table(model, sampler, used, device)  # (U, D)
@@ -51,14 +53,11 @@ def _per_task(model, sampler, index, device, fn: Callable, shots=None, progress=
         for start in range(0, total, TASK_CHUNK):
             zs, zq = zs_all[start:start + TASK_CHUNK], zq_all[start:start + TASK_CHUNK]
             t = len(zs)
-            labels = {"support": torch.arange(n, device=device).repeat_interleave(k).expand(t, -1),
-                      "query": torch.arange(n, device=device).repeat_interleave(q).expand(t, -1)}
+            labels = {"support": class_major_labels(n, k, t, device), "query": class_major_labels(n, q, t, device)}
             with torch.no_grad():  # gradient learners turn gradients on for their own inner loop
                 out.append(fn(zs, zq, labels))
             if progress:
                 progress(min(start + TASK_CHUNK, total), total)
-    finally:
-        model.train(was_training)
     return out
 
 
@@ -73,7 +72,7 @@ def query_predictions(model: DEMLModel, sampler: EpisodeSampler, index: EpisodeI
 
 def query_labels(sampler: EpisodeSampler) -> np.ndarray:
     """The true task labels of one task's queries, (N*Q,)."""
-    return np.repeat(np.arange(sampler.ways), sampler.queries)
+    return class_major_labels(sampler.ways, sampler.queries)[0].numpy()
 
 
 def episode_accuracies(model: DEMLModel, sampler: EpisodeSampler, index: EpisodeIndex, device,
@@ -110,34 +109,33 @@ def evaluate(model: DEMLModel, sampler: EpisodeSampler, episodes: int, seed: int
             "shots": sampler.shots, "queries": sampler.queries, "seed": seed}
 
 
+def curve_scores(model: DEMLModel, sampler: EpisodeSampler, index: EpisodeIndex, device, steps: int,
+                 progress=None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-episode query accuracy and loss along the learner's adaptation axis (after 0..steps
+    inner steps, or with 1..K shots: MetaLearner.curve), two (points, E) arrays."""
+    def fn(zs, zq, labels):
+        losses, accs = model.learner.curve(zs, labels["support"], zq, labels["query"], sampler.ways, steps)
+        return losses.cpu(), accs.cpu()  # (P, T) each
+    parts = _per_task(model, sampler, index, device, fn, progress=progress)
+    return torch.cat([p[1] for p in parts], 1).numpy(), torch.cat([p[0] for p in parts], 1).numpy()
+
+
+def curve_summary(model: DEMLModel, sampler: EpisodeSampler, acc: np.ndarray, loss: np.ndarray, episodes: int,
+                  seed: int, steps: int) -> dict:
+    """(points, E) scores -> the curve record the charts read; points past the curve's length
+    (`steps` inner steps, or the sampler's shots) are left out."""
+    points = model.learner.curve_points(sampler.shots, steps)
+    return {"episodes": episodes, "ways": sampler.ways, "shots": sampler.shots, "queries": sampler.queries,
+            "seed": seed, "learner": model.learner.name, "axis": model.learner.curve_axis, "steps": points,
+            **_summaries(acc[: len(points)], loss[: len(points)])}
+
+
 def adaptation_curve(model: DEMLModel, sampler: EpisodeSampler, episodes: int, seed: int, device,
                      max_steps: int = 10, progress=None) -> dict:
-    """Gradient learners: query accuracy and loss after 0..max_steps inner steps.
-    Metric learners: the same against the number of shots, 1..K of the sampler."""
-    index = sampler.fixed(episodes, seed)
-    base = {"episodes": episodes, "ways": sampler.ways, "shots": sampler.shots, "queries": sampler.queries,
-            "seed": seed, "learner": model.learner.name}
-    if model.learner.adapts_by_steps:
-        def fn(zs, zq, labels):
-            losses, accs = model.learner.trace(zs, labels["support"], zq, labels["query"], sampler.ways, max_steps)
-            return losses.detach().cpu(), accs.detach().cpu()  # (S+1, T) each
-        parts = _per_task(model, sampler, index, device, fn, progress=progress)
-        losses = torch.cat([p[0] for p in parts], 1).numpy()
-        accs = torch.cat([p[1] for p in parts], 1).numpy()
-        return {**base, "axis": "steps", "steps": list(range(max_steps + 1)), **_summaries(accs, losses)}
-    rows_acc, rows_loss = [], []
-    for k in range(1, sampler.shots + 1):
-        def fn(zs, zq, labels):
-            logits = model.learner.logits(zs, labels["support"], zq, sampler.ways, training=False)
-            loss = per_task_cross_entropy(logits, labels["query"])  # (T,)
-            return loss.cpu(), (logits.argmax(-1) == labels["query"]).float().mean(-1).cpu()
-        parts = _per_task(model, sampler, index, device, fn, shots=k)
-        rows_loss.append(torch.cat([p[0] for p in parts]).numpy())
-        rows_acc.append(torch.cat([p[1] for p in parts]).numpy())
-        if progress:
-            progress(k, sampler.shots)
-    return {**base, "axis": "shots", "steps": list(range(1, sampler.shots + 1)),
-            **_summaries(np.stack(rows_acc), np.stack(rows_loss))}
+    """Query accuracy and loss along the learner's adaptation axis: after 0..max_steps inner steps
+    (gradient learners), or against the number of shots, 1..K of the sampler (metric learners)."""
+    acc, loss = curve_scores(model, sampler, sampler.fixed(episodes, seed), device, max_steps, progress)
+    return curve_summary(model, sampler, acc, loss, episodes, seed, max_steps)
 
 
 def _summaries(accs: np.ndarray, losses: np.ndarray) -> dict:
@@ -146,3 +144,56 @@ def _summaries(accs: np.ndarray, losses: np.ndarray) -> dict:
     loss = [mean_ci95(v) for v in losses]
     return {"accuracy": [a for a, _ in acc], "accuracy_ci95": [c for _, c in acc],
             "loss": [a for a, _ in loss], "loss_ci95": [c for _, c in loss]}
+
+
+def curve_sampler(model: DEMLModel, data: ImageSet, sampler: EpisodeSampler) -> EpisodeSampler:
+    """The sampler of an adaptation curve: episodes with the shots per class the learner's curve
+    wants (MetaLearner.curve_shots), as many as the classes hold."""
+    w, q = sampler.ways, sampler.queries
+    room = int(np.sort(data.counts())[-w]) - q if data.num_classes >= w else sampler.shots
+    shots = max(sampler.shots, min(model.learner.curve_shots(sampler.shots), room))
+    return sampler if shots == sampler.shots else EpisodeSampler(data, w, shots, q)
+
+
+def is_test_record(rec: dict, kind: str, cfg: TrainConfig) -> bool:
+    """Is `rec` (a line of evaluations.jsonl) a result of `kind` on the run's own meta-test classes?"""
+    return (rec.get("kind") == kind and rec.get("classes") == "test"
+            and rec.get("dataset") == f"{cfg.dataset} [meta-test]")
+
+
+def run_evaluation(run_dir: str, kind: str, dataset: str | None = None, classes: str = "test",
+                   ways: int | None = None, shots: int | None = None, queries: int | None = None,
+                   episodes: int = 600, seed: int = 0, steps: int | None = None, device: str = "auto",
+                   progress=None, warn=None) -> dict:
+    """kind "evaluate": accuracy with its 95% CI; "curve": the adaptation curve (inner steps
+    0..steps, default 10, or shots 1..K). Ways/shots/queries default to the run's. The result
+    is appended to the run's evaluations.jsonl and returned. A metric learner's curve runs over
+    1..max(K, 5) shots."""
+    cfg, model, dev = load_trained(run_dir, device)
+    data = evaluation_classes(cfg, dataset, classes)
+    sampler = EpisodeSampler(data, *(cfg_value if given is None else given  # 0 is refused, not replaced
+                                     for given, cfg_value in ((ways, cfg.ways), (shots, cfg.shots),
+                                                              (queries, cfg.queries))))
+    if kind == "curve" and shots is None:
+        sampler = curve_sampler(model, data, sampler)
+    for w in sampler.warnings():
+        (warn or (lambda _: None))(w)
+    if kind == "evaluate":
+        result = evaluate(model, sampler, episodes, seed, dev, steps, progress)
+    else:
+        result = adaptation_curve(model, sampler, episodes, seed, dev, 10 if steps is None else steps, progress)
+    result.update(dataset=data.source, classes=classes, learner=cfg.learner, kind=kind)
+    RunDir(run_dir).append_evaluation(result)
+    return result
+
+
+def recorded_or_new(run_dir: str, kind: str, episodes: int, progress=None) -> dict:
+    """The run's own test-split result of `kind` at its ways/shots: the latest recorded one with at
+    least `episodes` episodes, else a new one (recorded too)."""
+    cfg = TrainConfig.from_dict(RunDir.open(run_dir).config())
+    for rec in reversed(RunDir(run_dir).read_evaluations()):
+        if (is_test_record(rec, kind, cfg) and rec.get("ways") == cfg.ways
+                and (len(rec.get("steps", [])) > 1 if kind == "curve" else rec.get("shots") == cfg.shots)
+                and rec.get("episodes", 0) >= episodes):
+            return rec
+    return run_evaluation(run_dir, kind, episodes=episodes, progress=progress)

@@ -25,6 +25,7 @@ def support_loss(params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tens
 
 class MAML(MetaLearner):
     name = "maml"
+    display_name = "MAML"
     adapts_by_steps = True
 
     def __init__(self, concept_dim: int, cfg: LearnerConfig):
@@ -92,3 +93,21 @@ class MAML(MetaLearner):
             losses.append(per_task_cross_entropy(logits, query_labels))
             accs.append((logits.argmax(-1) == query_labels).float().mean(-1))
         return torch.stack(losses), torch.stack(accs)
+
+    # --- the protocol's curve and episode view: over inner steps ------------------------------
+    def curve(self, support, support_labels, query, query_labels, ways, steps):
+        return self.trace(support, support_labels, query, query_labels, ways, steps)
+
+    def curve_points(self, shots, steps):
+        return list(range(steps + 1))
+
+    def curve_shots(self, shots):
+        return shots
+
+    def curve_index(self, shots, steps):
+        return steps
+
+    def step_logits(self, support, support_labels, query, ways, steps=None):
+        path = self.adapt(support, support_labels, ways, steps, training=False)
+        return torch.stack([vmap(head_logits)({k: v.detach() for k, v in p.items()}, query)
+                            for p in path])  # (S+1, T, N*Q, N)

@@ -13,6 +13,7 @@ from engine.learners.base import LearnerConfig, MetaLearner
 
 class MatchingNet(MetaLearner):
     name = "matching"
+    display_name = "Matching networks"
 
     def __init__(self, concept_dim: int, cfg: LearnerConfig):
         super().__init__(concept_dim, cfg)

@@ -12,6 +12,7 @@ from engine.learners.maml import MAML
 
 class MetaSGD(MAML):
     name = "metasgd"
+    display_name = "Meta-SGD"
 
     def __init__(self, concept_dim: int, cfg: LearnerConfig):
         super().__init__(concept_dim, cfg)

@@ -21,6 +21,10 @@ def squared_distances(query: torch.Tensor, centres: torch.Tensor) -> torch.Tenso
 
 class ProtoNet(MetaLearner):
     name = "protonet"
+    display_name = "Prototypical networks"
+
+    def centres(self, support, support_labels, ways):
+        return prototypes(support, support_labels, ways)  # (T, N, D)
 
     def logits(self, support, support_labels, query, ways, steps=None, training=True):
         return -squared_distances(query, prototypes(support, support_labels, ways))  # (T, N*Q, N)

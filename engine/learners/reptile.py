@@ -16,6 +16,7 @@ from engine.learners.maml import MAML
 
 class Reptile(MAML):
     name = "reptile"
+    display_name = "Reptile"
 
     def _second_order(self, training: bool) -> bool:
         return False  # Reptile is first-order by definition

@@ -1,7 +1,9 @@
 """The three DEML parts in one module, so one state_dict checkpoints them together."""
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -27,6 +29,17 @@ class DEMLModel(nn.Module):
         """(B, C, H, W) -> (B, D) in chunks, without gradients (for evaluation and snapshots)."""
         with torch.no_grad():
             return torch.cat([self.generator(images[i:i + chunk]) for i in range(0, len(images), chunk)])
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """The model in eval mode (BatchNorm on running statistics) for the block, then as it was."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 # torch's generator is one per process: two threads building models at once would draw their initial

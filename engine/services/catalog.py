@@ -19,6 +19,8 @@ from plotly.subplots import make_subplots
 from engine.config import TrainConfig, runs_root
 from engine.errors import UserError
 from engine.train.job import REGISTRY
+from engine.eval.evaluate import is_test_record
+from engine.eval.twins import method_label
 from engine.runs import RunDir
 
 STATES = ("running", "finished", "stopped", "unreadable")
@@ -60,7 +62,7 @@ class RunSummary:
     def method(self) -> str:
         if self.lam is None:
             return "?"
-        return f"{self.learner} " + ("vanilla (λ = 0)" if self.lam == 0 else f"DEML (λ = {self.lam:g})")
+        return f"{self.learner} {method_label(self.lam)}"
 
     def label(self) -> str:
         """One line for selectboxes: name, method, state."""
@@ -95,17 +97,12 @@ def fmt_acc(acc, ci=None) -> str | None:
     return text
 
 
-def _is_test_record(rec: dict, kind: str, cfg: TrainConfig) -> bool:
-    return (rec.get("kind") == kind and rec.get("classes") == "test"
-            and rec.get("dataset") in (None, f"{cfg.dataset} [meta-test]"))
-
-
 def latest_evaluation(run_dir: str | os.PathLike, kind: str = "evaluate") -> dict | None:
     """The newest recorded result of `kind` ("evaluate" or "curve") on the run's own meta-test classes."""
     run = RunDir(run_dir)
     cfg = TrainConfig.from_dict(run.config())
     for rec in reversed(run.read_evaluations()):
-        if _is_test_record(rec, kind, cfg):
+        if is_test_record(rec, kind, cfg):
             return rec
     return None
 
@@ -141,8 +138,8 @@ def summarize(path: str | os.PathLike) -> RunSummary:
         checkpoints = run.checkpoints()
         s.checkpoint = str(checkpoints[-1]) if checkpoints else None
         evaluations = run.read_evaluations()
-        s.test = next((r for r in reversed(evaluations) if _is_test_record(r, "evaluate", cfg)), None)
-        s.curve = next((r for r in reversed(evaluations) if _is_test_record(r, "curve", cfg)), None)
+        s.test = next((r for r in reversed(evaluations) if is_test_record(r, "evaluate", cfg)), None)
+        s.curve = next((r for r in reversed(evaluations) if is_test_record(r, "curve", cfg)), None)
         if active:
             p = job.progress()
             s.steps_done = max(s.steps_done, p["step"])

@@ -24,13 +24,13 @@ import torch.nn.functional as F
 
 from engine.train import distributed
 from engine.config import TrainConfig
-from engine.data.episodes import EpisodeSampler, channels_first, take
+from engine.data.episodes import channels_first, class_major_labels, EpisodeSampler, take
 from engine.data.imageset import ImageSet, Preprocess
 from engine.data.sources import load_imageset
 from engine.data.splits import Splits, make_splits
 from engine.errors import UserError
 from engine.eval.evaluate import episode_accuracies, mean_ci95
-from engine.models.deml import resolve_device, seeded_model
+from engine.models.deml import eval_mode, resolve_device, seeded_model
 from engine.runs import RunDir
 
 SPLIT_CODES = {"meta-train": 0, "meta-test": 1, "external": 2}
@@ -121,10 +121,9 @@ class Trainer:
         t, (nk, nq) = len(tasks.classes), (tasks.support.shape[1], tasks.query.shape[1])  # T (this rank's), N*K, N*Q
         index = torch.from_numpy(np.concatenate([tasks.support.reshape(-1), tasks.query.reshape(-1)]))
         parts = [self.train_sampler.images[index]]  # uint8 (T*N*K + T*N*Q, C, H, W), class-major per task
-        labels = torch.arange(cfg.ways, device=dev)
         batch = {"tasks": t, "nk": nk, "nq": nq,  # labels made on the device: nothing to copy
-                 "support_labels": labels.repeat_interleave(cfg.shots).expand(t, -1).contiguous(),
-                 "query_labels": labels.repeat_interleave(cfg.queries).expand(t, -1).contiguous()}
+                 "support_labels": class_major_labels(cfg.ways, cfg.shots, t, dev),
+                 "query_labels": class_major_labels(cfg.ways, cfg.queries, t, dev)}
         if cfg.lam > 0:
             n_ext = len(self.ext_images)
             pick = rng.choice(n_ext, cfg.ext_batch, replace=cfg.ext_batch > n_ext)[self.ext_share]
@@ -223,19 +222,18 @@ class Trainer:
 
     def snapshot(self) -> dict[str, np.ndarray]:
         """Concepts of the probe images and the discriminator's view of them, now."""
-        self.model.eval()
-        x = channels_first(self.probe["images"]).float().div_(255).to(self.device)
-        z = self.model.concepts(x)  # (P, D)
-        out = {"step": np.int64(self.step), "concepts": z.cpu().numpy().astype(np.float32)}
-        if self.model.discriminator is not None:
-            with torch.no_grad():
-                probs = torch.softmax(self.model.discriminator(z), -1)  # (P, external classes)
-            conf, pred = probs.max(-1)
-            out.update(disc_pred=pred.cpu().numpy(), disc_conf=conf.cpu().numpy(),
-                       disc_trained=np.bool_(self.cfg.lam > 0))
-            for k, v in self.model.discriminator.state_dict().items():  # for exact regions on a PCA map
-                out[f"disc.{k}"] = v.cpu().numpy()
-        self.model.train()
+        with eval_mode(self.model):
+            x = channels_first(self.probe["images"]).float().div_(255).to(self.device)
+            z = self.model.concepts(x)  # (P, D)
+            out = {"step": np.int64(self.step), "concepts": z.cpu().numpy().astype(np.float32)}
+            if self.model.discriminator is not None:
+                with torch.no_grad():
+                    probs = torch.softmax(self.model.discriminator(z), -1)  # (P, external classes)
+                conf, pred = probs.max(-1)
+                out.update(disc_pred=pred.cpu().numpy(), disc_conf=conf.cpu().numpy(),
+                           disc_trained=np.bool_(self.cfg.lam > 0))
+                for k, v in self.model.discriminator.state_dict().items():  # for exact regions on a PCA map
+                    out[f"disc.{k}"] = v.cpu().numpy()
         return out
 
     def snapshot_due(self) -> bool:

@@ -32,7 +32,6 @@ import contextlib
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -44,9 +43,10 @@ from engine.errors import UserError
 from engine.train.job import REGISTRY, JobRegistry, TrainingJob
 from engine.viz.project import ConceptProjector, procrustes_transform
 from engine.viz.regions import RegionGrid, regions_for
+from engine.eval.twins import find_twin, twin_candidates
 from engine.runs import RunDir
+from engine.services.training import run_jobs
 
-TWIN_SUFFIX = "-lam0"  # the lambda = 0 twin of run R trains in the sibling folder R-lam0
 REGION_GRID = 50  # region cells per side: 2,500 cells read well behind 150-1,500 points
 NOTE_S = 15.0  # how long a one-off note about the map (UMAP took over from PCA) stays up
 TWIN_RECHECK_S = 5.0  # how often an unpaired run looks for its twin again (find_twin reads every config)
@@ -66,53 +66,6 @@ def _controller() -> ThreadpoolController:
 
 def _step(snapshot: dict) -> int:
     return int(snapshot["step"])
-
-
-# ------------------------------------------------------------------------------------------------
-# Runs, twins, jobs
-# ------------------------------------------------------------------------------------------------
-def twin_dir_for(run_dir: str) -> str:
-    """Where the lambda = 0 twin of `run_dir` trains when the app starts it: a sibling folder, so
-    engine.eval.checkpoints.find_twin pairs the two."""
-    return str(run_dir).rstrip("/\\") + TWIN_SUFFIX
-
-
-def new_run_dir(root: str | Path, name: str, now: datetime | None = None) -> str:
-    """A fresh run folder name under `root`: STAMP-name, with -2, -3... when taken (also when its
-    twin folder is taken, so a twin can always start beside it)."""
-    stamp = f"{(now or datetime.now()):%Y%m%d-%H%M%S}"
-    base = Path(root) / f"{stamp}-{name}"
-    candidate, i = base, 1
-    while candidate.exists() or Path(twin_dir_for(str(candidate))).exists() or REGISTRY.get(str(candidate)):
-        i += 1
-        candidate = Path(f"{base}-{i}")
-    return str(candidate)
-
-
-def start_runs(cfg, out: str, twin: bool = False, registry: JobRegistry = REGISTRY) -> list[TrainingJob]:
-    """Start a TrainingJob for `cfg` in `out`, and with `twin` a second one with lam = 0 and every
-    other setting identical in twin_dir_for(out). Both run in background threads and share the
-    machine's cores. Raises UserError for a twin of a run that already has lam = 0."""
-    if twin and cfg.lam == 0:
-        raise UserError("this run already has λ = 0 (the vanilla meta-learner): its twin would be the same run; "
-                        "set λ > 0 to compare DEML with its λ = 0 twin")
-    jobs = [registry.start(TrainingJob(cfg, out=out))]
-    if twin:
-        jobs.append(registry.start(TrainingJob(cfg.with_overrides(lam=0.0), out=twin_dir_for(out))))
-    return jobs
-
-
-def run_jobs(run_dir: str | None, registry: JobRegistry = REGISTRY) -> tuple[TrainingJob | None, TrainingJob | None]:
-    """The run's job and its twin's job in the registry (None where there is none)."""
-    if not run_dir:
-        return None, None
-    return registry.get(run_dir), registry.get(twin_dir_for(run_dir))
-
-
-def is_active(run_dir: str | None, registry: JobRegistry = REGISTRY) -> bool:
-    """Is the run, or the twin the app started beside it, still training (or paused)? A live view
-    polls exactly while this is true; a view and its page must decide it the same way."""
-    return any(j is not None and not j.done for j in run_jobs(run_dir, registry))
 
 
 class _DiskRun:
@@ -302,17 +255,9 @@ class LiveMap:
             return cached
         if time.monotonic() - when < TWIN_RECHECK_S:
             return None
-        found = None
-        candidates = [twin_dir_for(run_dir)]
-        if run_dir.rstrip("/\\").endswith(TWIN_SUFFIX):
-            candidates.append(run_dir.rstrip("/\\")[: -len(TWIN_SUFFIX)])
-        for c in candidates:
-            if registry.get(c) is not None or (Path(c) / "config.json").is_file():
-                found = c
-                break
+        found = next((c for c in twin_candidates(run_dir)
+                      if registry.get(c) is not None or (Path(c) / "config.json").is_file()), None)
         if found is None and (Path(run_dir) / "config.json").is_file():
-            from engine.eval.checkpoints import find_twin
-
             try:
                 found = find_twin(run_dir)
             except (UserError, OSError):
@@ -481,44 +426,3 @@ class LiveMap:
                 del self._tracks[key]
             self._disk.pop(run, None)
             self._twins.pop(run, None)
-
-
-# ------------------------------------------------------------------------------------------------
-# Controls (for both runs: a run and the lambda = 0 twin started beside it move together)
-# ------------------------------------------------------------------------------------------------
-def pause_runs(run_dir: str, registry: JobRegistry = REGISTRY) -> None:
-    for job in run_jobs(run_dir, registry):
-        if job is not None and not job.done:
-            job.pause()
-
-
-def stop_runs(run_dir: str, registry: JobRegistry = REGISTRY) -> None:
-    """Stop after the current step; each run checkpoints, so Resume continues it later."""
-    for job in run_jobs(run_dir, registry):
-        if job is not None and not job.done:
-            job.stop()
-
-
-def _continuable(run_dir: str) -> bool:
-    try:
-        run = RunDir.open(run_dir)
-        steps = int(run.config().get("steps", 0))
-    except UserError:
-        return False
-    if not run.checkpoints():
-        return False
-    trained = max((int(m["step"]) for m in run.read_metrics() if m.get("kind") == "train"), default=0)
-    return trained < steps
-
-
-def resume_runs(run_dir: str, registry: JobRegistry = REGISTRY) -> list[TrainingJob]:
-    """Un-pause a paused run (and its twin); a stopped one, or a saved one left unfinished,
-    continues from its last checkpoint in a new job. Returns the jobs that now train."""
-    out = []
-    for d, job in zip((run_dir, twin_dir_for(run_dir)), run_jobs(run_dir, registry)):
-        if job is not None and not job.done:
-            job.resume()
-            out.append(job)
-        elif (job is None or job.state == "stopped") and _continuable(d):
-            out.append(registry.start(TrainingJob(resume_from=d)))
-    return out

@@ -41,7 +41,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 # Regions on a projector's map (engine.viz.project.ConceptProjector)
 # ----------------------------------------------------------------------------------------------
-GRID_MARGIN = 0.15  # fraction of the layout's extent added around it (as engine.viz.episode does)
+GRID_MARGIN = 0.15  # fraction of the layout's extent added around it, for every region grid
 EXACT_METHOD = "exact: D applied to the PCA plane mapped back to concept space"
 APPROX_METHOD = "approximate: nearest probe points' predictions (UMAP/t-SNE have no cheap exact inverse)"
 
@@ -58,7 +58,7 @@ def grid_axes(xy: np.ndarray, bounds: tuple[float, float, float, float] | None =
     return np.linspace(x0, x1, grid), np.linspace(y0, y1, grid)
 
 
-def _plane(gx: np.ndarray, gy: np.ndarray) -> np.ndarray:
+def grid_plane(gx: np.ndarray, gy: np.ndarray) -> np.ndarray:
     """(Gy*Gx, 2) grid points, row-major over y then x (reshape to (Gy, Gx))."""
     return np.stack(np.meshgrid(gx, gy), -1).reshape(-1, 2)
 
@@ -70,7 +70,7 @@ def pca_regions(projector, disc: dict[str, np.ndarray], class_names, bounds=None
     concepts, in D dimensions) are shown at their projection, so their own D prediction can
     differ from the region under them."""
     gx, gy = grid_axes(projector.embedding_, bounds, grid)
-    concepts = projector.inverse_transform(_plane(gx, gy))  # (G*G, D)
+    concepts = projector.inverse_transform(grid_plane(gx, gy))  # (G*G, D)
     probs = softmax(discriminator_logits(disc, concepts.astype(np.float32)))
     return RegionGrid(x=gx, y=gy, pred=probs.argmax(-1).reshape(len(gy), len(gx)),
                       conf=probs.max(-1).reshape(len(gy), len(gx)).astype(np.float32),
@@ -89,7 +89,7 @@ def neighbour_regions(xy: np.ndarray, probe_pred: np.ndarray, probe_conf: np.nda
     probe_conf = np.asarray(probe_conf, dtype=np.float64)
     gx, gy = grid_axes(xy, bounds, grid)
     k = max(1, min(k, len(xy)))
-    _, idx = cKDTree(xy).query(_plane(gx, gy), k=k)
+    _, idx = cKDTree(xy).query(grid_plane(gx, gy), k=k)
     idx = idx.reshape(-1, k)  # (G*G, k), nearest first
     n_classes = max(len(class_names), int(probe_pred.max()) + 1 if len(probe_pred) else 1)
     votes = np.zeros((len(idx), n_classes))

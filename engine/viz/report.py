@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from engine.viz.charts import adaptation_curves, replay, training_curves
-from engine.eval.checkpoints import find_twin, recorded_or_new
+from engine.eval.evaluate import recorded_or_new
+from engine.eval.twins import find_twin, method_label
 from engine.viz.project import ConceptProjector, start_umap_warmup, wait_for_umap
 from engine.viz.regions import normalise_frame, regions_for
 from engine.runs import RunDir
@@ -69,7 +70,7 @@ def build_report(run_dir: str, out: str, twin: str | None = "auto", method: str 
     frames, regions, probe, snapshots, projector = replay_frames(run, method)
 
     def label(c):
-        return f"{c['learner']} " + ("vanilla (λ = 0)" if c["lam"] == 0 else f"DEML (λ = {c['lam']:g})")
+        return f"{c['learner']} {method_label(c['lam'])}"
 
     figures = [
         ("Training", "Losses and accuracies per step (smoothed); validation accuracy on fixed episodes "

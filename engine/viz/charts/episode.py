@@ -2,22 +2,8 @@
 the learner answers right, red where wrong), the prototypes of a metric learner and, for a
 gradient learner, a slider over its inner steps that recolours the queries.
 
-`detail` (made by engine.viz.episode.episode_detail; positions on the task's own 2-D plane):
-
-  support_xy      float (N*K, 2)   support concepts
-  support_labels  int (N*K,)       task class 0..N-1 of each support image
-  query_xy        float (N*Q, 2)   query concepts
-  query_labels    int (N*Q,)       true task class of each query
-  query_pred      int (N*Q,)       the learner's final answer for each query
-  class_names     str (N,)         names of the task's classes, indexed by the labels
-  optional:
-  prototypes_xy   float (N, 2)     class prototypes (metric learners): drawn as stars
-  steps_pred      int (S+1, N*Q)   answers after 0..S inner steps (gradient learners): a slider
-                                   over the steps; the figure opens on step S
-  regions         RegionGrid       what the task's learner answers over the plane (class_names =
-                                   the task's classes); shaded behind the points
-  support_images, query_images     int: the images' indices in their ImageSet (shown in hover)
-  learner         str              the learner's name (title, region note)
+`detail` is an engine.viz.episode.EpisodeDetail (its fields are documented there); queries whose
+label was not given (query_known False) are ringed grey and left out of the accuracy line.
 """
 from __future__ import annotations
 
@@ -162,7 +148,7 @@ def episode_view(detail: dict, title: str | None = None, uirevision: str = "epis
                       hovermode="closest")
     if steps is not None:
         _add_step_slider(fig, d, steps, colors, first_query)
-    return fig
+    return _mark_unlabelled(fig, detail)
 
 
 def _add_step_slider(fig: go.Figure, d: dict, steps: np.ndarray, colors: list[str], first_query: int) -> None:
@@ -188,3 +174,42 @@ def _add_step_slider(fig: go.Figure, d: dict, steps: np.ndarray, colors: list[st
                                   args=[[str(k)], dict(mode="immediate", frame=dict(duration=0, redraw=True),
                                                        transition=dict(duration=0))]) for k in range(len(steps))])],
         margin=dict(b=84))
+
+
+NO_LABEL_RING = "#9AA1AC"
+
+
+def _mark_unlabelled(fig: go.Figure, detail: dict) -> go.Figure:
+    """Queries whose class is unknown (detail["query_known"] False): a grey ring, "(no label)" in
+    the hover, and left out of the accuracy line."""
+    known = np.asarray(detail.get("query_known", np.ones(len(detail["query_xy"]), bool)), bool)
+    if known.all():
+        return fig
+    for trace in fig.data:
+        if not str(trace.name or "").startswith("query, answered") or trace.customdata is None:
+            continue
+        rows = np.asarray([int(r[0]) for r in trace.customdata])
+        if not len(rows):
+            continue
+        unknown = ~known[rows]
+        if not unknown.any():
+            continue
+        base = trace.marker.line.color
+        trace.marker.line.color = [NO_LABEL_RING if u else base for u in unknown]
+        custom = np.asarray(trace.customdata, dtype=object).copy()
+        custom[unknown, 1] = "(no label)"
+        trace.customdata = custom
+        trace.hovertemplate = ("query: <b>%{customdata[1]}</b><br>answered: %{customdata[2]}"
+                               "<br>image %{customdata[3]}<extra></extra>")
+        if unknown.all():
+            trace.name = "query without a label (fill = the answer)"
+    for trace in fig.data:  # an empty right/wrong trace would only clutter the legend
+        if str(trace.name or "").startswith("query, answered") and not len(trace.x if trace.x is not None else []):
+            trace.showlegend = False
+    right = int(((np.asarray(detail["query_pred"]) == np.asarray(detail["query_labels"])) & known).sum())
+    line = (f"{right}/{int(known.sum())} labelled queries right" if known.any() else "no query is labelled") + \
+        f" · {int((~known).sum())} without a label: grey ring, filled with the learner's answer"
+    for a in fig.layout.annotations:
+        if a.name == "subtitle":
+            a.text = a.text.rsplit("<br>", 1)[0] + "<br>" + line
+    return fig

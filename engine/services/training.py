@@ -1,0 +1,89 @@
+"""Starting, pausing, resuming and stopping training from the app: a run and the lambda = 0 twin
+started beside it move together. Jobs live in the process-wide registry (engine.train.job)."""
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+from engine.errors import UserError
+from engine.eval.twins import twin_dir_for
+from engine.runs import RunDir
+from engine.train.job import REGISTRY, JobRegistry, TrainingJob
+
+
+def new_run_dir(root: str | Path, name: str, now: datetime | None = None) -> str:
+    """A fresh run folder name under `root`: STAMP-name, with -2, -3... when taken (also when its
+    twin folder is taken, so a twin can always start beside it)."""
+    stamp = f"{(now or datetime.now()):%Y%m%d-%H%M%S}"
+    base = Path(root) / f"{stamp}-{name}"
+    candidate, i = base, 1
+    while candidate.exists() or Path(twin_dir_for(str(candidate))).exists() or REGISTRY.get(str(candidate)):
+        i += 1
+        candidate = Path(f"{base}-{i}")
+    return str(candidate)
+
+
+def start_runs(cfg, out: str, twin: bool = False, registry: JobRegistry = REGISTRY) -> list[TrainingJob]:
+    """Start a TrainingJob for `cfg` in `out`, and with `twin` a second one with lam = 0 and every
+    other setting identical in twin_dir_for(out). Both run in background threads and share the
+    machine's cores. Raises UserError for a twin of a run that already has lam = 0."""
+    if twin and cfg.lam == 0:
+        raise UserError("this run already has λ = 0 (the vanilla meta-learner): its twin would be the same run; "
+                        "set λ > 0 to compare DEML with its λ = 0 twin")
+    jobs = [registry.start(TrainingJob(cfg, out=out))]
+    if twin:
+        jobs.append(registry.start(TrainingJob(cfg.with_overrides(lam=0.0), out=twin_dir_for(out))))
+    return jobs
+
+
+def run_jobs(run_dir: str | None, registry: JobRegistry = REGISTRY) -> tuple[TrainingJob | None, TrainingJob | None]:
+    """The run's job and its twin's job in the registry (None where there is none)."""
+    if not run_dir:
+        return None, None
+    return registry.get(run_dir), registry.get(twin_dir_for(run_dir))
+
+
+def is_active(run_dir: str | None, registry: JobRegistry = REGISTRY) -> bool:
+    """Is the run, or the twin the app started beside it, still training (or paused)? A live view
+    polls exactly while this is true; a view and its page must decide it the same way."""
+    return any(j is not None and not j.done for j in run_jobs(run_dir, registry))
+
+
+
+
+def pause_runs(run_dir: str, registry: JobRegistry = REGISTRY) -> None:
+    for job in run_jobs(run_dir, registry):
+        if job is not None and not job.done:
+            job.pause()
+
+
+def stop_runs(run_dir: str, registry: JobRegistry = REGISTRY) -> None:
+    """Stop after the current step; each run checkpoints, so Resume continues it later."""
+    for job in run_jobs(run_dir, registry):
+        if job is not None and not job.done:
+            job.stop()
+
+
+def _continuable(run_dir: str) -> bool:
+    try:
+        run = RunDir.open(run_dir)
+        steps = int(run.config().get("steps", 0))
+    except UserError:
+        return False
+    if not run.checkpoints():
+        return False
+    trained = max((int(m["step"]) for m in run.read_metrics() if m.get("kind") == "train"), default=0)
+    return trained < steps
+
+
+def resume_runs(run_dir: str, registry: JobRegistry = REGISTRY) -> list[TrainingJob]:
+    """Un-pause a paused run (and its twin); a stopped one, or a saved one left unfinished,
+    continues from its last checkpoint in a new job. Returns the jobs that now train."""
+    out = []
+    for d, job in zip((run_dir, twin_dir_for(run_dir)), run_jobs(run_dir, registry)):
+        if job is not None and not job.done:
+            job.resume()
+            out.append(job)
+        elif (job is None or job.state == "stopped") and _continuable(d):
+            out.append(registry.start(TrainingJob(resume_from=d)))
+    return out
