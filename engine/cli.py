@@ -69,6 +69,33 @@ def _add_eval_args(p, what: str):
     p.add_argument("--steps", type=int, help=what)
 
 
+class _LazyParser(Parser):
+    """A subcommand's parser whose arguments are added when it is first used, so that building the
+    command line (for --help, or any other command) does not import every benchmark."""
+
+    def __init__(self, *args, add_arguments, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._add_arguments = add_arguments
+
+    def parse_known_args(self, args=None, namespace=None):  # what argparse calls on a chosen subcommand
+        if self._add_arguments is not None:
+            self._add_arguments(self)
+            self._add_arguments = None
+        return super().parse_known_args(args, namespace)
+
+
+def _add_bench(sub):
+    from engine.bench import BENCHMARKS
+
+    bench = sub.add_parser("bench", help="benchmarks, measured as ratios within one run",
+                           description="Each benchmark prints one JSON line (summary: markdown tables). "
+                           "`bench NAME --help` lists its flags; every one takes --smoke: the same code on "
+                           "tiny sizes, in seconds.")
+    names = bench.add_subparsers(dest="benchmark", required=True, metavar="NAME", parser_class=_LazyParser)
+    for name, benchmark in BENCHMARKS.items():
+        names.add_parser(name, help=benchmark.help, description=benchmark.help, add_arguments=benchmark.add_arguments)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="python -m engine", description="Conceptscape engine: DEML in concept space")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -84,31 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the lambda = 0 twin to compare with: a run directory, 'auto' (look beside it) or 'none'")
     rep.add_argument("--method", choices=["umap", "pca", "tsne"], default="umap", help="layout of the replay")
     rep.add_argument("--episodes", type=int, default=300, help="test episodes when no evaluation was recorded")
-    bench = sub.add_parser("bench", help="benchmarks, measured as ratios within one run")
-    bench.add_argument("name", choices=["throughput", "projection", "live", "omniglot", "deml", "cost", "summary"])
-    bench.add_argument("--preset", default="demo")
-    bench.add_argument("--out", metavar="DIR", help="omniglot: the run directory to create "
-                       "(default runs/bench/omniglot-LEARNER-lamLAM-sSEED)")
-    bench.add_argument("--minutes", type=float, help="omniglot: training budget, turned into steps")
-    bench.add_argument("--steps", type=int, help="omniglot: training steps (repeats a run exactly)")
-    bench.add_argument("--episodes", type=int, default=1000, help="omniglot: test episodes per setting")
-    bench.add_argument("--inner-lr", type=float, help="omniglot: the gradient learners' inner step size")
-    bench.add_argument("--seed", type=int, default=0)
-    bench.add_argument("--results", nargs="+", metavar="JSON", help="summary: outputs of bench omniglot / deml")
-    bench.add_argument("--svg", metavar="FILE.svg", help="summary: write the accuracy-against-time plot here")
-    bench.add_argument("--parts", default="settings,vmap,scaling,memory", help="cost: which parts to run")
-    bench.add_argument("--seeds", default="0,1,2", help="deml: training seeds, comma-separated")
-    bench.add_argument("--train-alphabets", type=int, default=4, help="deml: meta-train alphabets (scarce data)")
-    bench.add_argument("--sweep", default="0.3,3", help="deml: other lambda values to try, comma-separated")
-    bench.add_argument("--no-controls", action="store_true",
-                       help="deml: only the lambda > 0 runs (extends a sweep; bench summary merges the results)")
-    bench.add_argument("--cross-domain", default="glyphs", metavar="SPEC",
-                       help="deml: an external set from another domain ('' to skip)")
-    bench.add_argument("--run", metavar="RUN_DIR", help="projection: take concepts from this run's snapshots")
-    bench.add_argument("--learner")
-    bench.add_argument("--lam", type=float)
-    bench.add_argument("--rounds", type=int, default=6)
-    bench.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    _add_bench(sub)
     ins = sub.add_parser("inspect", help="summarise a dataset and the problems found in it")
     ins.add_argument("spec", metavar="SPEC")
     ins.add_argument("--image-size", type=int)
@@ -141,8 +144,8 @@ class Progress:
 
 
 def cmd_train(args) -> dict | None:
-    from engine.train import distributed
     from engine.config import TrainConfig, preset
+    from engine.train import distributed
     from engine.train.trainer import Control, resume_run, start_run
 
     if args.resume:
@@ -247,51 +250,10 @@ def cmd_report(args) -> dict:
                         progress=lambda msg: print(msg, file=sys.stderr, flush=True))
 
 
-def _numbers(text: str, kind, flag: str) -> list:
-    try:
-        return [kind(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise UserError(f"{flag} takes comma-separated numbers, like 0,1,2 (got {text!r})") from None
-
-
 def cmd_bench(args) -> dict | None:
-    if args.rounds < 1:
-        raise UserError(f"--rounds must be at least 1 (got {args.rounds})")
-    if args.name == "projection":
-        from engine.bench.projection import projection_benchmark
-        return projection_benchmark(args.run)
-    if args.name == "live":
-        from engine.bench.live import live_benchmark
-        return live_benchmark(args.preset, rounds=args.rounds)
-    if args.name == "summary":
-        from engine.bench.summary import summary
-        if not args.results:
-            raise UserError("bench summary needs --results FILE.json ... (outputs of bench omniglot or bench deml)")
-        print("\n\n".join(summary(args.results, args.svg)["tables"]))  # markdown, to paste into BENCHMARKS.md
-        return None
-    if args.name == "cost":
-        from engine.bench.cost import PARTS, cost_benchmark
-        parts = [p.strip() for p in args.parts.split(",") if p.strip()]
-        if unknown := set(parts) - set(PARTS):
-            raise UserError(f"--parts: unknown {', '.join(sorted(unknown))}; choose from {', '.join(PARTS)}")
-        return cost_benchmark(parts, rounds=args.rounds)
-    if args.name == "deml":
-        from engine.bench.deml import deml_benchmark
-        return deml_benchmark(args.train_alphabets, args.steps or 300, _numbers(args.seeds, int, "--seeds"),
-                              1.0 if args.lam is None else args.lam, _numbers(args.sweep, float, "--sweep"),
-                              args.cross_domain, args.episodes, controls=not args.no_controls)
-    if args.name == "omniglot":
-        from engine.bench.omniglot import omniglot_benchmark
-        from engine.config import runs_root
-        learner, lam = args.learner or "protonet", 1.0 if args.lam is None else args.lam
-        out = args.out or str(runs_root() / "bench" / f"omniglot-{learner}-lam{lam:g}-s{args.seed}")
-        overrides = {k: v for k, v in (("device", args.device), ("inner_lr", args.inner_lr)) if v is not None}
-        return omniglot_benchmark(out, learner, lam, args.minutes, args.steps, args.episodes, args.seed, overrides)
-    from engine.bench.throughput import throughput
-    from engine.config import preset
+    from engine.bench import BENCHMARKS
 
-    cfg = preset(args.preset).with_overrides(learner=args.learner, lam=args.lam, device=args.device)
-    return throughput(cfg, rounds=args.rounds)
+    return BENCHMARKS[args.benchmark].run(args)  # None: it printed something other than JSON (summary)
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "curve": cmd_curve, "inspect": cmd_inspect,

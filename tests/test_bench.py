@@ -3,13 +3,73 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
+import re
 
 import numpy as np
 import pytest
 
+from engine.bench import BENCHMARKS
 from engine.bench.throughput import throughput
+from engine.cli import main
 from engine.config import preset
 from engine.errors import UserError
+
+NEEDS_OMNIGLOT = {"omniglot", "deml"}  # their --smoke still trains on the Omniglot background set
+SLOW = {"projection", "live", "omniglot", "deml", "cost"}
+
+
+def bench(*argv) -> tuple[int, str, str]:
+    """`python -m engine bench ARGV` in-process: (exit status, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["bench", *argv])
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=[pytest.mark.slow] * (n in SLOW)) for n in BENCHMARKS])
+def test_every_benchmark_runs_its_smoke_form(name, request):
+    if name in NEEDS_OMNIGLOT:
+        request.getfixturevalue("omniglot_dir")  # skips where the data is missing
+    code, out, err = bench(name, "--smoke")
+    assert code == 0, err
+    if name == "summary":  # markdown tables, not JSON: two omniglot runs, and a deml study merged with its extension
+        omniglot, deml = out.strip().split("\n\n")
+        assert omniglot.startswith("| learner | λ | training | 5w1s") and len(omniglot.splitlines()) == 4
+        assert [line.split(" | ")[0] for line in deml.splitlines()[2:]] == ["| deml", "| vanilla", "| deml-lam10"]
+    else:
+        assert json.loads(out.strip().splitlines()[-1])["benchmark"] == name
+
+
+def test_bench_help_lists_every_benchmark_and_each_its_own_flags():
+    def help_text(*argv) -> str:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit_:
+            main(["bench", *argv, "--help"])
+        assert exit_.value.code == 0
+        return out.getvalue()
+
+    listed = re.findall(r"^ {4}(\S+)", help_text(), re.MULTILINE)  # "    NAME   its help", wrapped or not
+    assert listed == list(BENCHMARKS)
+    for name in BENCHMARKS:
+        assert "--smoke" in help_text(name)
+    assert "--parts" in help_text("cost") and "--parts" not in help_text("deml")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["throughput", "--rounds", "0"], "--rounds must be at least 1 (got 0)"),
+    (["cost", "--parts", "vmap,nope"], "--parts: unknown nope; choose from settings, vmap, scaling, memory"),
+    (["deml", "--seeds", "0,x"], "--seeds takes comma-separated numbers"),
+    (["omniglot"], "give the training budget as either --minutes or --steps"),
+    (["summary"], "bench summary needs --results FILE.json"),
+    (["projection", "--rounds", "3"], "unrecognized arguments: --rounds 3"),  # another benchmark's flag
+    (["nonesuch"], "invalid choice: 'nonesuch'"),
+], ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+def test_bench_bad_input_is_one_error_line(argv, message):
+    code, out, err = bench(*argv)
+    assert code == 2 and out == "" and err.count("\n") == 1 and err.startswith("error: "), err
+    assert message in err
+
 
 TINY = dict(dataset="glyphs:classes=60,drawings=8,seed=1", width=8, concept_dim=16, meta_batch=2, ext_batch=8)
 

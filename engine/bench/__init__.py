@@ -1,2 +1,61 @@
 """Benchmarks (python -m engine bench NAME): measured in one process, compared as ratios, since
-this machine is shared and noisy. Results go to stdout as one JSON line."""
+this machine is shared and noisy. Results go to stdout as one JSON line.
+
+BENCHMARKS is the registry the command line is built from. Each benchmark module owns its flags
+(`add_arguments(parser)`) and its `run(args) -> dict | None`; every benchmark also takes --smoke:
+the same code on tiny sizes, in seconds, which is what the test suite runs.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+from dataclasses import dataclass
+from types import ModuleType
+
+from engine.errors import UserError
+
+# TrainConfig overrides for --smoke: a tiny model (and, where the data is not fixed, tiny built-in data)
+SMOKE_DATA = "glyphs:classes=60,drawings=8,seed=1"
+SMOKE_MODEL = dict(width=8, concept_dim=16, meta_batch=2, ext_batch=8, val_episodes=4, probe_classes=2,
+                   probe_per_class=2)
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """A benchmark module, imported on use: projection and live pull in plotly and scikit-learn,
+    which `python -m engine --help` and the other commands should not pay for."""
+
+    module: str  # engine.bench.<module>
+    help: str
+
+    def load(self) -> ModuleType:
+        return importlib.import_module(f"{__name__}.{self.module}")
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--smoke", action="store_true",
+                            help="tiny sizes, the same code: seconds, to check that the benchmark still runs")
+        self.load().add_arguments(parser)
+
+    def run(self, args: argparse.Namespace) -> dict | None:
+        return self.load().run(args)
+
+
+BENCHMARKS: dict[str, Benchmark] = {
+    "throughput": Benchmark("throughput", "trainer cost against the raw generator forward + backward"),
+    "projection": Benchmark("projection", "concept-map refresh time and stability"),
+    "live": Benchmark("live", "live view refresh time, and the training it slows down"),
+    "omniglot": Benchmark("omniglot", "5w1s/5w5s/20w1s/20w5s on unseen Omniglot alphabets, over training time"),
+    "deml": Benchmark("deml", "what the discriminator adds: vanilla, pooled, cross-domain, lambda sweep"),
+    "cost": Benchmark("cost", "CPU settings, vmap against the loop, cost growth, peak memory"),
+    "summary": Benchmark("summary", "markdown tables (and an accuracy-against-time plot) of omniglot / deml results"),
+}
+
+
+def add_rounds(parser: argparse.ArgumentParser, default: int = 6) -> None:
+    parser.add_argument("--rounds", type=int, default=default, help="interleaved measurement rounds")
+
+
+def check_rounds(rounds: int) -> int:
+    if rounds < 1:
+        raise UserError(f"--rounds must be at least 1 (got {rounds})")
+    return rounds

@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 import torch
 
+from engine.bench import add_rounds, check_rounds
 from engine.bench.machine import machine
 from engine.config import PRESETS, REPO, TrainConfig, preset
 from engine.errors import UserError
@@ -182,16 +183,34 @@ def memory_benchmark(presets=("demo", "omniglot"), steps: int = 100, log=sys.std
 
 
 PARTS = ("settings", "vmap", "scaling", "memory")
+# one round of one call each; no torch.compile (a minute on 2 cores); the smoke preset trained 3 steps
+SMOKE = dict(rounds=1, reps=1, compile_too=False, meta_batches=(2,), grid={"ways": (2, 3)}, presets=("smoke",),
+             memory_steps=3)
 
 
-def cost_benchmark(parts=PARTS, rounds: int = 5, reps: int = 3, memory_steps: int = 100, log=sys.stderr) -> dict:
+def cost_benchmark(parts=PARTS, rounds: int = 5, reps: int = 3, memory_steps: int = 100, log=sys.stderr,
+                   compile_too: bool = True, meta_batches=(1, 4, 16), grid: dict = SCALING,
+                   presets=("demo", "omniglot")) -> dict:
     out = {"benchmark": "cost", "rounds": rounds, "reps": reps, "machine": machine(), "date": time.strftime("%Y-%m-%d")}
     if "settings" in parts:
-        out["settings"] = settings_benchmark(rounds, reps, log)
+        out["settings"] = settings_benchmark(rounds, reps, log, compile_too)
     if "vmap" in parts:
-        out["vmap"] = vmap_benchmark(rounds, reps, log)
+        out["vmap"] = vmap_benchmark(rounds, reps, log, meta_batches)
     if "scaling" in parts:
-        out["scaling"] = scaling_benchmark(rounds, reps, log)
+        out["scaling"] = scaling_benchmark(rounds, reps, log, grid)
     if "memory" in parts:
-        out["memory"] = memory_benchmark(steps=memory_steps, log=log)
+        out["memory"] = memory_benchmark(presets, steps=memory_steps, log=log)
     return out
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--parts", default=",".join(PARTS), help="which parts to run, comma-separated")
+    add_rounds(parser)
+
+
+def run(args) -> dict:
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    if unknown := set(parts) - set(PARTS):
+        raise UserError(f"--parts: unknown {', '.join(sorted(unknown))}; choose from {', '.join(PARTS)}")
+    sizes = {"rounds": check_rounds(args.rounds), **(SMOKE if args.smoke else {})}
+    return cost_benchmark(parts, **sizes)

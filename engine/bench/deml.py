@@ -20,13 +20,18 @@ import time
 
 import numpy as np
 
+from engine.bench import SMOKE_MODEL
 from engine.bench.machine import machine
-from engine.config import preset
 from engine.bench.omniglot import TEST_QUERIES, score
+from engine.config import preset
 from engine.errors import UserError
 from engine.train.trainer import Trainer, load_data
 
 SETTINGS = ((5, 1), (20, 1))  # the scarce-data story is told in 1-shot
+# one seed, every variant (and one sweep value) trained 2 steps, scored on 3 episodes; digits are the
+# smallest external set from another domain
+SMOKE = dict(train_alphabets=2, steps=2, seeds=(0,), sweep=(0.5,), cross_domain="digits", episodes=3, queries=2,
+             overrides=SMOKE_MODEL)
 # two-sided 95% Student t quantiles by degrees of freedom: with 3 seeds the normal 1.96 is far too narrow
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
@@ -127,3 +132,29 @@ def summarise(runs: dict[str, list[dict]]) -> dict:
                     [a - b["equal_time"][setting] for a, b in zip(at_time, base)])
         out[name] = entry
     return out
+
+
+def _numbers(text: str, kind, flag: str) -> list:
+    try:
+        return [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"{flag} takes comma-separated numbers, like 0,1,2 (got {text!r})") from None
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--train-alphabets", type=int, default=4, help="meta-train alphabets (scarce data)")
+    parser.add_argument("--steps", type=int, default=300, help="training steps of every run")
+    parser.add_argument("--seeds", default="0,1,2", help="training seeds, comma-separated")
+    parser.add_argument("--lam", type=float, default=1.0, help="lambda of the DEML runs")
+    parser.add_argument("--sweep", default="0.3,3", help="other lambda values to try, comma-separated")
+    parser.add_argument("--cross-domain", default="glyphs", metavar="SPEC",
+                        help="an external set from another domain ('' to skip)")
+    parser.add_argument("--episodes", type=int, default=1000, help="test episodes per setting")
+    parser.add_argument("--no-controls", action="store_true",
+                        help="only the lambda > 0 runs (extends a sweep; bench summary merges the results)")
+
+
+def run(args) -> dict:
+    study = dict(train_alphabets=args.train_alphabets, steps=args.steps, seeds=_numbers(args.seeds, int, "--seeds"),
+                 sweep=_numbers(args.sweep, float, "--sweep"), cross_domain=args.cross_domain, episodes=args.episodes)
+    return deml_benchmark(lam=args.lam, controls=not args.no_controls, **{**study, **(SMOKE if args.smoke else {})})

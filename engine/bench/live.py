@@ -18,18 +18,25 @@ from __future__ import annotations
 
 import statistics
 import sys
+import tempfile
 import threading
 import time
 
 import plotly.io
 import torch
 
-from engine.viz.charts import concept_map, training_curves
+from engine.bench import SMOKE_DATA, SMOKE_MODEL, add_rounds, check_rounds
+from engine.bench.machine import machine
 from engine.config import preset
 from engine.train.job import JobRegistry, TrainingJob
+from engine.train.trainer import Trainer
+from engine.viz.charts import concept_map, training_curves
 from engine.viz.live import LiveMap
 from engine.viz.project import wait_for_umap
-from engine.train.trainer import Trainer
+
+# a tiny model on tiny data, three snapshots, one round of two half-second windows, one thread count
+SMOKE = dict(overrides=dict(dataset=SMOKE_DATA, **SMOKE_MODEL), snapshots=3, repeats=1, rounds=1, window_s=0.5,
+             threads=(1,))
 
 
 def _ms(values: list[float]) -> float:
@@ -183,20 +190,28 @@ def slowdown(cfg, out_dir: str, threads: int | None, rounds: int = 5, window_s: 
 
 
 def live_benchmark(preset_name: str = "demo", rounds: int = 8, window_s: float = 10.0,
-                   threads: tuple[int | None, ...] = (None, 1), out_root: str | None = None, log=sys.stderr) -> dict:
-    """Both parts; one JSON-able dict. Run directories go to a temporary folder (out_root)."""
-    import tempfile
-
-    from engine.bench.machine import machine
-
-    cfg = preset(preset_name).with_overrides(device="cpu")
+                   threads: tuple[int | None, ...] = (None, 1), out_root: str | None = None, log=sys.stderr,
+                   overrides: dict | None = None, snapshots: int = 10, repeats: int = 5) -> dict:
+    """Both parts; one JSON-able dict. Run directories go to a temporary folder (out_root).
+    overrides change the preset's TrainConfig (--smoke: a tiny model on tiny data)."""
+    cfg = preset(preset_name).with_overrides(device="cpu", **(overrides or {}))
     result = {"benchmark": "live", "preset": preset_name, "machine": machine()}
-    result["refresh"] = refresh_times(cfg, log=log)
+    result["refresh"] = refresh_times(cfg, snapshots=snapshots, repeats=repeats, log=log)
     result["slowdown"] = []
     with tempfile.TemporaryDirectory(dir=out_root, prefix="bench-live-") as tmp:
         for i, n in enumerate(threads):
             result["slowdown"].append(slowdown(cfg, f"{tmp}/run{i}", n, rounds=rounds, window_s=window_s, log=log))
     return result
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--preset", default="demo", help="the training configuration shown (default demo)")
+    add_rounds(parser)
+
+
+def run(args) -> dict:
+    sizes = {"rounds": check_rounds(args.rounds), **(SMOKE if args.smoke else {})}
+    return live_benchmark(args.preset, **sizes)
 
 
 if __name__ == "__main__":

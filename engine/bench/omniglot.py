@@ -12,10 +12,12 @@ numbers). The run directory is a normal run: `python -m engine evaluate RUN --da
 from __future__ import annotations
 
 import sys
+import tempfile
 import time
 
+from engine.bench import SMOKE_MODEL
 from engine.bench.machine import machine
-from engine.config import TrainConfig, preset
+from engine.config import TrainConfig, preset, runs_root
 from engine.data.episodes import EpisodeSampler
 from engine.data.imageset import ImageSet
 from engine.errors import UserError
@@ -30,6 +32,7 @@ CALIBRATION_STEPS = 8  # timed (after 2 warm-up steps) to turn --minutes into st
 # on top of the omniglot preset: each 90-degree turn of a meta-train character is a new class
 # (4x the classes, the usual Omniglot recipe against over-fitting the few training alphabets)
 RECIPE = dict(rotations=True, val_every=1000, val_episodes=200, checkpoint_every=1000, snapshot_every=500)
+SMOKE = dict(minutes=None, steps=2, episodes=3)  # with SMOKE_MODEL: two steps, each setting scored on 3 episodes
 
 
 def setting_name(ways: int, shots: int) -> str:
@@ -102,3 +105,27 @@ def omniglot_benchmark(out: str, learner: str = "protonet", lam: float = 1.0, mi
     }
     run.write_json("bench.json", result)
     return result
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--learner", default="protonet")
+    parser.add_argument("--lam", type=float, default=1.0)
+    parser.add_argument("--minutes", type=float, help="training budget, turned into steps")
+    parser.add_argument("--steps", type=int, help="training steps (repeats a run exactly)")
+    parser.add_argument("--episodes", type=int, default=1000, help="test episodes per setting")
+    parser.add_argument("--inner-lr", type=float, help="the gradient learners' inner step size")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--out", metavar="DIR", help="the run directory to create (default "
+                        "runs/bench/omniglot-LEARNER-lamLAM-sSEED; with --smoke a temporary one)")
+
+
+def run(args) -> dict:
+    overrides = {k: v for k, v in (("device", args.device), ("inner_lr", args.inner_lr)) if v is not None}
+    if not args.smoke:
+        out = args.out or str(runs_root() / "bench" / f"omniglot-{args.learner}-lam{args.lam:g}-s{args.seed}")
+        return omniglot_benchmark(out, args.learner, args.lam, args.minutes, args.steps, args.episodes, args.seed,
+                                  overrides)
+    with tempfile.TemporaryDirectory(prefix="bench-omniglot-") as tmp:  # a smoke run leaves no run behind
+        return omniglot_benchmark(args.out or f"{tmp}/run", args.learner, args.lam, seed=args.seed,
+                                  overrides={**overrides, **SMOKE_MODEL}, **SMOKE)

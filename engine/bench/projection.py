@@ -20,7 +20,12 @@ from functools import partial
 import numpy as np
 
 from engine.viz import project
-from engine.viz.project import ConceptProjector, frame_displacement, procrustes_align, stable_layouts
+from engine.viz.project import (
+    ConceptProjector,
+    frame_displacement,
+    procrustes_align,
+    stable_layouts,
+)
 from engine.viz.regions import regions_for
 
 
@@ -205,6 +210,18 @@ def projection_benchmark(run_dir: str | None, points=(500, 2000, 5000), seed: in
         "notes": "times are medians in one process on a shared machine; stability is mean consecutive "
                  "displacement in units of the layout's RMS radius (lower is stiller)",
     }
+
+
+SMOKE = dict(points=(60,), reps=1, stability_max_points=60)
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--run", metavar="RUN_DIR", help="take concepts from this run's snapshots "
+                        "(default: synthetic drifting clusters)")
+
+
+def run(args) -> dict:
+    return projection_benchmark(args.run, **(SMOKE if args.smoke else {}))
 
 
 if __name__ == "__main__":  # python -m engine.bench.projection [RUN_DIR]

@@ -1,9 +1,11 @@
 """python -m engine bench summary --results RESULT.json...: benchmark results as markdown tables for
 BENCHMARKS.md, and for Omniglot an accuracy-against-training-time plot (a standalone SVG, so BENCHMARKS.md shows it without plotly's
-image export, which would need a browser engine at run time)."""
+image export, which would need a browser engine at run time). `--smoke` summarises built-in
+example results (examples()) through the same code."""
 from __future__ import annotations
 
 import json
+import tempfile
 from html import escape
 from pathlib import Path
 
@@ -149,3 +151,54 @@ def summary(paths: list[str], svg_out: str | None = None) -> dict:
             Path(svg_out).write_text(accuracy_time_svg(omniglot))
             out["svg"] = svg_out
     return out
+
+
+# --- the command ------------------------------------------------------------------------------
+def add_arguments(parser) -> None:
+    parser.add_argument("--results", nargs="+", metavar="JSON", help="outputs of bench omniglot / deml")
+    parser.add_argument("--svg", metavar="FILE.svg", help="write the accuracy-against-time plot here")
+
+
+def run(args) -> None:
+    """Prints markdown (to paste into BENCHMARKS.md), not JSON."""
+    if args.smoke:
+        with tempfile.TemporaryDirectory(prefix="bench-summary-") as tmp:
+            tables = summary(write_examples(tmp), args.svg or f"{tmp}/plot.svg")["tables"]
+    elif not args.results:
+        raise UserError("bench summary needs --results FILE.json ... (outputs of bench omniglot or bench deml)")
+    else:
+        tables = summary(args.results, args.svg)["tables"]
+    print("\n\n".join(tables))
+    return None
+
+
+def write_examples(folder: str) -> list[str]:
+    """examples() as JSON files in folder (read back as real results are); their paths."""
+    paths = []
+    for i, result in enumerate(examples()):
+        paths.append(str(Path(folder) / f"example{i}.json"))
+        Path(paths[-1]).write_text(json.dumps(result))
+    return paths
+
+
+def examples() -> list[dict]:
+    """Made-up results shaped like those of bench omniglot (two runs) and bench deml (a study and
+    a --no-controls extension of it), for --smoke."""
+    def point(acc):
+        return {setting_name(w, k): {"accuracy": acc, "ci95": 0.01} for w, k in SETTINGS}
+
+    omniglot = [{"benchmark": "omniglot", "learner": learner, "lam": lam, "seed": 0, "steps": 10,
+                 "train_seconds": 60.0, "final": point(acc),
+                 "curve": [{"step": 5, "train_seconds": 30.0, **point(acc - 0.1)},
+                           {"step": 10, "train_seconds": 60.0, **point(acc)}]}
+                for learner, lam, acc in (("protonet", 1.0, 0.9), ("maml", 0.0, 0.8))]
+
+    def rows(acc, time_acc=None):
+        return [{"seed": s, "steps": 2, "seconds": 1.0, "equal_steps": {"5w1s": acc + s / 100},
+                 **({"equal_time": {"5w1s": time_acc + s / 100}} if time_acc else {})} for s in (0, 1)]
+
+    study = dict(benchmark="deml", train_alphabets=["a"], test_alphabets=["t"], steps=2, seeds=[0, 1], episodes=3,
+                 test_queries=2)
+    deml = [{**study, "runs": {"deml": rows(0.8), "vanilla": rows(0.7, 0.72)}},
+            {**study, "runs": {"deml-lam10": rows(0.85)}}]
+    return omniglot + [{**r, "summary": summarise(r["runs"])} for r in deml]

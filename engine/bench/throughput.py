@@ -5,10 +5,12 @@ import statistics
 import sys
 import time
 
-
+from engine.bench import SMOKE_DATA, SMOKE_MODEL, add_rounds, check_rounds
 from engine.bench.machine import machine
-from engine.config import TrainConfig
+from engine.config import TrainConfig, preset
 from engine.train.trainer import Trainer
+
+SMOKE = dict(rounds=2, steps_per_round=2)  # on a tiny model and tiny data (SMOKE_MODEL, SMOKE_DATA)
 
 
 def throughput(cfg: TrainConfig, rounds: int = 6, steps_per_round: int = 10, log=sys.stderr) -> dict:
@@ -48,3 +50,18 @@ def throughput(cfg: TrainConfig, rounds: int = 6, steps_per_round: int = 10, log
         "device": str(trainer.device), "machine": machine(),
     }
 
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--preset", default="demo", help="the training configuration to time (default demo)")
+    parser.add_argument("--learner")
+    parser.add_argument("--lam", type=float)
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    add_rounds(parser)
+
+
+def run(args) -> dict:
+    sizes = dict(rounds=check_rounds(args.rounds))
+    cfg = preset(args.preset).with_overrides(learner=args.learner, lam=args.lam, device=args.device)
+    if args.smoke:
+        cfg, sizes = cfg.with_overrides(dataset=SMOKE_DATA, **SMOKE_MODEL), SMOKE
+    return throughput(cfg, **sizes)
