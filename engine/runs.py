@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from engine.errors import UserError
+from engine.records import MetricRecord, read_metric_records
 
 FORMAT_VERSION = 1
 KEEP_CHECKPOINTS = 2  # the newest plus one to fall back on if the newest is damaged
@@ -42,12 +43,15 @@ def atomic_json(path: Path, obj) -> None:
     atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2).encode()))
 
 
+def read_lines(path: Path) -> list[str]:
+    """The lines of a text file; none when it does not exist."""
+    return path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+
+
 def read_jsonl(path: Path) -> list[dict]:
     """The records of a JSON-lines file; a line cut short by a crash is skipped."""
-    if not path.is_file():
-        return []
     out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in read_lines(path):
         try:
             out.append(json.loads(line))
         except json.JSONDecodeError:
@@ -102,15 +106,16 @@ class RunDir:
         return json.loads(p.read_text()) if p.is_file() else None
 
     # --- metrics -----------------------------------------------------------------------------
-    def append_metrics(self, records: list[dict]) -> None:
+    def append_metrics(self, records: list[MetricRecord]) -> None:
         if not records:
             return
         with open(self.path / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write("".join(json.dumps(r) + "\n" for r in records))
             f.flush()
 
-    def read_metrics(self) -> list[dict]:
-        return read_jsonl(self.path / "metrics.jsonl")
+    def read_metrics(self) -> list[MetricRecord]:
+        """The well-formed records of metrics.jsonl (engine.records.read_metric_records), in order."""
+        return read_metric_records(read_lines(self.path / "metrics.jsonl"))
 
     def truncate_metrics(self, last_step: int) -> None:
         """Keep only records up to `last_step` (on resume, what came after the checkpoint is redone)."""

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import streamlit as st
 
-from engine.services import catalog
-from engine.viz.charts import adaptation_curves
 from engine.config import runs_root
 from engine.errors import UserError
 from engine.eval.evaluate import run_evaluation
 from engine.eval.twins import find_twin
+from engine.records import RunState
+from engine.services import catalog
+from engine.viz.charts import adaptation_curves
 from engine.viz.project import umap_status
 from engine.viz.report import build_report
 from ui.common import current_run, presenter, set_current_run
@@ -34,7 +35,7 @@ by_path = {r.path: r for r in runs}
 readable = [r for r in runs if r.readable]
 
 
-@st.fragment(run_every=2.0 if any(r.state == "running" for r in runs) else None)
+@st.fragment(run_every=2.0 if any(r.state == RunState.RUNNING for r in runs) else None)
 def table() -> None:
     """The runs table; refreshed every 2 s while a run trains."""
     rows = []
@@ -103,7 +104,7 @@ def on_select() -> None:
 selected = st.selectbox("Run", paths, key="runs_selected", format_func=lambda p: by_path[p].label(),
                         on_change=on_select)
 run = by_path[selected]
-if run.state == "running":
+if run.state == RunState.RUNNING:
     st.caption("This run is training: evaluation and downloads use its newest checkpoint.")
 left, mid, right = st.columns(3)
 
@@ -169,7 +170,7 @@ def delete(path: str) -> None:
 with right:
     st.markdown("**Delete**")
     confirmed = st.checkbox(f"Yes, delete {run.name} and all its files"
-                            + (" (its training is stopped first)" if run.state == "running" else ""),
+                            + (" (its training is stopped first)" if run.state == RunState.RUNNING else ""),
                             key="runs_delete_confirm")
     st.button("Delete run", key="runs_delete", disabled=not confirmed, on_click=delete, args=(selected,),
               help="tick the box first; this cannot be undone")

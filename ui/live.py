@@ -24,9 +24,15 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from engine.viz import project
-from engine.viz.charts import concept_map, nearest_neighbours, thumbnail_grid, training_curves
+from engine.records import ACTIVE, PAUSABLE, RunState
 from engine.services.training import is_active, pause_runs, resume_runs, stop_runs
+from engine.viz import project
+from engine.viz.charts import (
+    concept_map,
+    nearest_neighbours,
+    thumbnail_grid,
+    training_curves,
+)
 from engine.viz.live import LiveMap, selected_rows, val_summary
 
 METHODS = {"UMAP": "umap", "PCA": "pca", "t-SNE": "tsne"}
@@ -104,17 +110,17 @@ def _status(view, key: str, presenter: bool) -> None:
         st.warning(w)
     if view.device:
         extra = " · the λ = 0 twin trains beside it (two runs share the cores)" \
-            if view.twin_state in ("starting", "running", "paused") else ""
+            if view.twin_state in ACTIVE and view.twin_state != RunState.STOPPING else ""
         st.caption(f"{'training' if view.active else 'trained'} on {view.device}{extra}")
     elif view.source == "disk":
         secs = p.get("seconds") or 0.0
         st.caption(f"saved run: {p.get('step', 0)} of {p.get('steps', 0)} steps, {secs:.0f} s of training")
-    elif view.state == "starting":
+    elif view.state == RunState.STARTING:
         st.caption("preparing the data and the model…")
     if presenter:
         return
-    running = view.state in ("running", "starting") or view.twin_state in ("running", "starting")
-    paused = view.state == "paused" or view.twin_state == "paused"
+    running = view.state in PAUSABLE or view.twin_state in PAUSABLE
+    paused = RunState.PAUSED in (view.state, view.twin_state)
     c1, c2, c3, _ = st.columns([1, 1, 1, 5])
     c1.button("Pause", key=f"{key}_pause", on_click=pause_runs, args=(view.run_dir,), disabled=not running,
               width="stretch")

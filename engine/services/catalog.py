@@ -18,12 +18,13 @@ from plotly.subplots import make_subplots
 
 from engine.config import TrainConfig, runs_root
 from engine.errors import UserError
-from engine.train.job import REGISTRY
 from engine.eval.evaluate import is_test_record
 from engine.eval.twins import method_label
+from engine.records import CATALOG_STATES, RunState, train_records, val_records
 from engine.runs import RunDir
+from engine.train.job import REGISTRY
 
-STATES = ("running", "finished", "stopped", "unreadable")
+STATES = CATALOG_STATES  # what RunSummary.state can be (engine.records.RunState)
 STOP_TIMEOUT = 60.0  # seconds to wait for a running job to checkpoint and end before deleting its run
 
 
@@ -31,7 +32,7 @@ STOP_TIMEOUT = 60.0  # seconds to wait for a running job to checkpoint and end b
 class RunSummary:
     path: str  # the run directory, as runs_root() / name
     name: str
-    state: str  # one of STATES
+    state: RunState  # one of STATES
     detail: str = ""  # the job's own state while it runs (running, paused, starting...), or why unreadable
     config: dict | None = None  # the filled-in TrainConfig (None when unreadable)
     learner: str | None = None
@@ -51,7 +52,7 @@ class RunSummary:
 
     @property
     def readable(self) -> bool:
-        return self.state != "unreadable" and self.config is not None
+        return self.state != RunState.UNREADABLE and self.config is not None
 
     @property
     def adaptable(self) -> bool:
@@ -74,7 +75,7 @@ class RunSummary:
         """One row of the runs table."""
         return {
             "run": self.name,
-            "state": self.state if not self.detail or self.detail == self.state else f"{self.state} ({self.detail})",
+            "state": str(self.state) if not self.detail or self.detail == self.state else f"{self.state} ({self.detail})",
             "learner": self.learner,
             "λ": self.lam,
             "dataset": self.dataset,
@@ -112,7 +113,7 @@ def summarize(path: str | os.PathLike) -> RunSummary:
     path = Path(path)
     job = REGISTRY.get(str(path))
     active = job is not None and not job.done
-    s = RunSummary(path=str(path), name=path.name, state="running" if active else "unreadable",
+    s = RunSummary(path=str(path), name=path.name, state=RunState.RUNNING if active else RunState.UNREADABLE,
                    detail=job.state if active else "")
     try:
         s.modified = path.stat().st_mtime
@@ -130,8 +131,7 @@ def summarize(path: str | os.PathLike) -> RunSummary:
         s.steps_total = cfg.steps
         s.modified = max(s.modified, (path / "config.json").stat().st_mtime)
         metrics = run.read_metrics()
-        train = [m for m in metrics if m.get("kind") == "train" and isinstance(m.get("step"), int)]
-        val = [m for m in metrics if m.get("kind") == "val"]
+        train, val = train_records(metrics), val_records(metrics)
         s.steps_done = max((m["step"] for m in train), default=0)
         if val:
             s.val_acc, s.val_ci95 = val[-1].get("val_acc"), val[-1].get("val_ci95")
@@ -145,16 +145,16 @@ def summarize(path: str | os.PathLike) -> RunSummary:
             s.steps_done = max(s.steps_done, p["step"])
             s.steps_total = p["steps"] or s.steps_total
         else:
-            s.state = "finished" if s.steps_done >= cfg.steps and s.checkpoint else "stopped"
-            if job is not None and job.state == "failed":
-                s.detail = "failed"
+            s.state = RunState.FINISHED if s.steps_done >= cfg.steps and s.checkpoint else RunState.STOPPED
+            if job is not None and job.state == RunState.FAILED:
+                s.detail = RunState.FAILED
                 s.errors.append(job.error or "the job failed")
     except Exception as e:  # noqa: BLE001 - a damaged folder is listed, never raised
         reason = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
         s.config = None
         s.learner = s.lam = s.dataset = s.ways = s.shots = None
         if not active:
-            s.state = "unreadable"
+            s.state = RunState.UNREADABLE
         s.detail = reason
         s.errors.append(reason)
     return s
@@ -272,8 +272,8 @@ def comparison_curves(runs: list[RunSummary], title: str = "Training curves") ->
     colors = palette(len(runs))
     for s, color in zip(runs, colors):
         metrics = RunDir(s.path).read_metrics()
-        train = sorted((m for m in metrics if m.get("kind") == "train" and "step" in m), key=lambda m: m["step"])
-        val = sorted((m for m in metrics if m.get("kind") == "val" and "step" in m), key=lambda m: m["step"])
+        train = sorted(train_records(metrics), key=lambda m: m["step"])
+        val = sorted(val_records(metrics), key=lambda m: m["step"])
         dash = "dash" if s.lam == 0 else None
         name = f"{s.name} ({s.method})"
         if train:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from engine.errors import UserError
 from engine.eval.twins import twin_dir_for
+from engine.records import RunState, train_records
 from engine.runs import RunDir
 from engine.train.job import REGISTRY, JobRegistry, TrainingJob
 
@@ -72,7 +73,7 @@ def _continuable(run_dir: str) -> bool:
         return False
     if not run.checkpoints():
         return False
-    trained = max((int(m["step"]) for m in run.read_metrics() if m.get("kind") == "train"), default=0)
+    trained = max((int(m["step"]) for m in train_records(run.read_metrics())), default=0)
     return trained < steps
 
 
@@ -84,6 +85,6 @@ def resume_runs(run_dir: str, registry: JobRegistry = REGISTRY) -> list[Training
         if job is not None and not job.done:
             job.resume()
             out.append(job)
-        elif (job is None or job.state == "stopped") and _continuable(d):
+        elif (job is None or job.state == RunState.STOPPED) and _continuable(d):
             out.append(registry.start(TrainingJob(resume_from=d)))
     return out

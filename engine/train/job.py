@@ -13,9 +13,10 @@ import traceback
 
 from engine.config import TrainConfig
 from engine.errors import UserError
+from engine.records import DONE, JOB_STATES, KINDS, MetricRecord, RunState, Snapshot
 from engine.train.trainer import Control, Trainer, resume_run, start_run
 
-STATES = ("starting", "running", "paused", "stopping", "finished", "stopped", "failed")
+STATES = JOB_STATES  # what TrainingJob.state can be (engine.records.RunState)
 
 
 class TrainingJob:
@@ -27,14 +28,14 @@ class TrainingJob:
         self._cfg, self._out, self._resume_from = cfg, out, resume_from
         self._control = Control()
         self._lock = threading.Lock()
-        self._metrics: list[dict] = []
-        self._snapshots: list[dict] = []
+        self._metrics: list[MetricRecord] = []
+        self._snapshots: list[Snapshot] = []
         self.warnings: list[str] = []
         self.trainer: Trainer | None = None
         self.run_dir: str | None = resume_from or out
         self.summary: dict | None = None
         self.error: str | None = None
-        self._state = "starting"
+        self._state = RunState.STARTING
         self._started = time.monotonic()
         self._thread = threading.Thread(target=self._main, name=f"train:{self.run_dir}", daemon=True)
 
@@ -60,24 +61,24 @@ class TrainingJob:
 
     # --- reading (any thread) ----------------------------------------------------------------
     @property
-    def state(self) -> str:
-        if self._state == "running":
+    def state(self) -> RunState:
+        if self._state == RunState.RUNNING:
             if self._control.stop:
-                return "stopping"
+                return RunState.STOPPING
             if self._control.paused:
-                return "paused"
+                return RunState.PAUSED
         return self._state
 
     @property
     def done(self) -> bool:
-        return self._state in ("finished", "stopped", "failed")
+        return self._state in DONE
 
-    def metrics(self, since: int = 0) -> list[dict]:
+    def metrics(self, since: int = 0) -> list[MetricRecord]:
         """Records (kind "train" or "val") from position `since` on."""
         with self._lock:
             return self._metrics[since:]
 
-    def snapshots(self, since: int = 0) -> list[dict]:
+    def snapshots(self, since: int = 0) -> list[Snapshot]:
         with self._lock:
             return self._snapshots[since:]
 
@@ -93,7 +94,7 @@ class TrainingJob:
     # --- the thread --------------------------------------------------------------------------
     def _on_event(self, kind: str, record: dict) -> None:
         with self._lock:
-            if kind in ("train", "val"):
+            if kind in KINDS:
                 self._metrics.append(record)
             elif kind == "snapshot":
                 self._snapshots.append(record)
@@ -109,13 +110,14 @@ class TrainingJob:
                     self._snapshots = [run.load_snapshot(s) for s in run.snapshot_steps()]
             else:
                 self.trainer, run = start_run(self._cfg, self._out)
-            self._state = "running"
+            self._state = RunState.RUNNING
             self.summary = self.trainer.run(run, self._control, self._on_event)
-            self._state = "stopped" if self._control.stop and self.trainer.step < self.trainer.cfg.steps else "finished"
+            self._state = RunState.STOPPED if self._control.stop and self.trainer.step < self.trainer.cfg.steps \
+                else RunState.FINISHED
         except UserError as e:
-            self.error, self._state = str(e), "failed"
+            self.error, self._state = str(e), RunState.FAILED
         except Exception as e:  # a bug or a full disk: the app must keep running and say so
-            self.error, self._state = f"{type(e).__name__}: {e}", "failed"
+            self.error, self._state = f"{type(e).__name__}: {e}", RunState.FAILED
             self.traceback = traceback.format_exc()
 
 

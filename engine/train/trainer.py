@@ -22,16 +22,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.train import distributed
 from engine.config import TrainConfig
-from engine.data.episodes import channels_first, class_major_labels, EpisodeSampler, take
+from engine.data.episodes import (
+    EpisodeSampler,
+    channels_first,
+    class_major_labels,
+    take,
+)
 from engine.data.imageset import ImageSet, Preprocess
 from engine.data.sources import load_imageset
 from engine.data.splits import Splits, make_splits
 from engine.errors import UserError
 from engine.eval.evaluate import episode_accuracies, mean_ci95
 from engine.models.deml import eval_mode, resolve_device, seeded_model
+from engine.records import Probe, Snapshot, TrainRecord, ValRecord
 from engine.runs import RunDir
+from engine.train import distributed
 
 SPLIT_CODES = {"meta-train": 0, "meta-test": 1, "external": 2}
 
@@ -95,7 +101,7 @@ class Trainer:
         self.probe = self._probe()
         self.step = 0
         self.seconds = 0.0  # training wall time, summed over resumes
-        self.last_val: dict | None = None
+        self.last_val: ValRecord | None = None
 
     def _val_sampler(self, splits: Splits) -> EpisodeSampler:
         try:
@@ -141,7 +147,7 @@ class Trainer:
             return t
         return t.pin_memory().to(self.device, non_blocking=True)
 
-    def train_step(self) -> dict:
+    def train_step(self) -> TrainRecord:
         cfg, t0 = self.cfg, time.perf_counter()
         b = self.sample_batch(self.step)
         x, t, nk, nq = b["x"], b["tasks"], b["nk"], b["nq"]
@@ -185,15 +191,16 @@ class Trainer:
         return record
 
     # --- validation and snapshots -------------------------------------------------------------
-    def validate(self) -> dict:
+    def validate(self) -> ValRecord:
         acc = episode_accuracies(self.model, self.val_sampler, self.val_index, self.device)
         mean, ci = mean_ci95(acc)
         self.last_val = {"kind": "val", "step": self.step, "val_acc": mean, "val_ci95": ci,
                          "episodes": len(acc), "seconds": self.seconds}
         return self.last_val
 
-    def _probe(self) -> dict[str, np.ndarray]:
-        """A fixed set of images whose concepts every snapshot records (for the live map)."""
+    def _probe(self) -> Probe:
+        """A fixed set of images whose concepts every snapshot records (for the live map); its
+        fields: engine.records.Probe."""
         rng = np.random.default_rng([self.cfg.split_seed, 0x9B0BE])
         parts = [("meta-train", self.splits.train), ("meta-test", self.splits.test)]
         if self.splits.external is not None:
@@ -211,21 +218,21 @@ class Trainer:
                 names += [data.class_names[c]] * len(idx)
                 index += idx.tolist()
         return {
-            "images": np.concatenate(images),  # uint8 (P, H, W, C)
-            "split": np.asarray(split, dtype=np.int8),  # (P,) 0 meta-train, 1 meta-test, 2 external
-            "label": np.asarray(label, dtype=np.int64),  # (P,) class id within its split
-            "class_name": np.asarray(names, dtype=str),  # (P,)
-            "image_index": np.asarray(index, dtype=np.int64),  # (P,) index within its split's ImageSet
-            # the discriminator's classes, indexed by a snapshot's disc_pred (empty without an external set)
+            "images": np.concatenate(images),
+            "split": np.asarray(split, dtype=np.int8),
+            "label": np.asarray(label, dtype=np.int64),
+            "class_name": np.asarray(names, dtype=str),
+            "image_index": np.asarray(index, dtype=np.int64),
             "external_classes": np.asarray(self.splits.external.class_names if self.splits.external else [], dtype=str),
         }
 
-    def snapshot(self) -> dict[str, np.ndarray]:
-        """Concepts of the probe images and the discriminator's view of them, now."""
+    def snapshot(self) -> Snapshot:
+        """Concepts of the probe images and the discriminator's view of them, now; its fields:
+        engine.records.Snapshot."""
         with eval_mode(self.model):
             x = channels_first(self.probe["images"]).float().div_(255).to(self.device)
             z = self.model.concepts(x)  # (P, D)
-            out = {"step": np.int64(self.step), "concepts": z.cpu().numpy().astype(np.float32)}
+            out: Snapshot = {"step": np.int64(self.step), "concepts": z.cpu().numpy().astype(np.float32)}
             if self.model.discriminator is not None:
                 with torch.no_grad():
                     probs = torch.softmax(self.model.discriminator(z), -1)  # (P, external classes)

@@ -20,6 +20,8 @@ best layout and earlier ones morph out of it, as engine.viz.project.stable_layou
 UMAP warms up on a background thread; until it is ready the map is PCA and `note` says so, and the
 first refresh after it is ready switches once (the projector starts UMAP from the PCA layout).
 
+Snapshots and the probe are the run's own (engine.records.Snapshot and Probe document their fields).
+
 Threads. Projections run under `threadpool_limits(1)`: on 2 shared cores an OpenMP or BLAS pool
 fighting the trainer for cores made a 150-point t-SNE take 18 s instead of 0.3 s (measured), and a
 one-thread refresh leaves the trainer its cores. A LiveMap guards its state with a lock, so the
@@ -38,14 +40,24 @@ from types import SimpleNamespace
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-from engine.viz import project
 from engine.errors import UserError
-from engine.train.job import REGISTRY, JobRegistry, TrainingJob
-from engine.viz.project import ConceptProjector, procrustes_transform
-from engine.viz.regions import RegionGrid, regions_for
 from engine.eval.twins import find_twin, twin_candidates
+from engine.records import (
+    ACTIVE,
+    CONTINUABLE,
+    MetricRecord,
+    Probe,
+    RunState,
+    Snapshot,
+    train_records,
+    val_records,
+)
 from engine.runs import RunDir
 from engine.services.training import run_jobs
+from engine.train.job import REGISTRY, JobRegistry, TrainingJob
+from engine.viz import project
+from engine.viz.project import ConceptProjector, procrustes_transform
+from engine.viz.regions import RegionGrid, regions_for
 
 REGION_GRID = 50  # region cells per side: 2,500 cells read well behind 150-1,500 points
 NOTE_S = 15.0  # how long a one-off note about the map (UMAP took over from PCA) stays up
@@ -64,7 +76,7 @@ def _controller() -> ThreadpoolController:
     return _CONTROLLER
 
 
-def _step(snapshot: dict) -> int:
+def _step(snapshot: Snapshot) -> int:
     return int(snapshot["step"])
 
 
@@ -74,18 +86,18 @@ class _DiskRun:
 
     def __init__(self, run_dir: str):
         self.run = RunDir(run_dir)
-        self._snapshots: dict[int, dict] = {}
-        self._probe: dict | None = None
+        self._snapshots: dict[int, Snapshot] = {}
+        self._probe: Probe | None = None
 
     def exists(self) -> bool:
         return (self.run.path / "config.json").is_file()
 
-    def probe(self) -> dict | None:
+    def probe(self) -> Probe | None:
         if self._probe is None and (self.run.path / "snapshots" / "probe.npz").is_file():
             self._probe = self.run.load_probe()
         return self._probe
 
-    def snapshots(self) -> list[dict]:
+    def snapshots(self) -> list[Snapshot]:
         for s in self.run.snapshot_steps():
             if s not in self._snapshots:
                 try:
@@ -101,30 +113,29 @@ class RunView:
 
     run_dir: str | None
     source: str  # "job" (training in this process), "disk" (a saved run), "none"
-    state: str  # a TrainingJob state, "saved", or "none"
+    state: RunState  # a TrainingJob state, SAVED, or NONE
     progress: dict = field(default_factory=dict)  # TrainingJob.progress() (or the same keys from disk)
     device: str | None = None  # "CPU" / "GPU" while a job trains
     error: str | None = None
     warnings: list[str] = field(default_factory=list)
-    metrics: list[dict] = field(default_factory=list)
-    snapshots: list[dict] = field(default_factory=list)
-    probe: dict | None = None
+    metrics: list[MetricRecord] = field(default_factory=list)
+    snapshots: list[Snapshot] = field(default_factory=list)
+    probe: Probe | None = None
     twin_dir: str | None = None
-    twin_state: str | None = None
-    twin_metrics: list[dict] | None = None
+    twin_state: RunState | None = None
+    twin_metrics: list[MetricRecord] | None = None
     twin_progress: dict | None = None
     lam: float | None = None  # the run's lambda (0: it is the vanilla side of a twin pair)
 
     @property
     def active(self) -> bool:
-        return self.state in ("starting", "running", "paused", "stopping") or \
-            self.twin_state in ("starting", "running", "paused", "stopping")
+        return self.state in ACTIVE or self.twin_state in ACTIVE
 
     @property
     def resumable(self) -> bool:
         """A stopped (or unfinished saved) run with a checkpoint: training can continue it."""
         p = self.progress
-        return self.state in ("stopped", "saved") and bool(p) and p.get("step", 0) < p.get("steps", 0) \
+        return self.state in CONTINUABLE and bool(p) and p.get("step", 0) < p.get("steps", 0) \
             and self.run_dir is not None and bool(RunDir(self.run_dir).checkpoints())
 
 
@@ -142,16 +153,16 @@ def _config_lam(run_dir: str) -> float | None:
         return None
 
 
-def val_summary(metrics: list[dict], twin_metrics: list[dict] | None = None) -> dict | None:
+def val_summary(metrics: list[MetricRecord], twin_metrics: list[MetricRecord] | None = None) -> dict | None:
     """The latest validation accuracy (and its 95% CI), with the twin's at the same step or the
     latest before it, and the difference in points. None before the first validation."""
-    vals = [m for m in metrics if m.get("kind") == "val" and m.get("val_acc") is not None]
+    vals = [m for m in val_records(metrics) if m.get("val_acc") is not None]
     if not vals:
         return None
     last = max(vals, key=lambda m: m["step"])
     out = {"step": int(last["step"]), "acc": float(last["val_acc"]), "ci95": last.get("val_ci95"),
            "twin_acc": None, "twin_step": None, "delta": None}
-    twin_vals = [m for m in (twin_metrics or []) if m.get("kind") == "val" and m.get("val_acc") is not None
+    twin_vals = [m for m in val_records(twin_metrics or []) if m.get("val_acc") is not None
                  and m["step"] <= last["step"]]
     if twin_vals:
         t = max(twin_vals, key=lambda m: m["step"])
@@ -214,7 +225,7 @@ class LiveMap:
         """The run as the view shows it now: from its job while one is registered (training, or
         finished in this process), else from its run directory; "none" when it is neither."""
         if not run_dir:
-            return RunView(None, "none", "none")
+            return RunView(None, "none", RunState.NONE)
         job, _ = run_jobs(run_dir, registry)
         with self._lock:
             if job is not None:
@@ -227,8 +238,8 @@ class LiveMap:
             else:
                 disk = self._disk.setdefault(run_dir, _DiskRun(run_dir))
                 if not disk.exists():
-                    return RunView(run_dir, "none", "none", error=f"{run_dir} is not a run directory (no config.json)")
-                view = RunView(run_dir, "disk", "saved", metrics=disk.run.read_metrics(),
+                    return RunView(run_dir, "none", RunState.NONE, error=f"{run_dir} is not a run directory (no config.json)")
+                view = RunView(run_dir, "disk", RunState.SAVED, metrics=disk.run.read_metrics(),
                                snapshots=disk.snapshots(), probe=disk.probe())
                 view.progress = self._disk_progress(disk, view.metrics)
                 view.lam = _config_lam(run_dir)
@@ -236,15 +247,15 @@ class LiveMap:
             return view
 
     @staticmethod
-    def _disk_progress(disk: _DiskRun, metrics: list[dict]) -> dict:
+    def _disk_progress(disk: _DiskRun, metrics: list[MetricRecord]) -> dict:
         try:
             steps = int(disk.run.config().get("steps", 0))
         except UserError:
             steps = 0
-        train = [m for m in metrics if m.get("kind") == "train"]
+        train = train_records(metrics)
         step = max((int(m["step"]) for m in train), default=0)
         seconds = max((float(m.get("seconds", 0.0)) for m in metrics), default=0.0)
-        return {"state": "saved", "step": step, "steps": steps, "seconds": seconds, "eta_seconds": None,
+        return {"state": RunState.SAVED, "step": step, "steps": steps, "seconds": seconds, "eta_seconds": None,
                 "fraction": min(1.0, step / steps) if steps else 0.0, "error": None}
 
     def twin_of(self, run_dir: str, registry: JobRegistry = REGISTRY) -> str | None:
@@ -274,7 +285,7 @@ class LiveMap:
         if job is not None:
             view.twin_state, view.twin_metrics, view.twin_progress = job.state, job.metrics(), job.progress()
         else:
-            view.twin_state, view.twin_metrics = "saved", RunDir(twin).read_metrics()
+            view.twin_state, view.twin_metrics = RunState.SAVED, RunDir(twin).read_metrics()
 
     # --- the live map -------------------------------------------------------------------------
     def _track(self, run: str, method: str) -> _Track:
@@ -286,7 +297,7 @@ class LiveMap:
     def _limits(self):
         return _controller().limit(limits=self.threads) if self.threads else contextlib.nullcontext()
 
-    def _advance(self, track: _Track, snapshots: list[dict]) -> None:
+    def _advance(self, track: _Track, snapshots: list[Snapshot]) -> None:
         """Lay out the snapshots the track has not seen, in order (none: nothing happens)."""
         if self.warm_up and track.projector.method == "umap":
             project.start_umap_warmup()  # idempotent; the map is PCA until it is ready
@@ -307,7 +318,7 @@ class LiveMap:
             self.layouts += 1
             self._keep(track, _step(snap))
 
-    def _start_back(self, track: _Track, snapshots: list[dict]) -> None:
+    def _start_back(self, track: _Track, snapshots: list[Snapshot]) -> None:
         """A second projector for the frames before the map's first fit: fitted on that same
         snapshot (the same layout when nothing changed in between) and mapped onto the frame the
         map shows for it by a Procrustes transform, so both walks share one coordinate system."""
@@ -332,7 +343,7 @@ class LiveMap:
         track.last_step = step
         track.note, track.note_at = p.note_, time.monotonic()
 
-    def refresh(self, snapshots: list[dict], probe: dict | None, run: str = "", method: str = "umap",
+    def refresh(self, snapshots: list[Snapshot], probe: Probe | None, run: str = "", method: str = "umap",
                 regions: bool = False, grid: int | None = None) -> tuple[np.ndarray | None, RegionGrid | None, str]:
         """(xy (P, 2) of the latest snapshot, D's regions on this map or None, a note for the UI:
         "" or why the map is not what was asked, e.g. PCA while UMAP warms up). Lays out only
@@ -358,7 +369,7 @@ class LiveMap:
             return track.note
         return ""
 
-    def _regions(self, track: _Track, snap: dict, probe: dict, step: int, grid: int, exact: bool):
+    def _regions(self, track: _Track, snap: Snapshot, probe: Probe, step: int, grid: int, exact: bool):
         key = (step, grid)
         if key not in track.regions:
             if exact and step == track.last_step:
@@ -369,7 +380,7 @@ class LiveMap:
         return track.regions[key]
 
     # --- the replay ---------------------------------------------------------------------------
-    def frames(self, snapshots: list[dict], run: str = "", method: str = "umap", down_to: int | None = None
+    def frames(self, snapshots: list[Snapshot], run: str = "", method: str = "umap", down_to: int | None = None
                ) -> list[tuple[int, np.ndarray]]:
         """[(step, xy)] for every snapshot (down to step `down_to` when given), all on this map's
         stable projector: the live frames as they were shown, earlier ones laid out backwards."""
@@ -397,8 +408,8 @@ class LiveMap:
             return [(_step(s), track.frames[_step(s)]) for s in snapshots
                     if _step(s) >= lo and _step(s) in track.frames]
 
-    def frame_at(self, snapshots: list[dict], probe: dict, step: int, run: str = "", method: str = "umap",
-                 regions: bool = False, grid: int | None = None) -> tuple[np.ndarray | None, RegionGrid | None, dict | None]:
+    def frame_at(self, snapshots: list[Snapshot], probe: Probe, step: int, run: str = "", method: str = "umap",
+                 regions: bool = False, grid: int | None = None) -> tuple[np.ndarray | None, RegionGrid | None, Snapshot | None]:
         """(xy, regions, snapshot) of the snapshot at `step` on the stable map (a replay position)."""
         grid = grid or self.grid
         snapshots = sorted(snapshots or [], key=_step)

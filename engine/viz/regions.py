@@ -1,14 +1,15 @@
 """The discriminator's decision regions on a 2-D concept map.
 
-A snapshot stores the discriminator's weights as arrays ("disc.net.weight", "disc.net.bias" for
-a linear D; "disc.net.0.*" and "disc.net.2.*" for the MLP), so regions can be drawn for any
-frame of a run without the model.
+A snapshot stores the discriminator's weights as arrays (the "disc.*" keys of
+engine.records.Snapshot), so regions can be drawn for any frame of a run without the model.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
 import numpy as np
+
+from engine.records import Probe, Snapshot
 
 
 @dataclass
@@ -106,7 +107,7 @@ def neighbour_regions(xy: np.ndarray, probe_pred: np.ndarray, probe_conf: np.nda
                       exact=False, method=APPROX_METHOD, class_names=[str(c) for c in class_names])
 
 
-def regions_for(projector, snapshot: dict[str, np.ndarray], probe: dict[str, np.ndarray],
+def regions_for(projector, snapshot: Snapshot, probe: Probe,
                 grid: int = 60, bounds=None) -> RegionGrid | None:
     """D's regions on `projector`'s map of this snapshot's probe concepts: exact on a PCA map,
     approximate (nearest probes) on UMAP/t-SNE; None when the run has no discriminator or never

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.viz.charts import adaptation_curves, replay, training_curves
 from engine.eval.evaluate import recorded_or_new
 from engine.eval.twins import find_twin, method_label
+from engine.records import val_records
+from engine.runs import RunDir
+from engine.viz.charts import adaptation_curves, replay, training_curves
 from engine.viz.project import ConceptProjector, start_umap_warmup, wait_for_umap
 from engine.viz.regions import normalise_frame, regions_for
-from engine.runs import RunDir
 
 MAX_REPLAY_FRAMES = 40  # evenly chosen snapshots (first and last kept): the file stays a few MB
 
@@ -87,8 +88,8 @@ def build_report(run_dir: str, out: str, twin: str | None = "auto", method: str 
          adaptation_curves([(label(cfg), curve)] + ([(label(twin_cfg), twin_curve)] if twin_run else []),
                            title="Adaptation curves")),
     ]
-    last_val = next((m for m in reversed(metrics) if m.get("kind") == "val"), None)
-    twin_val = next((m for m in reversed(twin_metrics) if m.get("kind") == "val"), None) if twin_run else None
+    last_val = next(reversed(val_records(metrics)), None)
+    twin_val = next(reversed(val_records(twin_metrics)), None) if twin_run else None
     task = f"{cfg['ways']}-way {cfg['shots']}-shot"
     rows = [
         (f"meta-test accuracy, {task} ({test['episodes']} episodes)", _acc(test), _acc(twin_test)),

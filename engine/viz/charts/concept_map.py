@@ -1,12 +1,7 @@
 """The concept map: the probe images' concept vectors laid out on a plane, one marker per image.
 
-Inputs are what a run stores (see engine.train.trainer.Trainer._probe / snapshot):
-
-  probe     images uint8 (P, H, W, C), split int (P,) 0 meta-train / 1 meta-test / 2 external,
-            label int (P,) class id within its split, class_name str (P,), image_index int (P,),
-            external_classes str (E,): the discriminator's classes, indexed by disc_pred
-  snapshot  step, concepts (P, D), and when the run has an external set disc_pred int (P,),
-            disc_conf float (P,), disc_trained bool (False for lambda = 0: D is then untrained)
+Inputs are what a run stores: a probe (engine.records.Probe) and a snapshot
+(engine.records.Snapshot), whose fields are documented there.
 
 Positions (xy) come from a projector (PCA, UMAP, ...) outside this module. Every point's
 customdata starts with its probe row, so a lasso or box selection maps back to probe images:
@@ -17,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 
+from engine.records import Probe, Snapshot
 from engine.viz.charts.style import (
     CORRECT,
     MAP_MARGIN,
@@ -146,7 +142,7 @@ def _hover_d(probe, snapshot, rows: int) -> list[str]:
 HOVER = "<b>%{customdata[1]}</b><br>%{customdata[2]} · image %{customdata[3]}%{text}<extra></extra>"
 
 
-def point_traces(xy: np.ndarray, probe, snapshot, color_by: str, colors: ClassColors,
+def point_traces(xy: np.ndarray, probe: Probe, snapshot: Snapshot | None, color_by: str, colors: ClassColors,
                  splits: list[int] | None = None) -> list[go.Scattergl]:
     """One Scattergl per split present (in split order), markers shaped by split."""
     split = np.asarray(probe["split"])
@@ -172,7 +168,7 @@ def point_traces(xy: np.ndarray, probe, snapshot, color_by: str, colors: ClassCo
     return traces
 
 
-def point_updates(xy: np.ndarray, probe, snapshot, color_by: str, colors: ClassColors,
+def point_updates(xy: np.ndarray, probe: Probe, snapshot: Snapshot | None, color_by: str, colors: ClassColors,
                   splits: list[int]) -> list[go.Scattergl]:
     """What changes between two snapshots of point_traces (positions, D's hover line, colours
     that depend on D): an animation frame carries only this."""
@@ -230,7 +226,7 @@ def subtitle_lines(color_by: str, snapshot, method_note: str | None) -> str:
     return "<br>".join(lines)
 
 
-def concept_map(xy, probe, snapshot=None, color_by: str = "class", regions=None, title: str | None = None,
+def concept_map(xy, probe: Probe, snapshot: Snapshot | None = None, color_by: str = "class", regions=None, title: str | None = None,
                 uirevision: str = "concept-map", method_note: str | None = None, height: int = 560) -> go.Figure:
     """The probe images at positions xy (P, 2), coloured by class, split, the discriminator's
     prediction or whether it is right; marker shape = split (one trace per split). `regions` (a
@@ -276,7 +272,7 @@ def pca_2d(concepts) -> np.ndarray:
     return xy
 
 
-def concept_map_pca(probe, snapshot, title: str | None = None, **kw) -> go.Figure:
+def concept_map_pca(probe: Probe, snapshot: Snapshot | None, title: str | None = None, **kw) -> go.Figure:
     """concept_map on the snapshot's first two principal components (the quick default view)."""
     if snapshot is None or "concepts" not in snapshot:
         raise ValueError("concept_map_pca needs a snapshot with 'concepts'")

@@ -15,6 +15,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from engine.records import train_records, val_records
 from engine.viz.charts.style import (
     MUTED,
     bottom_legend,
@@ -75,8 +76,8 @@ def _check_metrics(metrics, name: str) -> tuple[list[dict], list[dict]]:
             raise ValueError(f"{name}[{i}] must be a dict, got {type(m).__name__}")
         if m.get("kind") in ("train", "val") and "step" not in m:
             raise ValueError(f"{name}[{i}] (kind {m.get('kind')!r}) has no 'step'")
-    train = sorted((m for m in metrics if m.get("kind") == "train"), key=lambda m: m["step"])
-    val = sorted((m for m in metrics if m.get("kind") == "val"), key=lambda m: m["step"])
+    train = sorted(train_records(metrics), key=lambda m: m["step"])
+    val = sorted(val_records(metrics), key=lambda m: m["step"])
     return train, val
 
 
