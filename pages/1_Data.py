@@ -6,10 +6,17 @@ from pathlib import Path
 
 import streamlit as st
 
+from engine.data.images import MiB
 from engine.data.imageset import Preprocess
 from engine.errors import UserError
-from engine.services.uploads import (IMAGE_TYPES, LIMITS, SHOWN_CLASSES, SPLITS, preview, save_browser_classes, save_zip,
-                            spec_kind, split_preview)
+from engine.services.datasets import (
+    SHOWN_CLASSES,
+    SPLITS,
+    preview,
+    spec_kind,
+    split_preview,
+)
+from engine.services.uploads import IMAGE_TYPES, LIMITS, save_browser_classes, save_zip
 from ui.common import data_overrides, set_data_overrides
 
 st.set_page_config(page_title="Data", layout="wide")
@@ -97,7 +104,7 @@ def browser_classes() -> str | None:
         with cols[i % 2].container(border=True):
             name = st.text_input(f"Name of class {i + 1}", value=f"class {i + 1}", key=f"bc_name_{i}")
             files = st.file_uploader(f"Images of class {i + 1}", type=IMAGE_TYPES, accept_multiple_files=True,
-                                     key=f"bc_files_{i}", max_upload_size=LIMITS.max_file_bytes // 1_000_000)
+                                     key=f"bc_files_{i}", max_upload_size=LIMITS.max_file_bytes // MiB)
             photos = st.session_state.setdefault(f"bc_photos_{i}", {})
             if st.toggle("Use the camera", key=f"bc_camera_on_{i}"):
                 shot = st.camera_input(f"Photo for class {i + 1}", key=f"bc_camera_{i}")
@@ -138,7 +145,7 @@ if kind in ("glyphs", "digits"):
     spec = kind
 elif kind == "zip":
     uploaded = st.file_uploader("Zip of class folders", type="zip", key="data_zip",
-                                max_upload_size=LIMITS.max_upload_bytes // 1_000_000)
+                                max_upload_size=LIMITS.max_upload_bytes // MiB)
     spec = show_record(handle_zip(uploaded, RECORDS["zip"]), "The zip was")
 elif kind == "browser":
     spec = browser_classes()
@@ -191,7 +198,7 @@ ext_kind = next(k for k, v in EXTERNALS.items() if v == ext_choice)
 external = ext_kind if ext_kind in ("auto", "digits", "glyphs") else None
 if ext_kind == "zip":
     ext_upload = st.file_uploader("Zip of class folders for the external set", type="zip", key="external_zip",
-                                  max_upload_size=LIMITS.max_upload_bytes // 1_000_000)
+                                  max_upload_size=LIMITS.max_upload_bytes // MiB)
     external = show_record(handle_zip(ext_upload, RECORDS["external"]), "The external zip was")
 elif ext_kind == "path":
     external = st.text_input("External set path on the server", stored["external_path"],

@@ -7,11 +7,11 @@ import os
 import numpy as np
 import streamlit as st
 
-from engine.services import adapt, catalog
-from engine.viz.charts import adaptation_curves, episode_view
 from engine.errors import UserError
 from engine.eval import checkpoints
 from engine.eval.twins import compare_held_out, find_twin
+from engine.services import adapt, catalog
+from engine.viz.charts import adaptation_curves, episode_view
 from ui.common import current_run, presenter, set_current_run
 
 st.set_page_config(page_title="Adapt", layout="wide")
@@ -130,7 +130,7 @@ else:
         with st.container(border=True):
             a, b, c = st.columns([1, 2, 2])
             name = a.text_input(f"Name of class {i + 1}", key=f"adapt_class_name_{i}", placeholder=f"class {i + 1}",
-                                max_chars=lim.max_name)
+                                max_chars=lim.max_name_chars)
             sup = b.file_uploader(f"Support images of class {i + 1} (1-{lim.max_support})", type=list(adapt.IMAGE_TYPES),
                                   accept_multiple_files=True, key=f"adapt_support_{i}", max_upload_size=mb)
             lab = c.file_uploader(f"Query images of class {i + 1} (optional: answers are then marked right or wrong)",

@@ -2,20 +2,22 @@
 bad uploads, and the run next to its lambda = 0 twin on the same episodes."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
-from engine.services import adapt
-from engine.viz.charts import episode_view
 from engine.config import preset
 from engine.data.episodes import EpisodeIndex, EpisodeSampler
-from engine.viz.episode import episode_detail
 from engine.errors import UserError
-from engine.eval.evaluate import adaptation_curve, episode_accuracies, query_predictions
 from engine.eval.checkpoints import evaluation_classes, held_out_classes, load_model
-from engine.learners.base import CURVE_SHOTS
+from engine.eval.evaluate import adaptation_curve, episode_accuracies, query_predictions
 from engine.eval.twins import compare_held_out, index_digest
+from engine.learners.base import CURVE_SHOTS
+from engine.services import adapt
 from engine.train.trainer import start_run
+from engine.viz.charts import episode_view
+from engine.viz.episode import episode_detail
 
 TINY = dict(dataset="glyphs:classes=60,drawings=8,seed=1", steps=6, width=8, concept_dim=16, meta_batch=2,
             ext_batch=8, val_every=3, val_episodes=8, snapshot_every=3, checkpoint_every=6)
@@ -125,7 +127,7 @@ def test_bad_uploads_are_named_with_their_reason(runs):
     classes[1].queries += [adapt.Upload("notes.txt", b"hello, not an image"), adapt.Upload("empty.png", b"")]
     queries = [adapt.Upload("huge.png", png(big)), adapt.Upload("tiny.png", png(big[:4, :4])),
                adapt.Upload("heavy.png", png(big) + b"\0" * 3000), adapt.Upload("cut.png", png(big[:20, :20])[:40])]
-    limits = adapt.UploadLimits(max_side=64, max_file_bytes=2500)
+    limits = replace(adapt.LIMITS, max_side=64, max_file_bytes=2500)
     task = adapt.prepare_upload(cfg, classes, queries, limits)
     text = "\n".join(task.problems)
     for fname, reason in (("sixth.png", "5 support images"), ("notes.txt", "not a readable image"),
@@ -144,14 +146,14 @@ def test_bad_uploads_are_named_with_their_reason(runs):
     with pytest.raises(UserError, match="only 1 class.*broken.png: not a readable image"):
         adapt.prepare_upload(cfg, [classes[0], adapt.NewClass("dog", [adapt.Upload("broken.png", b"\x89PNG..")])],
                              [adapt.Upload("q.png", png(sampled.query[0]))])
-    with pytest.raises(UserError, match="MB limit"):
-        adapt.prepare_upload(cfg, classes, limits=adapt.UploadLimits(max_total_bytes=1000))
+    with pytest.raises(UserError, match="over the 1000 bytes limit"):
+        adapt.prepare_upload(cfg, classes, limits=replace(adapt.LIMITS, max_upload_bytes=1000))
     unnamed = adapt.prepare_upload(cfg, [adapt.NewClass("", c.support) for c in classes], queries[:0] +
                                    [adapt.Upload("q.png", png(sampled.query[0]))])
     assert unnamed.class_names == ["class 1", "class 2"] and unnamed.query_labels.tolist() == [adapt.UNKNOWN]
     fig = episode_view(adapt.task_detail(model, unnamed, dev, grid=10))
     assert any("without a label" in str(t.name) for t in fig.data)
-    assert "1-5 support images" in adapt.limits_text() and "8 MB per image" in adapt.limits_text()
+    assert "1-5 support images" in adapt.limits_text() and "8 MiB per image" in adapt.limits_text()
 
 
 def test_twin_comparison_uses_the_same_episodes(runs):

@@ -16,19 +16,19 @@ import time
 import tracemalloc
 import zipfile
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import write_tree
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from engine.data import Preprocess, load_imageset, sources
+from engine.data import Preprocess, images, load_imageset, sources
 from engine.data.episodes import EpisodeSampler
 from engine.errors import UserError
-
-from conftest import write_tree
 
 pytestmark = pytest.mark.filterwarnings("ignore:Duplicate name:UserWarning")
 
@@ -194,7 +194,8 @@ def test_arbitrary_member_names_never_escape(hostile):
 
 
 def test_member_with_an_empty_name_is_skipped_by_loader_and_upload(tmp_path, monkeypatch):
-    from engine.services.uploads import original_sizes, save_zip
+    from engine.services.datasets import original_sizes
+    from engine.services.uploads import save_zip
 
     monkeypatch.setenv("CONCEPTSCAPE_UPLOADS", str(tmp_path / "uploads"))
     data = zip_bytes(GOOD + [("", encode(gray(4)))])  # zipfile's is_dir() raises IndexError on ''
@@ -339,7 +340,7 @@ def test_exif_orientations_come_out_upright(tmp_path, orientation):
 
 
 @pytest.mark.parametrize("w, h, words", [
-    (7000, 7000, "7000x7000 pixels is over the 40 Mpx limit per image"),  # engine's own limit
+    (7000, 7000, "7000×7000 px is over the 40 Mpx limit per image"),  # engine's own limit
     (100_000, 100_000, "not a readable image (Image size (10000000000 pixels) exceeds limit"),  # Pillow's
 ])
 def test_decompression_bomb_header_refused_before_decoding(tmp_path, w, h, words):
@@ -459,12 +460,12 @@ def test_zip_member_declaring_a_huge_size_is_skipped_unread(tmp_path, monkeypatc
     read = []
     real = zipfile.ZipFile.read
     monkeypatch.setattr(zipfile.ZipFile, "read", lambda self, m, *a: read.append(getattr(m, "filename", m)) or real(self, m, *a))
-    monkeypatch.setattr(sources, "MAX_ZIP_BYTES", 2**40)  # past the whole-archive check: the per-member one
+    monkeypatch.setattr(images, "READ", replace(images.READ, max_zip_bytes=2**40))  # past the whole-archive check: the per-member one
     s = load_imageset(str(path))
     assert s.counts().tolist() == [2, 2]
     assert any(p.startswith("a/huge.png: 4096 MiB uncompressed is over the 64 MiB limit per image") for p in s.problems)
     assert "a/huge.png" not in read
-    monkeypatch.setattr(sources, "MAX_ZIP_BYTES", 2 * 2**30)
+    monkeypatch.setattr(images, "READ", replace(images.READ, max_zip_bytes=2 * 2**30))
     sources.clear_cache()
     with pytest.raises(UserError, match=r"declares 4\.0 GiB uncompressed; the limit is 2 GiB"):
         load_imageset(str(path))
@@ -525,7 +526,7 @@ def test_zip_bomb_in_uploads_is_refused_before_saving(tmp_path, monkeypatch):
     monkeypatch.setenv("CONCEPTSCAPE_UPLOADS", str(tmp_path / "uploads"))
     data = zip_bytes(GOOD + [("a/zeros.png", b"\0" * (30 * 2**20))])
     saved, problems = save_zip("bomb.zip", data)
-    assert any(p.startswith("a/zeros.png: 31.5 MB is over the 20 MB limit per image") for p in problems), problems
+    assert any(p.startswith("a/zeros.png: 30 MiB is over the 20 MiB limit per image") for p in problems), problems
     with zipfile.ZipFile(saved) as zf:
         assert "a/zeros.png" not in zf.namelist() and len(zf.namelist()) == 4
 

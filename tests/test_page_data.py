@@ -77,7 +77,7 @@ def test_empty_state_shows_the_built_in_glyphs(page):
     splits = page.dataframe[-1].value  # the split table
     assert list(splits["split"]) == ["meta-train", "meta-val", "meta-test", "external"]
     assert page.button(key="data_use").disabled is False
-    assert any("2,000 images and 100 MB per upload" in c.value for c in page.caption)
+    assert any("2,000 images and 100 MiB per upload" in c.value for c in page.caption)
     page.number_input(key="data_first_class:glyphs").set_value(13).run()  # the next page of classes
     assert min(captions(page)).startswith(load_imageset("glyphs").class_names[12] + ":")
 

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 import engine.models.deml
-from engine.services import catalog
 from engine.config import preset
 from engine.errors import UserError
+from engine.services import catalog
+from engine.services.uploads import LIMITS, MiB, save_zip
 from engine.train.job import REGISTRY, TrainingJob
-from engine.services.uploads import LIMITS, MB, save_zip
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = dict(dataset="glyphs:classes=60,drawings=8,seed=1", steps=8, width=8, concept_dim=16, meta_batch=2,
@@ -191,15 +191,15 @@ def test_served_defaults_are_local_with_xsrf_protection_and_an_upload_limit():
     server = config["server"]
     assert server["address"] == "127.0.0.1"
     assert server["enableXsrfProtection"] is True
-    assert isinstance(server["maxUploadSize"], int) and 0 < server["maxUploadSize"] <= 1000  # MB
+    assert isinstance(server["maxUploadSize"], int) and 0 < server["maxUploadSize"] <= 1000  # MiB (Streamlit counts megabytes of 2**20 bytes)
     # the engine's own limit on one upload is no looser than what the server lets through
-    assert LIMITS.max_upload_bytes <= server["maxUploadSize"] * MB
+    assert LIMITS.max_upload_bytes <= server["maxUploadSize"] * MiB
     assert config.get("browser", {}).get("gatherUsageStats") is False
 
 
 def test_the_default_upload_limit_is_enforced(tmp_path, monkeypatch):
     monkeypatch.setenv("CONCEPTSCAPE_UPLOADS", str(tmp_path / "uploads"))
-    assert (LIMITS.max_upload_bytes, LIMITS.max_unpacked_bytes, LIMITS.max_file_bytes) == (100 * MB, 500 * MB, 20 * MB)
+    assert (LIMITS.max_upload_bytes, LIMITS.max_unpacked_bytes, LIMITS.max_file_bytes) == (100 * MiB, 500 * MiB, 20 * MiB)
     with pytest.raises(UserError, match=r"the limit is .* per upload"):
         save_zip("big.zip", bytes(LIMITS.max_upload_bytes + 1))
     assert not (tmp_path / "uploads").exists() or not any((tmp_path / "uploads").rglob("*"))

@@ -5,17 +5,24 @@ import io
 import os
 import re
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import write_tree
 from PIL import Image
 
-from engine.data import ImageSet, Preprocess, load_imageset, parse_spec
-from engine.data import omniglot, sources
+from engine.data import (
+    ImageSet,
+    Preprocess,
+    images,
+    load_imageset,
+    omniglot,
+    parse_spec,
+    sources,
+)
 from engine.errors import UserError
-
-from conftest import write_tree
 
 
 @pytest.fixture(autouse=True)
@@ -248,7 +255,7 @@ def test_decompression_bomb_refused(tmp_path):
     root = write_tree(tmp_path / "d", {"a/bomb.png": bomb, "a/ok.png": encode(glyph(1)), "b/ok.png": encode(glyph(2))})
     s = load_imageset(str(root))
     assert s.counts().tolist() == [1, 1]
-    assert any(p.startswith("a/bomb.png: 8000x6000 pixels is over the 40 Mpx limit") for p in s.problems)
+    assert any(p.startswith("a/bomb.png: 8000×6000 px is over the 40 Mpx limit") for p in s.problems)
 
 
 def test_sixteen_bit_png_scaled_not_clipped(tmp_path):
@@ -326,18 +333,16 @@ def test_zip_not_a_zip(tmp_path):
 def test_zip_limits(tmp_path, monkeypatch):
     files = {f"{c}/{k}.png": encode(glyph(k)) for c in "abc" for k in range(3)}
     path = make_zip(tmp_path / "z.zip", files)
-    monkeypatch.setattr(sources, "MAX_ZIP_MEMBERS", 5)
+    monkeypatch.setattr(images, "READ", images.ReadLimits(max_zip_members=5))
     with pytest.raises(UserError, match="declares 9 members"):
         load_imageset(str(path))
-    monkeypatch.setattr(sources, "MAX_ZIP_MEMBERS", 100_000)
-    monkeypatch.setattr(sources, "MAX_ZIP_BYTES", 100)
+    monkeypatch.setattr(images, "READ", images.ReadLimits(max_zip_bytes=100))
     with pytest.raises(UserError, match="uncompressed"):
         load_imageset(str(path))
-    monkeypatch.setattr(sources, "MAX_ZIP_BYTES", 2 * 2**30)
     sizes = sorted(len(v) for v in files.values())
-    monkeypatch.setattr(sources, "MAX_FILE_BYTES", sizes[-1] - 1)
+    monkeypatch.setattr(images, "READ", images.ReadLimits(max_file_bytes=sizes[-1] - 1))
     s = load_imageset(str(path))
-    assert any("MiB limit per image, skipped" in p for p in s.problems)
+    assert any("limit per image, skipped" in p for p in s.problems)
     assert s.counts().sum() < 9
 
 
@@ -560,6 +565,6 @@ def test_omniglot_npz_and_zip_agree(omniglot_dir):
 
 def test_npz_size_limit(tmp_path, monkeypatch):
     path = save_npz(tmp_path / "big.npz", images=np.zeros((4, 8, 8), np.uint8), labels=np.arange(4))
-    monkeypatch.setattr(sources, "MAX_NPZ_BYTES", 100)
+    monkeypatch.setattr(images, "READ", replace(images.READ, max_npz_bytes=100))
     with pytest.raises(UserError, match="uncompressed; the limit is"):
         load_imageset(str(path))

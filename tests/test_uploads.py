@@ -10,11 +10,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.services import uploads
 from engine.data import load_imageset, sources
 from engine.errors import UserError
-from engine.services.uploads import (UploadLimits, check_dimensions, check_limits, preview, safe_name, save_browser_classes,
-                            save_zip, spec_kind, split_preview)
+from engine.services import uploads
+from engine.services.datasets import preview, spec_kind, split_preview
+from engine.services.uploads import (
+    UploadLimits,
+    check_dimensions,
+    check_limits,
+    safe_name,
+    save_browser_classes,
+    save_zip,
+)
 
 
 def png(seed: int, size=(8, 8), fmt="PNG") -> bytes:
@@ -96,7 +103,7 @@ def test_check_limits_names_every_refused_file_and_keeps_the_rest():
 
 
 def test_limits_are_stated_for_people():
-    assert uploads.LIMITS.describe() == ("at most 2,000 images and 100 MB per upload (500 MB unpacked), 20 MB per "
+    assert uploads.LIMITS.describe() == ("at most 2,000 images and 100 MiB per upload (500 MiB unpacked), 20 MiB per "
                                          "image, images at most 4,096×4,096 px and 40 Mpx")
 
 

@@ -26,42 +26,26 @@ import torch
 from PIL import Image
 
 from engine.config import TrainConfig
-from engine.data.episodes import EpisodeIndex, EpisodeSampler, channels_first, class_major_labels
+from engine.data.episodes import (
+    EpisodeIndex,
+    EpisodeSampler,
+    channels_first,
+    class_major_labels,
+)
+from engine.data.images import IMAGE_TYPES as IMAGE_TYPES
+from engine.data.images import TASK_UPLOAD, Refused, UploadLimits, decode, size_text
+from engine.data.images import limits_text as limits_text
 from engine.data.imageset import is_gray, normalise_polarity, to_pixels
 from engine.errors import UserError
-from engine.viz.episode import UNKNOWN, EpisodeDetail, episode_detail
-from engine.viz.episode import task_detail as lay_out_task
 from engine.eval.checkpoints import held_out_classes
 from engine.models.deml import DEMLModel, eval_mode
-
-
+from engine.viz.episode import UNKNOWN, EpisodeDetail, episode_detail
+from engine.viz.episode import task_detail as lay_out_task
 
 # ----------------------------------------------------------------------------------------------
-# Upload limits
+# Upload limits: engine.data.images' TASK_UPLOAD (with IMAGE_TYPES, limits_text), re-exported for the Adapt page
 # ----------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class UploadLimits:
-    min_classes: int = 2
-    max_classes: int = 10
-    max_support: int = 5  # support images per class (at least 1)
-    max_queries: int = 40  # query images in all (labelled, unlabelled and camera together)
-    max_file_bytes: int = 8 * 2**20
-    max_total_bytes: int = 40 * 2**20
-    min_side: int = 8  # px
-    max_side: int = 4096  # px, checked from the header before decoding
-    max_name: int = 40  # characters of a class name
-
-
-LIMITS = UploadLimits()
-IMAGE_TYPES = ("png", "jpg", "jpeg", "bmp", "gif", "webp", "tif", "tiff")
-
-
-def limits_text(limits: UploadLimits = LIMITS) -> str:
-    """The limits, as the page states them."""
-    return (f"{limits.min_classes}-{limits.max_classes} classes, 1-{limits.max_support} support images per class, "
-            f"up to {limits.max_queries} query images; {', '.join(t.upper() for t in IMAGE_TYPES if t != 'jpeg')}; "
-            f"at most {limits.max_file_bytes // 2**20} MB per image and {limits.max_total_bytes // 2**20} MB in all; "
-            f"{limits.min_side}-{limits.max_side} px per side")
+LIMITS = TASK_UPLOAD
 
 
 @dataclass
@@ -132,41 +116,23 @@ def sample_task(cfg: TrainConfig, ways: int | None = None, shots: int | None = N
 # Uploads
 # ----------------------------------------------------------------------------------------------
 def _decode(up: Upload, limits: UploadLimits, problems: list[str]) -> Image.Image | None:
-    """Bytes -> a loaded PIL image, or None with a problem line naming the file and the reason."""
-    from engine.data.sources import _decode as decode_bytes
-    from engine.data.sources import _Problems
-
+    """Bytes -> a loaded PIL image (engine.data.images.decode), or None with a problem line naming
+    the file and the reason."""
     where = up.name or "unnamed file"
-    if not up.data:
-        problems.append(f"{where}: empty file, left out")
-        return None
-    if len(up.data) > limits.max_file_bytes:
-        problems.append(f"{where}: {len(up.data) / 2**20:.1f} MB is over the {limits.max_file_bytes // 2**20} MB "
-                        "limit per image, left out")
-        return None
+    notes: list[str] = []
     try:
-        with Image.open(io.BytesIO(up.data)) as probe:
-            w, h = probe.size
-    except Exception:  # noqa: BLE001 - reported below by the decoder with its reason
-        w = h = None
-    if w is not None:
-        if max(w, h) > limits.max_side:
-            problems.append(f"{where}: {w}x{h} px is over the {limits.max_side} px limit per side, left out")
-            return None
-        if min(w, h) < limits.min_side:
-            problems.append(f"{where}: {w}x{h} px is under the {limits.min_side} px minimum per side, left out")
-            return None
-    found = _Problems()
-    img = decode_bytes(up.data, where, found, reduce_to=256)
-    problems.extend(line if line.endswith("left out") or img is not None else f"{line}; left out"
-                    for line in found.lines())
+        img = decode(up.data, limits, reduce_to=256, notes=notes)
+    except Refused as e:
+        problems.append(f"{where}: {e}, left out")
+        return None
+    problems.extend(f"{where}: {note}" for note in notes)
     return img
 
 
 def _class_names(classes: list[NewClass], limits: UploadLimits) -> list[str]:
     names = []
     for i, c in enumerate(classes):
-        name = " ".join(str(c.name or "").split())[: limits.max_name] or f"class {i + 1}"
+        name = " ".join(str(c.name or "").split())[: limits.max_name_chars] or f"class {i + 1}"
         names.append(name)
     seen: dict[str, int] = {}
     for i, name in enumerate(names):
@@ -187,9 +153,9 @@ def prepare_upload(cfg: TrainConfig, classes: list[NewClass], queries: list[Uplo
     names = _class_names(classes, limits)
     everything = [u for c in classes for u in (*c.support, *c.queries)] + list(queries)
     total = sum(len(u.data) for u in everything)
-    if total > limits.max_total_bytes:
-        raise UserError(f"the uploaded images add up to {total / 2**20:.1f} MB, over the "
-                        f"{limits.max_total_bytes // 2**20} MB limit; use fewer or smaller images")
+    if total > limits.max_upload_bytes:
+        raise UserError(f"the uploaded images add up to {size_text(total)}, over the "
+                        f"{size_text(limits.max_upload_bytes)} limit; use fewer or smaller images")
     problems: list[str] = []
     support: list[tuple[int, str, Image.Image]] = []
     labelled: list[tuple[int, str, Image.Image]] = []
