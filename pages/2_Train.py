@@ -15,9 +15,8 @@ from ui.live import live_view
 st.set_page_config(page_title="Train · Conceptscape", layout="wide")
 start_umap_warmup()
 
-LEARNER_NAMES = {"protonet": "Prototypical networks", "matching": "Matching networks", "maml": "MAML",
-                 "metasgd": "Meta-SGD", "reptile": "Reptile"}
-GRADIENT_LEARNERS = "MAML, Meta-SGD and Reptile"
+_gradient = [cls.display_name for cls in LEARNERS.values() if cls.adapts_by_steps]
+GRADIENT_LEARNERS = ", ".join(_gradient[:-1]) + " and " + _gradient[-1]  # "MAML, Meta-SGD and Reptile"
 
 
 def defaults():
@@ -39,7 +38,7 @@ def settings_form(base) -> tuple[dict, bool] | None:
         backbone = c1.selectbox("Backbone", backbones, index=backbones.index(base.backbone), key="train_backbone",
                                 help="the concept generator G: conv4 is quick on a CPU, resnet12 is bigger")
         learner = c2.selectbox("Learner", learners, index=learners.index(base.learner), key="train_learner",
-                               format_func=lambda n: LEARNER_NAMES.get(n, n), help="the meta-learner M")
+                               format_func=lambda n: LEARNERS[n].display_name, help="the meta-learner M")
         steps = c3.number_input("Steps", min_value=1, max_value=1_000_000, value=base.steps, step=100,
                                 key="train_steps", help="optimizer steps (the demo's 1500 take a few minutes on CPU)")
         lam = c4.number_input("λ (discriminator weight)", min_value=0.0, value=float(base.lam), step=0.1,
