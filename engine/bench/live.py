@@ -212,9 +212,3 @@ def add_arguments(parser) -> None:
 def run(args) -> dict:
     sizes = {"rounds": check_rounds(args.rounds), **(SMOKE if args.smoke else {})}
     return live_benchmark(args.preset, **sizes)
-
-
-if __name__ == "__main__":
-    import json
-
-    print(json.dumps(live_benchmark()))

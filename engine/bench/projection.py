@@ -9,7 +9,6 @@ when the probe has fewer points than asked), else from synthetic drifting cluste
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import platform
 import statistics
@@ -222,7 +221,3 @@ def add_arguments(parser) -> None:
 
 def run(args) -> dict:
     return projection_benchmark(args.run, **(SMOKE if args.smoke else {}))
-
-
-if __name__ == "__main__":  # python -m engine.bench.projection [RUN_DIR]
-    print(json.dumps(projection_benchmark(sys.argv[1] if len(sys.argv) > 1 else None)))
