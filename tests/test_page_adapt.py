@@ -8,10 +8,10 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from engine.services import adapt
 from engine.config import REPO
+from engine.services import adapt
 
-PAGE = str(REPO / "pages" / "3_Adapt.py")
+PAGE = str(REPO / "app_pages" / "3_Adapt.py")
 
 
 @pytest.fixture

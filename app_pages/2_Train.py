@@ -6,14 +6,10 @@ import streamlit as st
 from engine.config import preset, runs_root
 from engine.errors import UserError
 from engine.learners import LEARNERS, build_learner
-from engine.viz.live import new_run_dir, start_runs
 from engine.models import BACKBONES
-from engine.viz.project import start_umap_warmup
+from engine.viz.live import new_run_dir, start_runs
 from ui.common import current_run, data_overrides, presenter, set_current_run
 from ui.live import live_view
-
-st.set_page_config(page_title="Train · Conceptscape", layout="wide")
-start_umap_warmup()
 
 LEARNER_NAMES = {"protonet": "Prototypical networks", "matching": "Matching networks", "maml": "MAML",
                  "metasgd": "Meta-SGD", "reptile": "Reptile"}

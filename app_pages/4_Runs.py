@@ -8,16 +8,15 @@ from pathlib import Path
 
 import streamlit as st
 
-from engine.services import catalog
-from engine.viz.charts import adaptation_curves
 from engine.config import runs_root
 from engine.errors import UserError
 from engine.eval.checkpoints import find_twin, run_evaluation
+from engine.services import catalog
+from engine.viz.charts import adaptation_curves
 from engine.viz.project import umap_status
 from engine.viz.report import build_report
 from ui.common import current_run, presenter, set_current_run
 
-st.set_page_config(page_title="Runs", layout="wide")
 st.title("Runs")
 presenter()
 st.session_state.setdefault("runs_eval_episodes", 600)

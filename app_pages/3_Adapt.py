@@ -7,13 +7,12 @@ import os
 import numpy as np
 import streamlit as st
 
-from engine.services import adapt, catalog
-from engine.viz.charts import adaptation_curves
 from engine.errors import UserError
 from engine.eval.checkpoints import find_twin
+from engine.services import adapt, catalog
+from engine.viz.charts import adaptation_curves
 from ui.common import current_run, presenter, set_current_run
 
-st.set_page_config(page_title="Adapt", layout="wide")
 st.title("Adapt")
 big_view = presenter()
 THUMB_PX = 84

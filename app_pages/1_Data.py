@@ -8,11 +8,18 @@ import streamlit as st
 
 from engine.data.imageset import Preprocess
 from engine.errors import UserError
-from engine.services.uploads import (IMAGE_TYPES, LIMITS, SHOWN_CLASSES, SPLITS, preview, save_browser_classes, save_zip,
-                            spec_kind, split_preview)
+from engine.services.uploads import (
+    IMAGE_TYPES,
+    LIMITS,
+    SHOWN_CLASSES,
+    SPLITS,
+    preview,
+    save_browser_classes,
+    save_zip,
+    spec_kind,
+    split_preview,
+)
 from ui.common import data_overrides, set_data_overrides
-
-st.set_page_config(page_title="Data", layout="wide")
 
 SOURCES = {"glyphs": "Built-in glyphs", "digits": "Built-in digits", "zip": "Upload a zip",
            "browser": "Build classes in the browser", "path": "Folder on the server"}
