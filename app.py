@@ -1,60 +1,27 @@
-"""Conceptscape home: what DEML is, a one-click demo, and the live view of a run."""
+"""Conceptscape's entry point (`streamlit run app.py`): the router. It sets what every page shares,
+then runs the page the URL names. The pages live in app_pages/, one file each. Not in pages/: with a
+folder of that name beside app.py, Streamlit serves in its legacy mode (every file there a page, and
+app.py one more, titled "app") until some session runs this file, e.g. when the first visitor after a
+restart opens /Train."""
 from __future__ import annotations
 
 import streamlit as st
 
-from engine.config import preset, runs_root
-from engine.errors import UserError
-from engine.train.job import REGISTRY
-from engine.eval.twins import twin_dir_for
-from engine.services.training import new_run_dir, start_runs
 from engine.viz.project import start_umap_warmup
-from ui.common import current_run, presenter, set_current_run
-from ui.live import live_view
+from ui.common import presenter_toggle
 
-st.set_page_config(page_title="Conceptscape", layout="wide")
+# url_path is each page's URL (/Data, ...): links, bookmarks and the browser tests use them
+PAGES = [
+    st.Page("app_pages/0_Home.py", title="Home", icon=":material/home:", default=True),
+    st.Page("app_pages/1_Data.py", title="Data", icon=":material/dataset:", url_path="Data"),
+    st.Page("app_pages/2_Train.py", title="Train", icon=":material/model_training:", url_path="Train"),
+    st.Page("app_pages/3_Adapt.py", title="Adapt", icon=":material/tune:", url_path="Adapt"),
+    st.Page("app_pages/4_Runs.py", title="Runs", icon=":material/folder_open:", url_path="Runs"),
+]
+
+page = st.navigation(PAGES)
+st.set_page_config(page_title="Conceptscape" if page.url_path == "" else f"{page.title} · Conceptscape",
+                   layout="wide")
 start_umap_warmup()  # import and compile UMAP on a background thread now; maps show PCA until it is ready
-show_presenter = presenter()
-
-
-DIAGRAM = """digraph {
-  rankdir=LR; node [shape=box, style="rounded,filled", fillcolor="#eef3fb", fontname="Helvetica"];
-  img [label="images\\n(few-shot tasks)"]; ext [label="external labeled\\nimages"];
-  G [label="concept generator G\\n(CNN)", fillcolor="#d7e6fb"];
-  M [label="meta-learner M\\n(ProtoNet, MAML, ...)"]; D [label="concept discriminator D"];
-  img -> G; ext -> G; G -> M [label="concepts"]; G -> D [label="concepts"];
-  M -> L [label="meta loss"]; D -> L [label="λ · discrimination loss"];
-  L [label="one optimizer step\\nover G, D and M", shape=ellipse, fillcolor="#fdf1dc"];
-}"""
-
-st.title("Conceptscape")
-st.markdown(
-    "**Deep meta-learning in concept space** (DEML, Zhou, Wu & Li 2018) learns to learn from a few "
-    "examples by working on *concepts* instead of pixels. A **concept generator** turns images into "
-    "concept vectors; a **meta-learner** learns from many small N-way K-shot tasks how to classify "
-    "new classes from a handful of concepts; a **concept discriminator** is trained at the same "
-    "time on an *external* labeled set, so the concepts also carry what those other classes teach. "
-    "All three take one step together on `meta loss + λ · discrimination loss`; λ = 0 is the plain "
-    "meta-learner it is compared against."
-)
-st.graphviz_chart(DIAGRAM)
-
-if st.button("Start demo", type="primary", key="start_demo",
-             help="trains the demo preset on built-in glyphs (a few minutes on CPU)"):
-    try:
-        out = new_run_dir(runs_root(), "demo")
-        start_runs(preset("demo"), out)
-        set_current_run(out)
-    except UserError as e:
-        st.error(str(e))
-
-run_dir = current_run()
-live_view(run_dir, key="live", presenter=show_presenter,
-          empty_hint="Press **Start demo** to train on built-in glyphs and watch concept space form.")
-
-active = [j for j in REGISTRY.active() if j.run_dir not in (run_dir, run_dir and twin_dir_for(run_dir))]
-if active:
-    st.subheader("Other runs in progress")
-    for other in active:
-        p = other.progress()
-        st.write(f"`{other.run_dir}`: {p['state']}, step {p['step']}/{p['steps']}")
+presenter_toggle()  # in the sidebar of every page; the pages read it with ui.common.presenter()
+page.run()

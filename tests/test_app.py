@@ -43,3 +43,19 @@ def test_start_demo_trains_and_shows_live_view(app, tmp_path):
     assert len(charts) == 2  # training curves and the concept map
     assert (tmp_path / run_dir / "metrics.jsonl").is_file()
     assert any("step 8/8" in p.proto.text for p in app.get("progress"))
+
+
+def test_router_serves_every_page_under_one_presenter_toggle(app, tmp_path, monkeypatch):
+    """app.py runs the page asked for; the Presenter view toggle is the router's, so it keeps its state
+    from page to page (a widget drawn by a page is that page's own)."""
+    assert not (REPO / "pages").exists()  # that name puts Streamlit in its legacy page mode (see app.py)
+    monkeypatch.setenv("CONCEPTSCAPE_RUNS", str(tmp_path / "runs"))
+    app.run()
+    app.toggle(key="presenter").set_value(True).run()
+    for path, title in (("app_pages/1_Data.py", "Data"), ("app_pages/2_Train.py", "Train"),
+                        ("app_pages/3_Adapt.py", "Adapt"), ("app_pages/4_Runs.py", "Runs"),
+                        ("app_pages/0_Home.py", "Conceptscape")):
+        app.switch_page(path).run()
+        assert not app.exception, (path, app.exception)
+        assert app.title[0].value == title
+        assert len(app.sidebar.toggle) == 1 and app.toggle(key="presenter").value, path

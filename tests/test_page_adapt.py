@@ -9,10 +9,10 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from engine.eval import checkpoints
-from engine.services import adapt
 from engine.config import REPO
+from engine.services import adapt
 
-PAGE = str(REPO / "pages" / "3_Adapt.py")
+PAGE = str(REPO / "app_pages" / "3_Adapt.py")
 
 
 @pytest.fixture

@@ -42,7 +42,7 @@ def uploads(tmp_path, monkeypatch) -> Path:
 
 @pytest.fixture
 def page(uploads) -> AppTest:
-    at = AppTest.from_file(str(REPO / "pages" / "1_Data.py"), default_timeout=60)
+    at = AppTest.from_file(str(REPO / "app_pages" / "1_Data.py"), default_timeout=60)
     at.run()
     assert not at.exception
     return at
@@ -137,7 +137,7 @@ def test_use_this_data_stores_the_split_choice(page):
 
 
 def test_the_stored_choice_is_shown_when_the_page_opens(uploads):
-    at = AppTest.from_file(str(REPO / "pages" / "1_Data.py"), default_timeout=60)
+    at = AppTest.from_file(str(REPO / "app_pages" / "1_Data.py"), default_timeout=60)
     at.session_state["data_overrides"] = {"dataset": "digits", "external": "glyphs", "val_split": 2.0,
                                           "test_split": 2.0, "rotations": True}
     at.run()

@@ -7,7 +7,7 @@ from streamlit.testing.v1 import AppTest
 from engine.config import REPO
 from engine.runs import RunDir
 
-PAGE = str(REPO / "pages" / "4_Runs.py")
+PAGE = str(REPO / "app_pages" / "4_Runs.py")
 
 
 @pytest.fixture

@@ -10,10 +10,10 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from engine import config
-from engine.viz import project
 from engine.config import REPO
 from engine.eval.twins import find_twin
 from engine.train.job import REGISTRY
+from engine.viz import project
 from engine.eval.twins import twin_dir_for
 
 TINY_DEMO = dict(dataset="glyphs:classes=60,drawings=8,seed=1", steps=8, width=8, meta_batch=2, ext_batch=8,
@@ -27,7 +27,7 @@ def page(tmp_path, monkeypatch):
     monkeypatch.delenv("CONCEPTSCAPE_RUNS", raising=False)
     monkeypatch.setitem(config.PRESETS, "demo", TINY_DEMO)
     monkeypatch.setattr(project, "start_umap_warmup", lambda: None)  # no background compile in tests
-    return AppTest.from_file(str(REPO / "pages" / "2_Train.py"), default_timeout=60)
+    return AppTest.from_file(str(REPO / "app_pages" / "2_Train.py"), default_timeout=60)
 
 
 def start(at: AppTest, **values) -> str:

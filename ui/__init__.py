@@ -6,4 +6,5 @@ Session contract between pages:
       rotations...). The Train page starts runs from preset + these overrides; absent = built-in glyphs.
   st.query_params["run"]: the run directory being viewed, so a refresh comes back to it.
   st.session_state["presenter"]: presenter view on/off (also st.query_params["presenter"] == "1").
+      The router (app.py) draws its toggle for every page and sets st.session_state["_presenter_routed"].
 """

@@ -26,8 +26,25 @@ def set_current_run(run_dir: str) -> None:
     st.query_params["run"] = run_dir
 
 
+ROUTED = "_presenter_routed"  # set by presenter_toggle(): the router draws the toggle for every page
+
+
+def presenter_toggle() -> bool:
+    """The router (app.py) draws the Presenter view toggle before it runs the page: a widget drawn there
+    is one widget on every page, so the choice carries from page to page (a page's own widgets do not)."""
+    st.session_state[ROUTED] = True
+    return _toggle()
+
+
 def presenter() -> bool:
-    """Presenter view: controls hidden, live map and curves enlarged (a toggle in the sidebar)."""
+    """Presenter view: controls hidden, live map and curves enlarged (a toggle in the sidebar). The
+    router draws the toggle; a page run on its own (AppTest.from_file in the tests) draws it here."""
+    if st.session_state.get(ROUTED):
+        return bool(st.session_state["presenter"])
+    return _toggle()
+
+
+def _toggle() -> bool:
     if "presenter" not in st.session_state:
         st.session_state["presenter"] = st.query_params.get("presenter") == "1"
     on = st.sidebar.toggle("Presenter view", key="presenter",

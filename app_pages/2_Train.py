@@ -8,12 +8,8 @@ from engine.errors import UserError
 from engine.learners import LEARNERS, build_learner
 from engine.services.training import new_run_dir, start_runs
 from engine.models import BACKBONES
-from engine.viz.project import start_umap_warmup
 from ui.common import current_run, data_overrides, presenter, set_current_run
 from ui.live import live_view
-
-st.set_page_config(page_title="Train · Conceptscape", layout="wide")
-start_umap_warmup()
 
 _gradient = [cls.display_name for cls in LEARNERS.values() if cls.adapts_by_steps]
 GRADIENT_LEARNERS = ", ".join(_gradient[:-1]) + " and " + _gradient[-1]  # "MAML, Meta-SGD and Reptile"

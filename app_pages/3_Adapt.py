@@ -14,7 +14,6 @@ from engine.services import adapt, catalog
 from engine.viz.charts import adaptation_curves, episode_view
 from ui.common import current_run, presenter, set_current_run
 
-st.set_page_config(page_title="Adapt", layout="wide")
 st.title("Adapt")
 big_view = presenter()
 THUMB_PX = 84

@@ -19,8 +19,6 @@ from engine.services.datasets import (
 from engine.services.uploads import IMAGE_TYPES, LIMITS, save_browser_classes, save_zip
 from ui.common import data_overrides, set_data_overrides
 
-st.set_page_config(page_title="Data", layout="wide")
-
 SOURCES = {"glyphs": "Built-in glyphs", "digits": "Built-in digits", "zip": "Upload a zip",
            "browser": "Build classes in the browser", "path": "Folder on the server"}
 EXTERNALS = {"auto": "Auto: a class-disjoint part of this data", "digits": "Built-in digits",

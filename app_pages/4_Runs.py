@@ -19,7 +19,6 @@ from engine.viz.project import umap_status
 from engine.viz.report import build_report
 from ui.common import current_run, presenter, set_current_run
 
-st.set_page_config(page_title="Runs", layout="wide")
 st.title("Runs")
 presenter()
 st.session_state.setdefault("runs_eval_episodes", 600)
