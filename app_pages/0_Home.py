@@ -5,9 +5,9 @@ import streamlit as st
 
 from engine.config import preset, runs_root
 from engine.errors import UserError
-from engine.train.job import REGISTRY
 from engine.eval.twins import twin_dir_for
 from engine.services.training import new_run_dir, start_runs
+from engine.train.job import REGISTRY
 from ui.common import current_run, presenter, set_current_run
 from ui.live import live_view
 

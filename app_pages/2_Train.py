@@ -6,8 +6,8 @@ import streamlit as st
 from engine.config import preset, runs_root
 from engine.errors import UserError
 from engine.learners import LEARNERS, build_learner
-from engine.services.training import new_run_dir, start_runs
 from engine.models import BACKBONES
+from engine.services.training import new_run_dir, start_runs
 from ui.common import current_run, data_overrides, presenter, set_current_run
 from ui.live import live_view
 

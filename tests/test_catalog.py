@@ -5,14 +5,14 @@ import os
 import time
 
 import pytest
+from conftest import TINY_RUN
 
-from engine.services import catalog
 from engine.config import preset
 from engine.errors import UserError
 from engine.eval.evaluate import run_evaluation
+from engine.services import catalog
 from engine.train.job import REGISTRY, TrainingJob
 
-from conftest import TINY_RUN
 
 @pytest.fixture
 def root(twin_runs):

@@ -641,8 +641,8 @@ def test_concept_map_and_replay_from_a_real_run():
     from sklearn.decomposition import PCA
 
     from engine.config import preset
-    from engine.viz.regions import discriminator_logits, softmax
     from engine.train.trainer import Trainer
+    from engine.viz.regions import discriminator_logits, softmax
 
     cfg = preset("smoke").with_overrides(steps=8, width=8, val_every=4, val_episodes=8, snapshot_every=4,
                                          checkpoint_every=8, dataset="glyphs:classes=60,drawings=8,seed=1",

@@ -23,11 +23,11 @@ import pytest
 import torch
 
 import engine.runs
-from engine.services import catalog
 from engine.cli import main as cli_main
 from engine.config import TrainConfig, preset
-from engine.train.job import TrainingJob
 from engine.runs import RunDir
+from engine.services import catalog
+from engine.train.job import TrainingJob
 from engine.train.trainer import Trainer, resume_run, start_run
 
 ROOT = Path(__file__).resolve().parents[1]

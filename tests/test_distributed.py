@@ -21,9 +21,9 @@ import torch
 import torch.distributed as dist
 
 from engine import cli
-from engine.train import distributed
 from engine.config import TrainConfig, preset
 from engine.runs import RunDir
+from engine.train import distributed
 from engine.train.trainer import Control, Trainer, resume_run, start_run
 
 REPO = Path(__file__).resolve().parents[1]

@@ -8,9 +8,9 @@ from sklearn.decomposition import PCA
 
 from engine.config import preset
 from engine.data.episodes import EpisodeSampler
-from engine.viz.episode import episode_detail
 from engine.eval.evaluate import confusion, episode_accuracies, evaluate
 from engine.train.trainer import Trainer
+from engine.viz.episode import episode_detail
 
 TINY = dict(dataset="glyphs:classes=60,drawings=8,seed=1", steps=6, width=8, concept_dim=16, meta_batch=2,
             ext_batch=8, val_every=6, val_episodes=8, snapshot_every=6, checkpoint_every=6)

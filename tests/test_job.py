@@ -7,8 +7,8 @@ import pytest
 
 from engine.config import preset
 from engine.errors import UserError
-from engine.train.job import JobRegistry, TrainingJob
 from engine.runs import RunDir
+from engine.train.job import JobRegistry, TrainingJob
 
 TINY_DATA = "glyphs:classes=60,drawings=8,seed=1"
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.viz import project
 from engine.config import TrainConfig
-from engine.train.job import JobRegistry, TrainingJob
 from engine.eval.twins import twin_dir_for
 from engine.services.training import is_active, new_run_dir
+from engine.train.job import JobRegistry, TrainingJob
+from engine.viz import project
 from engine.viz.live import LiveMap, selected_rows, val_summary
 from engine.viz.project import frame_displacement
 

@@ -6,8 +6,8 @@ import torch
 
 from engine.config import TrainConfig
 from engine.errors import UserError
-from engine.models.deml import DEMLModel
 from engine.models import BACKBONES, ConceptDiscriminator, build_generator
+from engine.models.deml import DEMLModel
 
 
 @pytest.mark.parametrize("backbone", sorted(BACKBONES))

@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from engine.eval import checkpoints
 from engine.config import REPO
+from engine.eval import checkpoints
 from engine.services import adapt
 
 PAGE = str(REPO / "app_pages" / "3_Adapt.py")

@@ -11,10 +11,9 @@ from streamlit.testing.v1 import AppTest
 
 from engine import config
 from engine.config import REPO
-from engine.eval.twins import find_twin
+from engine.eval.twins import find_twin, twin_dir_for
 from engine.train.job import REGISTRY
 from engine.viz import project
-from engine.eval.twins import twin_dir_for
 
 TINY_DEMO = dict(dataset="glyphs:classes=60,drawings=8,seed=1", steps=8, width=8, meta_batch=2, ext_batch=8,
                  val_every=4, val_episodes=8, snapshot_every=4, checkpoint_every=8, probe_classes=4,

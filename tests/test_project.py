@@ -13,7 +13,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.viz import project
-from engine.viz.project import ConceptProjector, frame_displacement, procrustes_align, procrustes_transform, stable_layouts
+from engine.viz.project import (
+    ConceptProjector,
+    frame_displacement,
+    procrustes_align,
+    procrustes_transform,
+    stable_layouts,
+)
 
 
 def drifting_frames(n=300, d=16, k=6, frames=6, step=0.05, seed=0) -> list[np.ndarray]:

@@ -8,9 +8,9 @@ import pytest
 
 from engine import cli
 from engine.config import preset
-from engine.viz.report import build_report
 from engine.runs import RunDir
 from engine.train.trainer import start_run
+from engine.viz.report import build_report
 
 TINY = dict(dataset="glyphs:classes=60,drawings=8,seed=1", steps=8, width=8, concept_dim=16, meta_batch=2,
             ext_batch=8, val_every=4, val_episodes=8, snapshot_every=2, checkpoint_every=8)
