@@ -113,6 +113,16 @@ def test_replay_frames_one_per_snapshot_on_the_live_map():
     assert late.frames(snaps, run="r", method="pca")[0][1] is frames[0][1]  # laid out once
 
 
+def test_replay_of_a_finished_run_is_the_stable_layouts_sequence():
+    """A map opened on a finished run lays out backwards from the latest snapshot: the same moving
+    picture as project.stable_layouts (what bench projection measures), up to one rotation."""
+    probe, snaps = make_probe(), make_snapshots(6)
+    frames = LiveMap(warm_up=False).frames(snaps, run="r", method="pca")
+    batch = project.stable_layouts([s["concepts"] for s in snaps], "pca")
+    for (_, live_xy), batch_xy in zip(frames, batch):
+        np.testing.assert_allclose(project.procrustes_align(batch_xy, live_xy, scale=False), live_xy, atol=1e-3)
+
+
 def test_regions_exact_on_the_live_pca_map_and_approximate_in_the_replay():
     lm, probe, snaps = LiveMap(warm_up=False, grid=12), make_probe(), make_snapshots(4)
     _, regions, _ = lm.refresh(snaps, probe, run="r", method="pca", regions=True)

@@ -63,7 +63,7 @@ def test_procrustes_removes_rotation_reflection_scale_translation(angle, reflect
 def test_procrustes_without_scale_keeps_size_and_rejects_shape_mismatch():
     Y = np.random.default_rng(1).normal(size=(30, 2))
     aligned = procrustes_align(Y, 3 * Y[:, ::-1] + 5, scale=False)
-    assert project._rms_radius(aligned) == pytest.approx(project._rms_radius(Y), rel=1e-5)
+    assert project.rms_radius(aligned) == pytest.approx(project.rms_radius(Y), rel=1e-5)
     with pytest.raises(ValueError, match="shapes differ"):
         procrustes_align(Y, Y[:10])
 
@@ -101,7 +101,7 @@ def test_pca_update_is_aligned_and_keeps_concept_units():
     independent = [ConceptProjector("pca").fit(f).embedding_ for f in frames]
     assert mean_step(updated) <= mean_step(independent) + 1e-6  # never worse than raw refits (which may flip)
     for u, i in zip(updated, independent):  # PCA is only rotated/reflected/shifted: same size
-        assert project._rms_radius(u) == pytest.approx(project._rms_radius(i), rel=1e-4)
+        assert project.rms_radius(u) == pytest.approx(project.rms_radius(i), rel=1e-4)
 
 
 def test_update_with_other_point_count_refits():

@@ -15,7 +15,9 @@ snapshot is laid out in training order, so the replay's frames are the very posi
 showed. A map opened on a run that already has snapshots (a finished run, another method) is fitted
 on the latest snapshot first, so the live picture is right at once; the earlier frames are laid out
 only when the replay asks for them, backwards from that first fit (the most trained frame gets the
-best layout and earlier ones morph out of it, as engine.viz.project.stable_layouts does).
+best layout and earlier ones morph out of it: the sequence engine.viz.project.stable_layouts
+computes in one go, which tests hold it to). The HTML report lays out its replay through frame_at
+too, so the app and the report show the same moving picture.
 
 UMAP warms up on a background thread; until it is ready the map is PCA and `note` says so, and the
 first refresh after it is ready switches once (the projector starts UMAP from the PCA layout).

@@ -117,7 +117,7 @@ def wait_for_umap(timeout: float | None = None) -> bool:
 # ----------------------------------------------------------------------------------------------
 # Alignment and displacement
 # ----------------------------------------------------------------------------------------------
-def _rms_radius(y: np.ndarray) -> float:
+def rms_radius(y: np.ndarray) -> float:
     c = y - y.mean(0)
     return float(np.sqrt((c * c).sum(1).mean()))
 
@@ -134,7 +134,7 @@ def procrustes_transform(Y: np.ndarray, ref: np.ndarray, scale: bool = True) -> 
     yc, rc = Y - mu_y, ref - mu_r
     u, _, vt = np.linalg.svd(yc.T @ rc)
     R = u @ vt  # (2, 2): maximises trace(R^T Yc^T Rc) over orthogonal matrices
-    ny, nr = _rms_radius(Y), _rms_radius(ref)
+    ny, nr = rms_radius(Y), rms_radius(ref)
     s = nr / ny if scale and ny > 0 else 1.0
     t = mu_r - s * mu_y @ R
     return R, float(s), t
@@ -149,7 +149,7 @@ def procrustes_align(Y: np.ndarray, ref: np.ndarray, scale: bool = True) -> np.n
 def frame_displacement(a: np.ndarray, b: np.ndarray) -> float:
     """Mean distance a point moves from frame a to frame b, in units of b's RMS radius."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    r = _rms_radius(b)
+    r = rms_radius(b)
     return float(np.linalg.norm(a - b, axis=1).mean() / r) if r > 0 else 0.0
 
 

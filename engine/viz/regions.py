@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from engine.records import Probe, Snapshot
+from engine.viz.project import rms_radius
 
 
 @dataclass
@@ -130,7 +131,7 @@ def normalise_frame(xy: np.ndarray, regions: RegionGrid | None) -> tuple[np.ndar
     """A frame centred and scaled to unit RMS radius, its region grid moved with it. Concept space
     grows many times over during training; a replay shows shape, not size."""
     centre = xy.mean(0)
-    radius = float(np.sqrt(((xy - centre) ** 2).sum(1).mean())) or 1.0
+    radius = rms_radius(xy) or 1.0
     moved = ((xy - centre) / radius).astype(np.float32)
     if regions is None:
         return moved, None

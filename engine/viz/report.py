@@ -15,28 +15,31 @@ from engine.eval.twins import find_twin, method_label
 from engine.records import val_records
 from engine.runs import RunDir
 from engine.viz.charts import adaptation_curves, replay, training_curves
-from engine.viz.project import ConceptProjector, start_umap_warmup, wait_for_umap
-from engine.viz.regions import normalise_frame, regions_for
+from engine.viz.live import LiveMap
+from engine.viz.project import start_umap_warmup, wait_for_umap
+from engine.viz.regions import normalise_frame
 
 MAX_REPLAY_FRAMES = 40  # evenly chosen snapshots (first and last kept): the file stays a few MB
 
 
 def replay_frames(run: RunDir, method: str = "umap", seed: int = 0):
-    """(steps, positions per frame, regions per frame, probe, snapshots) along a stable layout."""
+    """(frames [(step, xy)], regions per frame, probe, snapshots, method used) of up to
+    MAX_REPLAY_FRAMES snapshots, laid out by the app's own replay (LiveMap.frame_at: backwards from
+    the latest snapshot on one stable map), each frame centred and scaled for a fixed-axis animation."""
     steps = run.snapshot_steps()
     if len(steps) > MAX_REPLAY_FRAMES:
         keep = np.unique(np.linspace(0, len(steps) - 1, MAX_REPLAY_FRAMES).round().astype(int))
         steps = [steps[i] for i in keep]
     probe = run.load_probe()
     snapshots = [run.load_snapshot(s) for s in steps]
-    projector = ConceptProjector(method=method, seed=seed)
+    live = LiveMap(seed=seed, warm_up=False, threads=None)
     frames, regions = [], []
-    for i, snap in enumerate(snapshots):
-        (projector.fit if i == 0 else projector.update)(snap["concepts"])
-        xy, grid = normalise_frame(projector.embedding_, regions_for(projector, snap, probe))
-        frames.append((int(snap["step"]), xy))
+    for step in steps:
+        xy, grid, _ = live.frame_at(snapshots, probe, step, method=method, regions=True)
+        xy, grid = normalise_frame(xy, grid)
+        frames.append((int(step), xy))
         regions.append(grid)
-    return frames, regions, probe, snapshots, projector
+    return frames, regions, probe, snapshots, live.method_shown("", method) or method
 
 
 def _acc(rec: dict | None, acc_key: str = "accuracy", ci_key: str = "ci95") -> str:
@@ -68,7 +71,7 @@ def build_report(run_dir: str, out: str, twin: str | None = "auto", method: str 
     say("laying out the replay")
     metrics = run.read_metrics()
     twin_metrics = twin_run.read_metrics() if twin_run else None
-    frames, regions, probe, snapshots, projector = replay_frames(run, method)
+    frames, regions, probe, snapshots, shown = replay_frames(run, method)
 
     def label(c):
         return f"{c['learner']} {method_label(c['lam'])}"
@@ -78,7 +81,7 @@ def build_report(run_dir: str, out: str, twin: str | None = "auto", method: str 
                      "of held-out classes with its 95% confidence band.",
          training_curves(metrics, twin_metrics, title=f"Training: {label(cfg)}")),
         ("How concept space formed", f"Concept vectors of a fixed set of probe images at each snapshot, laid "
-                                     f"out by {projector.method_.upper()} so that points glide between frames; "
+                                     f"out by {shown.upper()} so that points glide between frames; "
                                      "the background is the concept discriminator's decision regions. "
                                      "Press play or drag the slider.",
          replay(frames, probe, snapshots, color_by="class", regions=regions, title="Concept space over training")),
@@ -119,7 +122,7 @@ def build_report(run_dir: str, out: str, twin: str | None = "auto", method: str 
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(page, encoding="utf-8")
     return {"report": str(out), "run_dir": str(run_dir), "twin": str(twin_dir) if twin_dir else None,
-            "frames": len(frames), "method": projector.method_, "test_accuracy": test["accuracy"],
+            "frames": len(frames), "method": shown, "test_accuracy": test["accuracy"],
             "test_ci95": test["ci95"], "bytes": Path(out).stat().st_size}
 
 
