@@ -116,7 +116,7 @@ def test_replay_frames_one_per_snapshot_on_the_live_map():
 def test_replay_of_a_finished_run_is_the_stable_layouts_sequence():
     """A map opened on a finished run lays out backwards from the latest snapshot: the same moving
     picture as project.stable_layouts (what bench projection measures), up to one rotation."""
-    probe, snaps = make_probe(), make_snapshots(6)
+    snaps = make_snapshots(6)
     frames = LiveMap(warm_up=False).frames(snaps, run="r", method="pca")
     batch = project.stable_layouts([s["concepts"] for s in snaps], "pca")
     for (_, live_xy), batch_xy in zip(frames, batch):
