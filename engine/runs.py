@@ -60,8 +60,12 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 class RunDir:
+    """One run folder. Open it once per command or page and pass the object down: its config is
+    parsed once (and again only when config.json changes on disk, e.g. a resume that adds steps)."""
+
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        self._config: tuple[tuple[int, int], dict] | None = None  # ((mtime_ns, size), config)
 
     # --- creation and config ---------------------------------------------------------------
     @classmethod
@@ -86,14 +90,28 @@ class RunDir:
         return run
 
     def config(self) -> dict:
+        """The settings the run was made with (a copy: change them through update_config)."""
+        path = self.path / "config.json"
         try:
-            data = json.loads((self.path / "config.json").read_text())
+            st = path.stat()
+            stamp = (st.st_mtime_ns, st.st_size)
+            if self._config is None or self._config[0] != stamp:
+                data = json.loads(path.read_text())
+                if not isinstance(data, dict) or data.get("format_version") != FORMAT_VERSION:
+                    version = data.get("format_version") if isinstance(data, dict) else None
+                    raise UserError(f"{self.path} was written by format {version}, this version reads {FORMAT_VERSION}")
+                if not isinstance(data.get("config"), dict):
+                    raise UserError(f"{path} holds no settings object; the run cannot be rebuilt")
+                self._config = (stamp, data["config"])
         except (OSError, json.JSONDecodeError) as e:
-            raise UserError(f"{self.path / 'config.json'} is unreadable ({e}); the run cannot be rebuilt") from e
-        if data.get("format_version") != FORMAT_VERSION:
-            raise UserError(f"{self.path} was written by format {data.get('format_version')}, "
-                            f"this version reads {FORMAT_VERSION}")
-        return data["config"]
+            raise UserError(f"{path} is unreadable ({e}); the run cannot be rebuilt") from e
+        return dict(self._config[1])
+
+    def train_config(self):
+        """config() as a TrainConfig (defaults filled in for settings added after the run was made)."""
+        from engine.config import TrainConfig  # here, so that reading runs needs no model code
+
+        return TrainConfig.from_dict(self.config())
 
     def update_config(self, config: dict) -> None:
         atomic_json(self.path / "config.json", {"format_version": FORMAT_VERSION, "config": config})
@@ -188,3 +206,7 @@ class RunDir:
     def read_evaluations(self) -> list[dict]:
         return read_jsonl(self.path / "evaluations.jsonl")
 
+
+def as_run(run: RunDir | str | os.PathLike) -> RunDir:
+    """A RunDir passed down as it is; a path opened (UserError when it is no run directory)."""
+    return run if isinstance(run, RunDir) else RunDir.open(run)

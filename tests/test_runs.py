@@ -222,3 +222,24 @@ def test_format_version_mismatch_is_a_user_error(tmp_path):
     (run.path / "config.json").write_text('{"format_version": 1, "conf')
     with pytest.raises(UserError, match="unreadable"):
         run.config()
+
+
+def test_config_is_parsed_once_and_again_when_it_changes(tmp_path, monkeypatch):
+    """A RunDir passed down parses config.json once; a resume that rewrites it is seen at once."""
+    run = make_run(tmp_path)
+    reads = []
+    real = json.loads
+    monkeypatch.setattr(json, "loads", lambda text, *a, **k: reads.append(1) or real(text, *a, **k))
+    first = run.config()
+    first["steps"] = -1  # a caller's change to its copy does not reach the run
+    assert run.config() == run.config() and run.config()["steps"] == 10 and len(reads) == 1
+    run.update_config({**run.config(), "steps": 300, "note": "resumed with more steps"})
+    assert run.config()["steps"] == 300 and len(reads) == 2
+
+
+@pytest.mark.parametrize("settings", [None, [1, 2], "x"])
+def test_config_without_a_settings_object_is_a_user_error(tmp_path, settings):
+    run = make_run(tmp_path)
+    (run.path / "config.json").write_text(json.dumps({"format_version": FORMAT_VERSION, "config": settings}))
+    with pytest.raises(UserError, match="no settings object"):
+        RunDir.open(run.path).config()

@@ -14,15 +14,15 @@ from engine.data.imageset import ImageSet, Preprocess
 from engine.data.sources import load_imageset
 from engine.data.splits import make_splits
 from engine.models.deml import DEMLModel, resolve_device, seeded_model
-from engine.runs import RunDir
+from engine.runs import RunDir, as_run
 
 MODEL_CACHE = 4  # models kept loaded (shared by every session)
 
 
-def load_trained(run_dir: str, device: str = "auto") -> tuple[TrainConfig, DEMLModel, torch.device]:
+def load_trained(run: RunDir | str, device: str = "auto") -> tuple[TrainConfig, DEMLModel, torch.device]:
     """The run's config and its model at the last good checkpoint (weights only, no code)."""
-    run = RunDir.open(run_dir)
-    cfg = TrainConfig.from_dict(run.config())
+    run = as_run(run)
+    cfg = run.train_config()
     state, _ = run.load_checkpoint()
     dev = resolve_device(device)
     model = seeded_model(cfg, cfg.channels, state["external_classes"], cfg.seed)  # weights replaced just below
@@ -50,26 +50,26 @@ _models: OrderedDict = OrderedDict()
 _models_lock = threading.Lock()
 
 
-def checkpoint_stamp(run_dir: str) -> tuple:
+def checkpoint_stamp(run: RunDir | str) -> tuple:
     """What identifies the weights a run would load now (its newest checkpoint's name and time)."""
-    ckpts = RunDir(run_dir).checkpoints()
+    ckpts = (run if isinstance(run, RunDir) else RunDir(run)).checkpoints()
     if not ckpts:
         return ()
     st = ckpts[-1].stat()
     return ckpts[-1].name, st.st_mtime_ns, st.st_size
 
 
-def load_model(run_dir: str, device: str = "auto") -> tuple[TrainConfig, DEMLModel, torch.device]:
+def load_model(run: RunDir | str, device: str = "auto") -> tuple[TrainConfig, DEMLModel, torch.device]:
     """load_trained, cached per run and checkpoint (a newer checkpoint reloads).
     The models are shared between sessions: only ever used in eval mode, never changed."""
-    RunDir.open(run_dir)
-    key = (os.path.realpath(run_dir), checkpoint_stamp(run_dir), device)
+    run = as_run(run)
+    key = (os.path.realpath(run.path), checkpoint_stamp(run), device)
     with _models_lock:
         hit = _models.get(key)
         if hit is not None:
             _models.move_to_end(key)
             return hit
-    loaded = load_trained(run_dir, device)
+    loaded = load_trained(run, device)
     with _models_lock:
         _models[key] = loaded
         while len(_models) > MODEL_CACHE:

@@ -12,7 +12,7 @@ from engine.data.episodes import EpisodeIndex, EpisodeSampler, class_major_label
 from engine.data.imageset import ImageSet
 from engine.eval.checkpoints import evaluation_classes, load_trained
 from engine.models.deml import DEMLModel, eval_mode
-from engine.runs import RunDir
+from engine.runs import RunDir, as_run
 
 TASK_CHUNK = 64  # tasks per learner call: bounded memory, still batched
 
@@ -161,7 +161,7 @@ def is_test_record(rec: dict, kind: str, cfg: TrainConfig) -> bool:
             and rec.get("dataset") == f"{cfg.dataset} [meta-test]")
 
 
-def run_evaluation(run_dir: str, kind: str, dataset: str | None = None, classes: str = "test",
+def run_evaluation(run: RunDir | str, kind: str, dataset: str | None = None, classes: str = "test",
                    ways: int | None = None, shots: int | None = None, queries: int | None = None,
                    episodes: int = 600, seed: int = 0, steps: int | None = None, device: str = "auto",
                    progress=None, warn=None) -> dict:
@@ -169,7 +169,8 @@ def run_evaluation(run_dir: str, kind: str, dataset: str | None = None, classes:
     0..steps, default 10, or shots 1..K). Ways/shots/queries default to the run's. The result
     is appended to the run's evaluations.jsonl and returned. A metric learner's curve runs over
     1..max(K, 5) shots."""
-    cfg, model, dev = load_trained(run_dir, device)
+    run = as_run(run)
+    cfg, model, dev = load_trained(run, device)
     data = evaluation_classes(cfg, dataset, classes)
     sampler = EpisodeSampler(data, *(cfg_value if given is None else given  # 0 is refused, not replaced
                                      for given, cfg_value in ((ways, cfg.ways), (shots, cfg.shots),
@@ -183,17 +184,18 @@ def run_evaluation(run_dir: str, kind: str, dataset: str | None = None, classes:
     else:
         result = adaptation_curve(model, sampler, episodes, seed, dev, 10 if steps is None else steps, progress)
     result.update(dataset=data.source, classes=classes, learner=cfg.learner, kind=kind)
-    RunDir(run_dir).append_evaluation(result)
+    run.append_evaluation(result)
     return result
 
 
-def recorded_or_new(run_dir: str, kind: str, episodes: int, progress=None) -> dict:
+def recorded_or_new(run: RunDir | str, kind: str, episodes: int, progress=None) -> dict:
     """The run's own test-split result of `kind` at its ways/shots: the latest recorded one with at
     least `episodes` episodes, else a new one (recorded too)."""
-    cfg = TrainConfig.from_dict(RunDir.open(run_dir).config())
-    for rec in reversed(RunDir(run_dir).read_evaluations()):
+    run = as_run(run)
+    cfg = run.train_config()
+    for rec in reversed(run.read_evaluations()):
         if (is_test_record(rec, kind, cfg) and rec.get("ways") == cfg.ways
                 and (len(rec.get("steps", [])) > 1 if kind == "curve" else rec.get("shots") == cfg.shots)
                 and rec.get("episodes", 0) >= episodes):
             return rec
-    return run_evaluation(run_dir, kind, episodes=episodes, progress=progress)
+    return run_evaluation(run, kind, episodes=episodes, progress=progress)

@@ -11,7 +11,7 @@ from engine.data.episodes import EpisodeIndex, EpisodeSampler
 from engine.errors import UserError
 from engine.eval.checkpoints import held_out_classes, load_model
 from engine.eval.evaluate import curve_sampler, curve_scores, curve_summary, mean_ci95
-from engine.runs import RunDir
+from engine.runs import RunDir, as_run
 
 TWIN_SUFFIX = "-lam0"  # the lambda = 0 twin of run R trains in the sibling folder R-lam0
 
@@ -49,16 +49,16 @@ def are_twins(mine: TrainConfig, theirs: TrainConfig) -> bool:
     return not differences_but_lam(mine, theirs) and (mine.lam == 0) != (theirs.lam == 0)
 
 
-def find_twin(run_dir: str) -> str | None:
+def find_twin(run: RunDir | str) -> str | None:
     """The run beside this one with the same settings but the other side of lambda = 0 (DEML vs
     vanilla), or None."""
-    run = RunDir.open(run_dir)
-    mine = TrainConfig.from_dict(run.config())
+    run = as_run(run)
+    mine = run.train_config()
     for other in sorted(run.path.parent.iterdir()):
         if other == run.path or not (other / "config.json").is_file():
             continue
         try:
-            theirs = TrainConfig.from_dict(RunDir(other).config())
+            theirs = RunDir(other).train_config()
         except UserError:
             continue
         if are_twins(mine, theirs):

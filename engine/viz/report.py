@@ -58,15 +58,15 @@ def build_report(run_dir: str, out: str, twin: str | None = "auto", method: str 
         start_umap_warmup()
         if not wait_for_umap(timeout=120):
             method = "pca"  # numba could not compile in time: a PCA replay is still exact
-    twin_dir = find_twin(run_dir) if twin == "auto" else twin
+    twin_dir = find_twin(run) if twin == "auto" else twin
     twin_run = RunDir.open(twin_dir) if twin_dir else None
     twin_cfg = twin_run.config() if twin_run else None
 
     say("evaluating on the meta-test classes")
-    test = recorded_or_new(run_dir, "evaluate", episodes)
-    curve = recorded_or_new(run_dir, "curve", curve_episodes)
-    twin_test = recorded_or_new(str(twin_dir), "evaluate", episodes) if twin_run else None
-    twin_curve = recorded_or_new(str(twin_dir), "curve", curve_episodes) if twin_run else None
+    test = recorded_or_new(run, "evaluate", episodes)
+    curve = recorded_or_new(run, "curve", curve_episodes)
+    twin_test = recorded_or_new(twin_run, "evaluate", episodes) if twin_run else None
+    twin_curve = recorded_or_new(twin_run, "curve", curve_episodes) if twin_run else None
 
     say("laying out the replay")
     metrics = run.read_metrics()
