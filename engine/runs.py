@@ -65,7 +65,7 @@ class RunDir:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self._config: tuple[tuple[int, int], dict] | None = None  # ((mtime_ns, size), config)
+        self._config: tuple[tuple[int, int, int], dict] | None = None  # ((inode, mtime_ns, size), config)
 
     # --- creation and config ---------------------------------------------------------------
     @classmethod
@@ -94,7 +94,7 @@ class RunDir:
         path = self.path / "config.json"
         try:
             st = path.stat()
-            stamp = (st.st_mtime_ns, st.st_size)
+            stamp = (st.st_ino, st.st_mtime_ns, st.st_size)  # atomic writes replace the inode
             if self._config is None or self._config[0] != stamp:
                 data = json.loads(path.read_text())
                 if not isinstance(data, dict) or data.get("format_version") != FORMAT_VERSION:
