@@ -37,6 +37,7 @@ from engine.data.images import (
 )
 from engine.data.images import UPLOAD as LIMITS
 from engine.data.sources import EXPECTED_LAYOUT, read_member
+from engine.data.sources.zips import file_members
 from engine.errors import UserError
 
 __all__ = ["IMAGE_TYPES", "LIMITS", "MiB", "UploadLimits", "check_dimensions", "check_limits", "safe_name",
@@ -161,15 +162,10 @@ def save_zip(name: str, data: bytes, limits: UploadLimits = LIMITS) -> tuple[Pat
                             f"(and {limits.max_files:,} images)")
         problems = images.Problems()
         candidates: list[zipfile.ZipInfo] = []
-        for info in infos:
-            if info.filename.endswith("/"):  # a folder; not info.is_dir(), which fails on an empty name
-                continue
-            parts = images.member_parts(info)
+        for info, parts in file_members(infos):
             if isinstance(parts, str):
                 problems.add(f"{info.filename}: {parts} refused, left out")
                 continue
-            if not parts or any(images.is_ignored(p) for p in parts):
-                continue  # hidden files and OS clutter: skipped without a word
             if not images.is_image_name(parts[-1]):
                 problems.add(f"{info.filename}: not an image file, left out")
                 continue

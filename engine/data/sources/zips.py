@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Iterator
 
 from engine.data import images
 from engine.data.imageset import ImageSet, Preprocess
@@ -27,15 +28,10 @@ def load_zip(path: str, prep: Preprocess, spec: str) -> ImageSet:
         items = []
         other = 0
         seen: set[tuple[str, ...]] = set()
-        for info in infos:
+        for info, parts in file_members(infos):
             name = info.filename
-            if name.endswith("/"):  # a folder; not info.is_dir(), which fails on an empty name
-                continue
-            parts = images.member_parts(info)
             if isinstance(parts, str):
                 problems.add(f"{name}: refused ({parts}), skipped")
-                continue
-            if not parts or any(images.is_ignored(p) for p in parts):
                 continue
             if not images.is_image_name(parts[-1]):
                 other += 1
@@ -59,6 +55,18 @@ def load_zip(path: str, prep: Preprocess, spec: str) -> ImageSet:
 
         found = f"{len(items)} image members and {other} other files"
         return assemble(items, read, prep, spec, problems, found, "top of the archive")
+
+
+def file_members(infos: list[zipfile.ZipInfo]) -> Iterator[tuple[zipfile.ZipInfo, tuple[str, ...] | str]]:
+    """The archive's files with their path parts, or for an unsafe name why it is refused (the one
+    member-name rule: images.member_parts). Folder entries, hidden files and OS clutter are left out
+    without a word, as every reader of class-folder zips does."""
+    for info in infos:
+        if info.filename.endswith("/"):  # a folder; not info.is_dir(), which fails on an empty name
+            continue
+        parts = images.member_parts(info)
+        if isinstance(parts, str) or (parts and not any(images.is_ignored(p) for p in parts)):
+            yield info, parts
 
 
 def read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int, chunk: int = 2**20) -> bytes:
