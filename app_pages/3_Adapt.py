@@ -7,6 +7,7 @@ import os
 import numpy as np
 import streamlit as st
 
+from engine.data.images import MiB
 from engine.errors import UserError
 from engine.eval import checkpoints
 from engine.eval.twins import compare_held_out, find_twin
@@ -42,7 +43,7 @@ def same(a: str | None, b: str | None) -> bool:
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def held_out(run_dir, stamp, twin_dir, twin_stamp, ways, shots, queries, episodes, steps) -> dict:
-    """engine.services.compare_held_out, cached per run, checkpoint and settings."""
+    """engine.eval.twins.compare_held_out, cached per run, checkpoint and settings."""
     return compare_held_out(run_dir, twin_dir, ways, shots, queries, episodes, seed=0, steps=steps)
 
 
@@ -123,7 +124,7 @@ else:
                   and cfg.channels == 1 else "") + ").")
     n_classes = int(st.number_input("Number of new classes", min_value=lim.min_classes, max_value=lim.max_classes,
                                     key="adapt_n_classes"))
-    mb = max(1, lim.max_file_bytes // 2**20)
+    mb = max(1, lim.max_file_bytes // MiB)  # Streamlit takes the per-file limit in MiB
     classes, digest = [], hashlib.sha256(run_dir.encode())
     for i in range(n_classes):
         with st.container(border=True):

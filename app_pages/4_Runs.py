@@ -9,6 +9,7 @@ from pathlib import Path
 import streamlit as st
 
 from engine.config import runs_root
+from engine.data.images import size_text
 from engine.errors import UserError
 from engine.eval.evaluate import run_evaluation
 from engine.eval.twins import find_twin
@@ -144,7 +145,7 @@ with mid:
                            key="runs_download_report", on_click="ignore")
     checkpoint = catalog.newest_checkpoint(selected)
     if checkpoint is not None:
-        st.download_button(f"Download checkpoint ({checkpoint.stat().st_size / 2**20:.1f} MB)",
+        st.download_button(f"Download checkpoint ({size_text(checkpoint.stat().st_size)})",
                            data=lambda: checkpoint.read_bytes(), file_name=f"{run.name}-{checkpoint.name}",
                            mime="application/octet-stream", key="runs_download_checkpoint", on_click="ignore")
     else:

@@ -102,6 +102,11 @@ def limits_text(limits: UploadLimits = TASK_UPLOAD) -> str:
 # ------------------------------------------------------------------------------------- words
 
 
+def plural(n: int, one: str, many: str) -> str:
+    """'1 class', '3 classes'."""
+    return f"{n} {one if n == 1 else many}"
+
+
 def size_text(n: int) -> str:
     """Bytes for people, binary units: '100 MiB', '1.5 MiB', '12 KiB', '35 bytes'."""
     for unit, scale in (("MiB", MiB), ("KiB", 1024)):

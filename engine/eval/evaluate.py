@@ -37,12 +37,12 @@ def concept_table(model: DEMLModel, sampler: EpisodeSampler, used: np.ndarray, d
     return torch.cat(parts)
 
 
-def _per_task(model, sampler, index, device, fn: Callable, shots=None, progress=None) -> list:
+def _per_task(model, sampler, index, device, fn: Callable, progress=None) -> list:
     """Run fn(support concepts (T, N*K, D), query concepts (T, N*Q, D), labels) on chunks of tasks,
     the model in eval mode throughout."""
     out = []
     with eval_mode(model):
-        support = sampler.support_shots(index.support, shots)
+        support = index.support
         used, inverse = np.unique(np.concatenate([support.ravel(), index.query.ravel()]), return_inverse=True)
         z = concept_table(model, sampler, used, device)  # (U, D)
         rows = torch.from_numpy(inverse).to(device)

@@ -21,8 +21,9 @@ def method_label(lam: float) -> str:
     return "vanilla (λ = 0)" if lam == 0 else f"DEML (λ = {lam:g})"
 
 
-def run_label(cfg: TrainConfig) -> str:
-    return f"{cfg.learner} {method_label(cfg.lam)}"
+def run_label(learner: str, lam: float) -> str:
+    """A run in one line: its learner and what it is ("protonet DEML (λ = 1)")."""
+    return f"{learner} {method_label(lam)}"
 
 
 def twin_dir_for(run_dir: str) -> str:
@@ -111,12 +112,12 @@ def compare_held_out(run_dir: str, twin_dir: str | None = None, ways: int | None
     steps = cfg.inner_steps if steps is None else steps
     results = []
     for i, (path, c, m) in enumerate(entries):
-        say(i / len(entries), f"{run_label(c)}: {episodes} held-out episodes")
+        say(i / len(entries), f"{run_label(c.learner, c.lam)}: {episodes} held-out episodes")
         acc, loss = curve_scores(m, c_sampler, index, dev, max(curve_steps, steps))
         curve = curve_summary(m, c_sampler, acc, loss, episodes, seed, curve_steps)
         at = m.learner.curve_index(sampler.shots, steps)
         mean, ci = mean_ci95(acc[at])
-        results.append({"run_dir": str(path), "label": run_label(c), "lam": c.lam, "learner": c.learner,
+        results.append({"run_dir": str(path), "label": run_label(c.learner, c.lam), "lam": c.lam, "learner": c.learner,
                         "accuracy": mean, "ci95": ci, "per_episode": acc[at].tolist(), "curve": curve,
                         "episodes_digest": index_digest(index)})
     say(1.0, "done")

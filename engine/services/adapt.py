@@ -12,9 +12,8 @@ A task is either
 
 Then `classify` runs concepts -> the run's learner -> each query's predicted class and its
 confidence (softmax probability), exactly as engine.eval.evaluate does; `task_detail` lays the task
-out in concept space for engine.viz.charts.episode_view (engine.viz.episode.episode_detail for sampled
-tasks); `compare_held_out` puts the run next to its lambda = 0 twin on the very same held-out
-episodes: accuracy with 95% CIs, the paired difference, and both adaptation curves.
+out in concept space for engine.viz.charts.episode_view (engine.viz.episode). The run next to its
+lambda = 0 twin on the same held-out episodes is engine.eval.twins.compare_held_out.
 """
 from __future__ import annotations
 

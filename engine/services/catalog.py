@@ -19,12 +19,11 @@ from plotly.subplots import make_subplots
 from engine.config import TrainConfig, runs_root
 from engine.errors import UserError
 from engine.eval.evaluate import is_test_record
-from engine.eval.twins import method_label
-from engine.records import CATALOG_STATES, RunState, train_records, val_records
+from engine.eval.twins import run_label
+from engine.records import RunState, train_records, val_records
 from engine.runs import RunDir
 from engine.train.job import REGISTRY
 
-STATES = CATALOG_STATES  # what RunSummary.state can be (engine.records.RunState)
 STOP_TIMEOUT = 60.0  # seconds to wait for a running job to checkpoint and end before deleting its run
 
 
@@ -32,7 +31,7 @@ STOP_TIMEOUT = 60.0  # seconds to wait for a running job to checkpoint and end b
 class RunSummary:
     path: str  # the run directory, as runs_root() / name
     name: str
-    state: RunState  # one of STATES
+    state: RunState  # one of engine.records.CATALOG_STATES
     detail: str = ""  # the job's own state while it runs (running, paused, starting...), or why unreadable
     config: dict | None = None  # the filled-in TrainConfig (None when unreadable)
     learner: str | None = None
@@ -63,7 +62,7 @@ class RunSummary:
     def method(self) -> str:
         if self.lam is None:
             return "?"
-        return f"{self.learner} {method_label(self.lam)}"
+        return run_label(self.learner, self.lam)
 
     def label(self) -> str:
         """One line for selectboxes: name, method, state."""
@@ -96,16 +95,6 @@ def fmt_acc(acc, ci=None) -> str | None:
     if ci is not None and not (isinstance(ci, float) and math.isnan(ci)):
         text += f" ± {ci * 100:.1f}"
     return text
-
-
-def latest_evaluation(run_dir: str | os.PathLike, kind: str = "evaluate") -> dict | None:
-    """The newest recorded result of `kind` ("evaluate" or "curve") on the run's own meta-test classes."""
-    run = RunDir(run_dir)
-    cfg = TrainConfig.from_dict(run.config())
-    for rec in reversed(run.read_evaluations()):
-        if is_test_record(rec, kind, cfg):
-            return rec
-    return None
 
 
 def summarize(path: str | os.PathLike) -> RunSummary:

@@ -22,14 +22,11 @@ from engine.config import TrainConfig, uploads_root
 from engine.data import images
 from engine.data.imageset import Preprocess
 from engine.data.sources import load_imageset, parse_spec
+from engine.data.sources.zips import file_members
 from engine.viz.charts.thumbnails import tile
 
 SHOWN_CLASSES = 12  # classes with thumbnails in a preview
 SIZE_SCAN_FILES = 500  # image headers read to report the original sizes of a folder or zip
-
-
-def _plural(n: int, one: str, many: str) -> str:
-    return f"{n} {one if n == 1 else many}"
 
 
 def original_sizes(spec: str, limit: int = SIZE_SCAN_FILES) -> dict | None:
@@ -40,13 +37,10 @@ def original_sizes(spec: str, limit: int = SIZE_SCAN_FILES) -> dict | None:
     if kind == "zip":
         try:
             with zipfile.ZipFile(target) as zf:
-                for info in zf.infolist():
+                for info, parts in file_members(zf.infolist()):
                     if len(sizes) >= limit:
                         break
-                    if info.filename.endswith("/") or info.file_size > images.READ.max_file_bytes:
-                        continue
-                    parts = images.member_parts(info)
-                    if isinstance(parts, str) or not parts or any(images.is_ignored(p) for p in parts) \
+                    if isinstance(parts, str) or info.file_size > images.READ.max_file_bytes \
                             or not images.is_image_name(parts[-1]):
                         continue
                     try:
@@ -158,7 +152,7 @@ def split_preview(spec: str, external: str = "auto", fields: Mapping | None = No
         usable = int((s.counts() >= need).sum())
         if split != "external" and usable < ways:
             what = "evaluation on held-out classes cannot run" if split == "meta-test" else "training cannot start"
-            problems.append(f"{what}: {split} has {_plural(usable, 'class', 'classes')} with at least {need} images "
+            problems.append(f"{what}: {split} has {images.plural(usable, 'class', 'classes')} with at least {need} images "
                             f"but a {ways}-way task needs {ways}; lower the other splits, add classes, or choose "
                             "fewer ways")
     return {"report": report, "rows": rows, "class_names": names, "problems": problems}

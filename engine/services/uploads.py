@@ -106,10 +106,6 @@ def _screen_header(open_stream: Callable[[], object], limits: UploadLimits) -> s
     return check_dimensions(w, h, limits)
 
 
-def _plural(n: int, one: str, many: str) -> str:
-    return f"{n} {one if n == 1 else many}"
-
-
 # ------------------------------------------------------------------------------------------ saving
 
 
@@ -232,7 +228,7 @@ def save_browser_classes(classes: Mapping[str, ClassFiles] | Sequence[tuple[str,
     for n, (raw, files) in enumerate(pairs, 1):
         shown = repr(raw) if isinstance(raw, str) and raw.strip() else f"class {n} (no name)"
         name = safe_name(raw, limits)
-        lost = f"its {_plural(len(files), 'image was', 'images were')} left out"
+        lost = f"its {images.plural(len(files), 'image was', 'images were')} left out"
         if name is None:
             problems.add(f"{shown}: a class needs a name with letters or digits; {lost}")
             continue

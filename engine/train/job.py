@@ -13,10 +13,8 @@ import traceback
 
 from engine.config import TrainConfig
 from engine.errors import UserError
-from engine.records import DONE, JOB_STATES, KINDS, MetricRecord, RunState, Snapshot
+from engine.records import DONE, KINDS, MetricRecord, RunState, Snapshot
 from engine.train.trainer import Control, Trainer, resume_run, start_run
-
-STATES = JOB_STATES  # what TrainingJob.state can be (engine.records.RunState)
 
 
 class TrainingJob:

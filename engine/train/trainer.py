@@ -347,7 +347,7 @@ def resume_run(path: str, steps: int | None = None) -> tuple[Trainer, RunDir]:
     """The trainer of an existing run at its last good checkpoint; later records are dropped.
     `steps` trains the run longer than it was set up for (config.json is updated)."""
     run = RunDir.open(path)
-    cfg = TrainConfig.from_dict(run.config())
+    cfg = run.train_config()
     if steps is not None:
         # every rank takes part whatever config.json says now: rank 0 may already have rewritten it,
         # and a rank skipping the collective would meet the others' next one (a gloo mismatch)

@@ -148,9 +148,9 @@ def _device_name(job: TrainingJob) -> str | None:
     return "GPU" if t.device.type == "cuda" else t.device.type.upper()
 
 
-def _config_lam(run_dir: str) -> float | None:
+def _config_lam(run: RunDir) -> float | None:
     try:
-        return float(RunDir.open(run_dir).config().get("lam"))
+        return float(run.config().get("lam"))
     except (UserError, TypeError, ValueError):
         return None
 
@@ -236,7 +236,7 @@ class LiveMap:
                                snapshots=job.snapshots(), probe=job.trainer.probe if job.trainer else None)
                 if view.probe is None and job.trainer is None:
                     view.snapshots = []  # nothing to place them with yet
-                view.lam = job.trainer.cfg.lam if job.trainer is not None else _config_lam(run_dir)
+                view.lam = job.trainer.cfg.lam if job.trainer is not None else _config_lam(RunDir(run_dir))
             else:
                 disk = self._disk.setdefault(run_dir, _DiskRun(run_dir))
                 if not disk.exists():
@@ -244,7 +244,7 @@ class LiveMap:
                 view = RunView(run_dir, "disk", RunState.SAVED, metrics=disk.run.read_metrics(),
                                snapshots=disk.snapshots(), probe=disk.probe())
                 view.progress = self._disk_progress(disk, view.metrics)
-                view.lam = _config_lam(run_dir)
+                view.lam = _config_lam(disk.run)  # parsed once, again only if config.json changes
             self._read_twin(view, registry)
             return view
 
@@ -262,7 +262,7 @@ class LiveMap:
 
     def twin_of(self, run_dir: str, registry: JobRegistry = REGISTRY) -> str | None:
         """The run's lambda = 0 twin (or, for a twin, its DEML run): the folder the app starts it
-        in, else engine.eval.checkpoints.find_twin (re-asked at most every TWIN_RECHECK_S while unpaired)."""
+        in, else engine.eval.twins.find_twin (re-asked at most every TWIN_RECHECK_S while unpaired)."""
         cached, when = self._twins.get(run_dir, (None, -1e9))
         if cached is not None:
             return cached

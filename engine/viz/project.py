@@ -405,10 +405,12 @@ def _knn_interpolate(X_fit: np.ndarray, Y_fit: np.ndarray, X_new: np.ndarray, k:
 # ----------------------------------------------------------------------------------------------
 def stable_layouts(frames: list[np.ndarray], method: str = "umap", seed: int = 0, backwards: bool = True,
                    **kwargs) -> list[np.ndarray]:
-    """Layouts (P, 2) of every frame of a run (same points), as one smoothly moving sequence for
-    the replay animation. With `backwards` (the default) the LAST frame is fitted from scratch and
-    the others are updates going back in time: the trained, most structured frame gets the best
-    layout and earlier frames morph out of it (see engine.bench.projection for the measurement).
+    """Layouts (P, 2) of every frame of a run (same points), as one smoothly moving sequence: the
+    batch form of the replay that engine.viz.live.LiveMap lays out frame by frame for the app and the
+    report (tests hold the two equal), kept for bench projection, which compares both directions.
+    With `backwards` (the default) the LAST frame is fitted from scratch and the others are updates
+    going back in time: the trained, most structured frame gets the best layout and earlier frames
+    morph out of it (see engine.bench.projection for the measurement).
     A "umap" request waits for nothing: if UMAP is not ready it is PCA throughout."""
     if not frames:
         return []

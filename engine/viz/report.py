@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.eval.evaluate import recorded_or_new
-from engine.eval.twins import find_twin, method_label
+from engine.eval.twins import find_twin, run_label
 from engine.records import val_records
 from engine.runs import RunDir
 from engine.viz.charts import adaptation_curves, replay, training_curves
@@ -57,7 +57,7 @@ def build_report(run_dir: str, out: str, twin: str | None = "auto", method: str 
     if method == "umap":
         start_umap_warmup()
         if not wait_for_umap(timeout=120):
-            method = "pca"  # numba could not compile in time: a PCA replay is still exact
+            method = "pca"  # numba could not compile in time: a PCA replay is still faithful
     twin_dir = find_twin(run) if twin == "auto" else twin
     twin_run = RunDir.open(twin_dir) if twin_dir else None
     twin_cfg = twin_run.config() if twin_run else None
@@ -74,7 +74,7 @@ def build_report(run_dir: str, out: str, twin: str | None = "auto", method: str 
     frames, regions, probe, snapshots, shown = replay_frames(run, method)
 
     def label(c):
-        return f"{c['learner']} {method_label(c['lam'])}"
+        return run_label(c["learner"], c["lam"])
 
     figures = [
         ("Training", "Losses and accuracies per step (smoothed); validation accuracy on fixed episodes "
