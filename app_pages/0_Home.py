@@ -25,6 +25,7 @@ DIAGRAM = """digraph {
 }"""
 
 st.title("Conceptscape")
+current_run()  # checks the link's ?run= first: one outside the runs folder is dropped, with a notice at the top
 st.markdown(
     "**Deep meta-learning in concept space** (DEML, Zhou, Wu & Li 2018) learns to learn from a few "
     "examples by working on *concepts* instead of pixels. A **concept generator** turns images into "

@@ -17,7 +17,7 @@ from engine.services.datasets import (
     split_preview,
 )
 from engine.services.uploads import IMAGE_TYPES, LIMITS, save_browser_classes, save_zip
-from ui.common import data_overrides, set_data_overrides
+from ui.common import current_run, data_overrides, set_data_overrides
 
 SOURCES = {"glyphs": "Built-in glyphs", "digits": "Built-in digits", "zip": "Upload a zip",
            "browser": "Build classes in the browser", "path": "Folder on the server"}
@@ -128,6 +128,7 @@ def browser_classes() -> str | None:
 
 
 st.title("Data")
+current_run()  # checks the link's ?run= first: one outside the runs folder is dropped, with a notice at the top
 stored = stored_choice()
 current = data_overrides()
 st.caption(f"The Train page uses: `{current['dataset']}`, external set `{current['external']}`" if current

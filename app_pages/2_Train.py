@@ -85,6 +85,7 @@ def start(base, settings: dict, twin: bool) -> None:
 
 
 st.title("Train")
+current_run()  # checks the link's ?run= first: one outside the runs folder is dropped, with a notice at the top
 show_presenter = presenter()
 if not show_presenter:
     base = defaults()

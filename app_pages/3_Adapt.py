@@ -16,6 +16,7 @@ from engine.viz.charts import adaptation_curves, episode_view
 from ui.common import current_run, presenter, set_current_run
 
 st.title("Adapt")
+current_run()  # checks the link's ?run= first: one outside the runs folder is dropped, with a notice at the top
 big_view = presenter()
 THUMB_PX = 84
 HELD_OUT, UPLOAD = "Held-out classes", "Upload your own"
@@ -71,14 +72,14 @@ if not same(url, run_dir):
 st.session_state["adapt_url"] = current_run()
 
 try:
-    cfg, model, device = checkpoints.load_model(run_dir)
+    cfg, model, device = adapt.load_run(run_dir)
 except UserError as e:
     st.error(str(e))
     st.stop()
 summary = by_path[run_dir]
 try:
     twin_dir = find_twin(run_dir)
-    twin = checkpoints.load_model(twin_dir) if twin_dir else None
+    twin = adapt.load_run(twin_dir) if twin_dir else None
 except UserError:
     twin_dir, twin = None, None
 st.caption(f"{summary.method} on `{cfg.dataset}` · trained {summary.steps_done}/{summary.steps_total} steps · "

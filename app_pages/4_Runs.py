@@ -21,6 +21,7 @@ from engine.viz.report import build_report
 from ui.common import current_run, presenter, set_current_run
 
 st.title("Runs")
+current_run()  # checks the link's ?run= first: one outside the runs folder is dropped, with a notice at the top
 presenter()
 st.session_state.setdefault("runs_eval_episodes", 600)
 for kind, text in st.session_state.pop("runs_flash", []):

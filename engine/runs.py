@@ -17,11 +17,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engine.config import runs_root
 from engine.errors import UserError
 from engine.records import MetricRecord, read_metric_records
 
 FORMAT_VERSION = 1
 KEEP_CHECKPOINTS = 2  # the newest plus one to fall back on if the newest is damaged
+MAX_RUN_PATH_CHARS = 1000  # a run path handed to the app (a link, a widget) longer than this is refused unread
 
 
 def atomic_write(path: Path, write) -> None:
@@ -210,3 +212,26 @@ class RunDir:
 def as_run(run: RunDir | str | os.PathLike) -> RunDir:
     """A RunDir passed down as it is; a path opened (UserError when it is no run directory)."""
     return run if isinstance(run, RunDir) else RunDir.open(run)
+
+
+def inside_runs_root(run_dir, root: str | os.PathLike | None = None) -> Path:
+    """The run directory's real path (symbolic links resolved) if it lies strictly inside the runs
+    root (default runs_root()); else UserError. The one rule for every run path the app takes from a
+    visitor (the URL's ?run=, a widget) and for the services that act on a run. Refused: anything
+    not a path string, an empty one, one holding a NUL byte, one over MAX_RUN_PATH_CHARS characters,
+    one that cannot be resolved, the root itself and everything outside it."""
+    try:
+        text = os.fspath(run_dir)
+    except TypeError:
+        text = None
+    root_real = Path(os.path.realpath(root if root is not None else runs_root()))
+    if not isinstance(text, str) or not text or "\0" in text or len(text) > MAX_RUN_PATH_CHARS:
+        shown = "this path" if not isinstance(text, str) or not text else repr(text[:80] + ("…" if len(text) > 80 else ""))
+        raise UserError(f"{shown} is not a run under {root_real}; only runs inside the runs folder are used here")
+    try:
+        real = Path(os.path.realpath(text))
+    except (OSError, ValueError):
+        real = None
+    if real is None or real == root_real or root_real not in real.parents:
+        raise UserError(f"{text} is not a run under {root_real}; only runs inside the runs folder are used here")
+    return real

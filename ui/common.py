@@ -4,6 +4,8 @@ from __future__ import annotations
 import streamlit as st
 
 from engine.config import TrainConfig
+from engine.errors import UserError
+from engine.runs import inside_runs_root
 
 DATA_KEY = "data_overrides"
 
@@ -18,11 +20,28 @@ def set_data_overrides(overrides: dict) -> None:
     st.session_state[DATA_KEY] = dict(overrides)
 
 
+RUN_REFUSED = "The link named a run outside this app's runs folder; it was ignored."
+
+
 def current_run() -> str | None:
-    return st.query_params.get("run")
+    """The run the URL names (?run=), if it lies strictly inside the runs root (engine.runs.
+    inside_runs_root: symbolic links resolved; NUL bytes, absurd lengths and the root itself refused).
+    Anything else is dropped from the URL with a notice, so it never reaches the engine. Each page
+    calls this first, near its title, so the notice is drawn at the top."""
+    run = st.query_params.get("run")
+    if run is None:
+        return None
+    try:
+        inside_runs_root(run)
+    except UserError:
+        del st.query_params["run"]
+        st.warning(RUN_REFUSED)
+        return None
+    return run
 
 
 def set_current_run(run_dir: str) -> None:
+    inside_runs_root(run_dir)  # the pages pass runs of the catalog or new ones under the runs root
     st.query_params["run"] = run_dir
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
+from engine.errors import UserError
 from engine.records import ACTIVE, PAUSABLE, RunState
 from engine.services.training import is_active, pause_runs, resume_runs, stop_runs
 from engine.viz import project
@@ -122,13 +123,21 @@ def _status(view, key: str, presenter: bool) -> None:
     running = view.state in PAUSABLE or view.twin_state in PAUSABLE
     paused = RunState.PAUSED in (view.state, view.twin_state)
     c1, c2, c3, _ = st.columns([1, 1, 1, 5])
-    c1.button("Pause", key=f"{key}_pause", on_click=pause_runs, args=(view.run_dir,), disabled=not running,
+    c1.button("Pause", key=f"{key}_pause", on_click=_act, args=(pause_runs, view.run_dir), disabled=not running,
               width="stretch")
-    c2.button("Resume", key=f"{key}_resume", on_click=resume_runs, args=(view.run_dir,),
+    c2.button("Resume", key=f"{key}_resume", on_click=_act, args=(resume_runs, view.run_dir),
               disabled=not (paused or view.resumable), width="stretch",
               help="continue a paused run, or a stopped one from its last checkpoint")
-    c3.button("Stop", key=f"{key}_stop", on_click=stop_runs, args=(view.run_dir,), disabled=not view.active,
+    c3.button("Stop", key=f"{key}_stop", on_click=_act, args=(stop_runs, view.run_dir), disabled=not view.active,
               width="stretch", help="stops after the current step and saves a checkpoint")
+
+
+def _act(action, run_dir: str) -> None:
+    """A control's callback: the service refuses a run outside the runs root (UserError), said on the page."""
+    try:
+        action(run_dir)
+    except UserError as e:
+        st.error(str(e))
 
 
 def _settings(view, key: str, presenter: bool) -> dict:

@@ -36,8 +36,9 @@ from engine.data.images import TASK_UPLOAD, Refused, UploadLimits, decode, size_
 from engine.data.images import limits_text as limits_text
 from engine.data.imageset import is_gray, normalise_polarity, to_pixels
 from engine.errors import UserError
-from engine.eval.checkpoints import held_out_classes
+from engine.eval.checkpoints import held_out_classes, load_model
 from engine.models.deml import DEMLModel, eval_mode
+from engine.runs import inside_runs_root
 from engine.viz.episode import UNKNOWN, EpisodeDetail, episode_detail
 from engine.viz.episode import task_detail as lay_out_task
 
@@ -92,6 +93,13 @@ class Task:
 
     def support_of(self, c: int) -> np.ndarray:
         return self.support[self.support_labels == c]
+
+
+def load_run(run_dir: str, root=None) -> tuple[TrainConfig, DEMLModel, torch.device]:
+    """The run's trained model (engine.eval.checkpoints.load_model), for a run strictly inside the
+    runs root (`root`, default runs_root()) only; anything else is a UserError, never opened."""
+    inside_runs_root(run_dir, root)
+    return load_model(run_dir)
 
 
 def sample_task(cfg: TrainConfig, ways: int | None = None, shots: int | None = None, queries: int | None = None,

@@ -21,7 +21,7 @@ from engine.errors import UserError
 from engine.eval.evaluate import is_test_record
 from engine.eval.twins import run_label
 from engine.records import RunState, train_records, val_records
-from engine.runs import RunDir
+from engine.runs import RunDir, inside_runs_root
 from engine.train.job import REGISTRY
 
 STOP_TIMEOUT = 60.0  # seconds to wait for a running job to checkpoint and end before deleting its run
@@ -151,7 +151,8 @@ def summarize(path: str | os.PathLike) -> RunSummary:
 
 def list_runs(root: str | os.PathLike | None = None) -> list[RunSummary]:
     """Every run under `root` (default runs_root()), newest first, plus jobs registered under it
-    whose folder does not exist yet. Hidden folders and plain files are skipped."""
+    whose folder does not exist yet. Hidden folders and plain files are skipped, and so are links
+    that resolve outside the root (inside_runs_root): what is listed here may be acted on."""
     root = Path(root) if root is not None else runs_root()
     out: dict[str, RunSummary] = {}
     if root.is_dir():
@@ -163,7 +164,8 @@ def list_runs(root: str | os.PathLike | None = None) -> list[RunSummary]:
             try:
                 if p.name.startswith(".") or not p.is_dir():
                     continue
-            except OSError:
+                inside_runs_root(p, root)
+            except (OSError, UserError):
                 continue
             out[os.path.realpath(p)] = summarize(p)
     real_root = os.path.realpath(root)
@@ -182,20 +184,11 @@ def find(runs: list[RunSummary], run_dir: str | None) -> int | None:
     return next((i for i, s in enumerate(runs) if os.path.realpath(s.path) == key), None)
 
 
-def inside_root(run_dir: str | os.PathLike, root: str | os.PathLike | None = None) -> Path:
-    """The run directory's real path, if it lies strictly inside the runs root; else UserError."""
-    root_real = Path(os.path.realpath(root if root is not None else runs_root()))
-    real = Path(os.path.realpath(run_dir))
-    if real == root_real or root_real not in real.parents:
-        raise UserError(f"{run_dir} is not a run under {root_real}; only runs there can be deleted here")
-    return real
-
-
 def delete_run(run_dir: str | os.PathLike, root: str | os.PathLike | None = None,
                timeout: float = STOP_TIMEOUT) -> dict:
     """Remove a run directory under runs_root(). A job still training in it is stopped and joined
     first (it checkpoints on stop, so nothing writes into the folder while it is removed)."""
-    real = inside_root(run_dir, root)
+    real = inside_runs_root(run_dir, root)
     stopped = False
     job = REGISTRY.get(str(run_dir))
     if job is not None and not job.done:

@@ -8,7 +8,7 @@ from pathlib import Path
 from engine.errors import UserError
 from engine.eval.twins import twin_dir_for
 from engine.records import RunState, train_records
-from engine.runs import RunDir
+from engine.runs import RunDir, inside_runs_root
 from engine.train.job import REGISTRY, JobRegistry, TrainingJob
 
 
@@ -52,14 +52,25 @@ def is_active(run_dir: str | None, registry: JobRegistry = REGISTRY) -> bool:
 
 
 
-def pause_runs(run_dir: str, registry: JobRegistry = REGISTRY) -> None:
+def confined(run_dir: str, root=None) -> list[str]:
+    """The run and its twin's folder, each checked to lie strictly inside the runs root (UserError
+    otherwise): the app acts only on runs there, however a path reached it."""
+    twin = twin_dir_for(run_dir)
+    inside_runs_root(run_dir, root)
+    inside_runs_root(twin, root)  # a twin folder that is a link to elsewhere is refused too
+    return [run_dir, twin]
+
+
+def pause_runs(run_dir: str, registry: JobRegistry = REGISTRY, root=None) -> None:
+    confined(run_dir, root)
     for job in run_jobs(run_dir, registry):
         if job is not None and not job.done:
             job.pause()
 
 
-def stop_runs(run_dir: str, registry: JobRegistry = REGISTRY) -> None:
+def stop_runs(run_dir: str, registry: JobRegistry = REGISTRY, root=None) -> None:
     """Stop after the current step; each run checkpoints, so Resume continues it later."""
+    confined(run_dir, root)
     for job in run_jobs(run_dir, registry):
         if job is not None and not job.done:
             job.stop()
@@ -77,11 +88,12 @@ def _continuable(run_dir: str) -> bool:
     return trained < steps
 
 
-def resume_runs(run_dir: str, registry: JobRegistry = REGISTRY) -> list[TrainingJob]:
+def resume_runs(run_dir: str, registry: JobRegistry = REGISTRY, root=None) -> list[TrainingJob]:
     """Un-pause a paused run (and its twin); a stopped one, or a saved one left unfinished,
-    continues from its last checkpoint in a new job. Returns the jobs that now train."""
+    continues from its last checkpoint in a new job. Returns the jobs that now train. Only runs
+    strictly inside the runs root (`root`, default runs_root()); anything else is a UserError."""
     out = []
-    for d, job in zip((run_dir, twin_dir_for(run_dir)), run_jobs(run_dir, registry)):
+    for d, job in zip(confined(run_dir, root), run_jobs(run_dir, registry)):
         if job is not None and not job.done:
             job.resume()
             out.append(job)
