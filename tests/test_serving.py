@@ -197,6 +197,13 @@ def test_served_defaults_are_local_with_xsrf_protection_and_an_upload_limit():
     assert config.get("browser", {}).get("gatherUsageStats") is False
 
 
+def test_a_visitor_never_sees_tracebacks_or_server_paths():
+    """client.showErrorDetails "none": the browser gets a generic message only; the error, its type
+    and its traceback (with the server's paths) go to the server log."""
+    config = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text())
+    assert config.get("client", {}).get("showErrorDetails") == "none"
+
+
 def test_the_default_upload_limit_is_enforced(tmp_path, monkeypatch):
     monkeypatch.setenv("CONCEPTSCAPE_UPLOADS", str(tmp_path / "uploads"))
     assert (LIMITS.max_upload_bytes, LIMITS.max_unpacked_bytes, LIMITS.max_file_bytes) == (100 * MiB, 500 * MiB, 20 * MiB)
