@@ -266,7 +266,9 @@ class JobRegistry:
             return [j for j in self._jobs.values() if not j.done]
 
     def __len__(self) -> int:
+        """Jobs held: those training and the finished ones kept."""
         with self._lock:
+            self._release_finished()
             return len(self._jobs)
 
 
