@@ -381,3 +381,28 @@ def test_streamlit_limits_each_uploader():
         assert source.count(".file_uploader(") == source.count("max_upload_size=")
         assert "read_uploaded(" in source
     assert Path(REPO / "app_pages" / "3_Adapt.py").read_text().count("f.getvalue()") == 0
+
+
+def test_on_a_gpu_the_gpus_free_memory_decides(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (8 * GIB, 80 * GIB))
+    assert budget.available_bytes("cuda") == 8 * GIB and budget.available_bytes("cuda:0") == 8 * GIB
+    cfg = TrainConfig(meta_batch=32, ways=20, shots=5, queries=15)
+    assert budget.step_bytes(cfg) > 0.8 * 8 * GIB
+    monkeypatch.setattr(budget, "available_bytes", lambda device="cpu": 8 * GIB if "cuda" in device else 64 * GIB)
+    budget.check_step_memory(cfg, "cpu")  # fits the machine's memory, not the GPU's
+    with pytest.raises(UserError, match=r"but the GPU has 8\.6 GB available"):
+        budget.check_step_memory(cfg, "cuda:0")
+
+
+def test_resume_over_the_job_cap_starts_neither_run_nor_twin(tmp_path, monkeypatch):
+    monkeypatch.setenv("CONCEPTSCAPE_MAX_JOBS", "2")
+    monkeypatch.setattr(training, "_continuable", lambda run_dir: True)
+    registry = JobRegistry()
+    busy = registry.start(Waiting(str(tmp_path / "busy")))
+    with pytest.raises(UserError, match="2 new jobs cannot start now"):
+        training.resume_runs(str(tmp_path / "run"), registry=registry)
+    assert registry.active() == [busy]
+    busy.end.set()
+    busy.join(10)
