@@ -6,7 +6,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from engine.data.images import MiB
+from engine.data.images import MiB, size_text
 from engine.data.imageset import Preprocess
 from engine.errors import UserError
 from engine.services.datasets import (
@@ -16,7 +16,7 @@ from engine.services.datasets import (
     spec_kind,
     split_preview,
 )
-from engine.services.uploads import IMAGE_TYPES, LIMITS, save_browser_classes, save_zip
+from engine.services.uploads import IMAGE_TYPES, LIMITS, read_uploaded, save_browser_classes, save_zip
 from ui.common import current_run, data_overrides, set_data_overrides
 
 SOURCES = {"glyphs": "Built-in glyphs", "digits": "Built-in digits", "zip": "Upload a zip",
@@ -59,6 +59,9 @@ def handle_zip(uploaded, slot: str) -> dict | None:
     if uploaded is not None and (record is None or record["file_id"] != uploaded.file_id):
         record = {"file_id": uploaded.file_id, "name": uploaded.name, "spec": None, "problems": [], "error": None}
         try:
+            if uploaded.size > LIMITS.max_upload_bytes:  # before its bytes are copied
+                raise UserError(f"{uploaded.name} is {size_text(uploaded.size)}, over the "
+                                f"{size_text(LIMITS.max_upload_bytes)} limit per upload")
             path, record["problems"] = save_zip(uploaded.name, uploaded.getvalue())
             record["spec"] = str(path)
         except (UserError, OSError) as e:
@@ -98,6 +101,7 @@ def browser_classes() -> str | None:
     """Teachable-Machine style: name each class and drop its images (or take photos)."""
     count = st.session_state.setdefault("bc_count", 2)
     classes, cols = [], st.columns(2)
+    budget, room = LIMITS.max_upload_bytes, LIMITS.max_files  # what the classes may still take, together
     for i in range(count):
         with cols[i % 2].container(border=True):
             name = st.text_input(f"Name of class {i + 1}", value=f"class {i + 1}", key=f"bc_name_{i}")
@@ -108,8 +112,12 @@ def browser_classes() -> str | None:
                 shot = st.camera_input(f"Photo for class {i + 1}", key=f"bc_camera_{i}")
                 if shot is not None:
                     photos.setdefault(shot.file_id, shot.getvalue())
-            items = [(f.name, f.getvalue()) for f in files or []]
+            # sizes and count checked before a file's bytes are read (uploads.read_uploaded)
+            items, left_out = read_uploaded(files, LIMITS, budget=budget, max_files=room, what="these classes")
             items += [(f"camera-{n}.jpg", data) for n, data in enumerate(photos.values(), 1)]
+            budget -= sum(len(data) for _, data in items)
+            room -= len(items)
+            show_problems(left_out, "Files left out")
             st.caption(f"{len(items)} images" + (f" ({len(photos)} from the camera)" if photos else ""))
             classes.append((name, items))
     left, mid, right = st.columns(3)

@@ -13,6 +13,9 @@ from ui.live import live_view
 
 _gradient = [cls.display_name for cls in LEARNERS.values() if cls.adapts_by_steps]
 GRADIENT_LEARNERS = ", ".join(_gradient[:-1]) + " and " + _gradient[-1]  # "MAML, Meta-SGD and Reptile"
+# the form's labels for the settings a memory refusal names (engine.train.budget)
+FORM_WORDS = {"meta_batch": "Meta-batch", "ways": "N (ways)", "shots": "K (shots)", "queries": "Q (queries)",
+              "ext_batch": "External batch"}
 
 
 def defaults():
@@ -77,7 +80,7 @@ def start(base, settings: dict, twin: bool) -> None:
         cfg = base.with_overrides(**settings)  # TrainConfig checks every value and says what is wrong
         build_learner(cfg.learner, cfg.concept_dim, cfg.learner_config())  # learner-specific checks
         out = new_run_dir(runs_root(), cfg.learner)
-        start_runs(cfg, out, twin=twin)
+        start_runs(cfg, out, twin=twin, words=FORM_WORDS)
     except UserError as e:
         st.error(str(e))
         return

@@ -12,6 +12,7 @@ from engine.errors import UserError
 from engine.eval import checkpoints
 from engine.eval.twins import compare_held_out, find_twin
 from engine.services import adapt, catalog
+from engine.services.uploads import read_uploaded
 from engine.viz.charts import adaptation_curves, episode_view
 from ui.common import current_run, presenter, set_current_run
 
@@ -126,6 +127,20 @@ else:
     n_classes = int(st.number_input("Number of new classes", min_value=lim.min_classes, max_value=lim.max_classes,
                                     key="adapt_n_classes"))
     mb = max(1, lim.max_file_bytes // MiB)  # Streamlit takes the per-file limit in MiB
+    budget, left_out = [lim.max_upload_bytes], []  # bytes the task may still take, files refused
+
+    def take(files, most: int) -> list[adapt.Upload]:
+        """An uploader's files, sizes and count checked before any bytes are read (uploads.read_uploaded)."""
+        kept, refused = read_uploaded(files, lim, budget=budget[0], max_files=most, what="the task")
+        budget[0] -= sum(len(data) for _, data in kept)
+        left_out.extend(refused)
+        return [adapt.Upload(name, data) for name, data in kept]
+
+    def show_problems(lines: list[str]) -> None:
+        for line in lines[:10]:
+            st.warning(line)
+        if len(lines) > 10:
+            st.warning(f"… and {len(lines) - 10} more files left out")
     classes, digest = [], hashlib.sha256(run_dir.encode())
     for i in range(n_classes):
         with st.container(border=True):
@@ -137,11 +152,12 @@ else:
             lab = c.file_uploader(f"Query images of class {i + 1} (optional: answers are then marked right or wrong)",
                                   type=list(adapt.IMAGE_TYPES), accept_multiple_files=True,
                                   key=f"adapt_labelled_{i}", max_upload_size=mb)
-            classes.append(adapt.NewClass(name, [adapt.Upload(f.name, f.getvalue()) for f in sup or []],
-                                          [adapt.Upload(f.name, f.getvalue()) for f in lab or []]))
+            support = take(sup, lim.max_support)
+            classes.append(adapt.NewClass(name, support, take(lab, lim.max_queries)))
     unlabelled = st.file_uploader("Query images (class unknown)", type=list(adapt.IMAGE_TYPES),
                                   accept_multiple_files=True, key="adapt_queries_upload", max_upload_size=mb)
-    extra = [adapt.Upload(f.name, f.getvalue()) for f in unlabelled or []]
+    extra = take(unlabelled, lim.max_queries)
+    show_problems(left_out)
     if st.toggle("Add a camera photo as a query", key="adapt_camera_on"):
         photo = st.camera_input("Take a query photo", key="adapt_camera")
         if photo is not None:

@@ -14,6 +14,20 @@ from engine.learners import LearnerConfig
 
 REPO = Path(__file__).resolve().parents[1]
 MIN_IMAGE_SIZE = 16  # four 2x2 poolings need at least 16 px
+SEED_MAX = 2**32 - 1  # numpy's legacy seeding range (np.random.seed); SeedSequence takes more, nothing needs it
+
+# Upper bounds on the settings, far above any useful value: each keeps one request (a typo, a
+# visitor) from allocating or computing without end before the first step. The settings that set
+# a training step's size together (ways, shots, queries, meta_batch, ext_batch, image_size, width)
+# are checked against the machine's memory as well, by engine.train.budget.
+LIMITS = {
+    "seed": SEED_MAX, "split_seed": SEED_MAX,
+    "steps": 10_000_000, "val_every": 10_000_000, "snapshot_every": 10_000_000, "checkpoint_every": 10_000_000,
+    "ways": 1_000, "shots": 1_000, "queries": 1_000, "meta_batch": 1_024, "ext_batch": 4_096,
+    "val_episodes": 10_000, "probe_per_class": 100, "probe_classes": 200, "train_limit": 1_000_000,
+    "width": 512, "concept_dim": 2_048, "disc_hidden": 4_096, "head_hidden": 4_096, "inner_steps": 100,
+    "image_size": 512,
+}
 
 
 def shared_dir() -> Path:
@@ -99,6 +113,7 @@ class TrainConfig:
             raise UserError(f"these settings must be 0 or more: {flags(bad)}")
         if self.ways < 2:
             raise UserError(f"--ways must be at least 2 (got {self.ways})")
+        self._check_limits()
         if self.lam > 0 and self.ext_batch < 1:
             raise UserError("--ext-batch must be at least 1 when --lam > 0")
         if self.lr <= 0 or self.inner_lr <= 0:
@@ -111,6 +126,13 @@ class TrainConfig:
         if self.device not in ("auto", "cpu", "cuda"):
             raise UserError(f"--device must be auto, cpu or cuda, not {self.device!r}")
         self.preprocess()  # validates size/channels/polarity
+
+    def _check_limits(self) -> None:
+        """Every setting in LIMITS at most its bound; one message naming each flag over it."""
+        over = [f"--{n.replace('_', '-')} must be at most {bound:,} (got {getattr(self, n)})"
+                for n, bound in LIMITS.items() if getattr(self, n) is not None and getattr(self, n) > bound]
+        if over:
+            raise UserError("; ".join(over))
 
     def preprocess(self) -> Preprocess:
         return Preprocess(self.image_size, self.channels, self.polarity)

@@ -125,11 +125,21 @@ def _status(view, key: str, presenter: bool) -> None:
     c1, c2, c3, _ = st.columns([1, 1, 1, 5])
     c1.button("Pause", key=f"{key}_pause", on_click=_act, args=(pause_runs, view.run_dir), disabled=not running,
               width="stretch")
-    c2.button("Resume", key=f"{key}_resume", on_click=_act, args=(resume_runs, view.run_dir),
+    c2.button("Resume", key=f"{key}_resume", on_click=_resume, args=(view.run_dir, key),
               disabled=not (paused or view.resumable), width="stretch",
               help="continue a paused run, or a stopped one from its last checkpoint")
     c3.button("Stop", key=f"{key}_stop", on_click=_act, args=(stop_runs, view.run_dir), disabled=not view.active,
               width="stretch", help="stops after the current step and saves a checkpoint")
+    if refused := st.session_state.pop(f"_{key}_resume_refused", None):
+        st.error(refused)
+
+
+def _resume(run_dir: str, key: str) -> None:
+    """Resume's callback: a refusal (the server's job limit, a run already training) is shown under the buttons."""
+    try:
+        resume_runs(run_dir)
+    except UserError as e:
+        st.session_state[f"_{key}_resume_refused"] = str(e)
 
 
 def _act(action, run_dir: str) -> None:

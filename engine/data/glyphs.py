@@ -26,6 +26,11 @@ from engine.errors import UserError
 
 MAX_CLASSES = 20000
 MAX_DRAWINGS = 1000
+# What one request may generate (checked before any work, in glyph_budget): images are rendered one
+# by one on the CPU (uninterruptible while it lasts), and the set is held in memory, 3x over for RGB
+# while it is built. 100,000 images is 12x the demo's 8,000, about 3x Omniglot's 32,460 drawings.
+MAX_IMAGES = 100_000
+MAX_BYTES = 1 << 30  # 1 GiB of pixels (the finished set; uint8, size x size x channels each)
 CLASSES_PER_ALPHABET = 20  # the default alphabet size, about Omniglot's (1623 chars / 50 alphabets)
 
 MAX_STROKES = 4
@@ -49,13 +54,14 @@ def generate_glyphs(
         raise UserError(f"glyphs: classes must be between 1 and {MAX_CLASSES}, not {classes}")
     if not 1 <= drawings <= MAX_DRAWINGS:
         raise UserError(f"glyphs: drawings per character must be between 1 and {MAX_DRAWINGS}, not {drawings}")
+    channels = prep.channels or 1
+    size = prep.resolved_size(channels)
+    glyph_budget(classes, drawings, size, channels)
     if alphabets is None:
         alphabets = max(1, round(classes / CLASSES_PER_ALPHABET))
     if not 1 <= alphabets <= classes:
         raise UserError(f"glyphs: alphabets must be between 1 and the number of classes ({classes}), not {alphabets}")
     seed = int(seed) & (2**64 - 1)  # SeedSequence wants a non-negative int; negative seeds still differ
-    channels = prep.channels or 1
-    size = prep.resolved_size(channels)
     factor = max(1, min(4, 1024 // size))  # supersampling, with the canvas kept at most ~1024 px
 
     sizes = [classes // alphabets + (a < classes % alphabets) for a in range(alphabets)]
@@ -78,6 +84,28 @@ def generate_glyphs(
     if channels == 3:
         images = np.repeat(images[..., None], 3, axis=3)
     return from_arrays(images, labels, class_names, prep, source="glyphs", groups=groups)
+
+
+def glyph_budget(classes: int, drawings: int, size: int, channels: int) -> None:
+    """Refuse, before any work, a glyph set over MAX_IMAGES images or MAX_BYTES of pixels, saying
+    what would fit with the same number of classes."""
+    images, per_image = classes * drawings, size * size * channels
+    if images <= MAX_IMAGES and images * per_image <= MAX_BYTES:
+        return
+    fit = min(MAX_IMAGES // classes, MAX_BYTES // (classes * per_image))
+    if fit >= 1:
+        hint = f"with classes={classes} at most drawings={fit} fit"
+    else:
+        most = min(MAX_IMAGES, MAX_BYTES // per_image)
+        hint = f"even drawings=1 fits at most classes={most}" if most else "choose a smaller image size"
+    raise UserError(
+        f"glyphs: classes={classes}, drawings={drawings} is {images:,} images of {size}x{size}x{channels} "
+        f"({_gib(images * per_image)}); the built-in generator makes at most {MAX_IMAGES:,} images and "
+        f"{_gib(MAX_BYTES)} per set: {hint}")
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
 
 
 def _alphabet_style(rng: np.random.Generator) -> dict:

@@ -6,9 +6,12 @@ here imports streamlit.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import shutil
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +23,7 @@ from engine.config import TrainConfig, runs_root
 from engine.errors import UserError
 from engine.eval.evaluate import is_test_record
 from engine.eval.twins import run_label
-from engine.records import RunState, train_records, val_records
+from engine.records import RunState, read_metric_records, train_records, val_records
 from engine.runs import RunDir, inside_runs_root
 from engine.train.job import REGISTRY
 
@@ -97,6 +100,71 @@ def fmt_acc(acc, ci=None) -> str | None:
     return text
 
 
+@dataclass
+class MetricsDigest:
+    """What the runs table shows of metrics.jsonl, and how far the file has been read."""
+
+    inode: int = -1
+    mtime_ns: int = -1
+    size: int = -1
+    offset: int = 0  # bytes read so far, up to the end of the last complete line
+    steps_done: int = 0
+    val_acc: float | None = None
+    val_ci95: float | None = None
+
+    def add(self, lines: list[bytes]) -> None:
+        metrics = read_metric_records(lines)
+        self.steps_done = max([self.steps_done] + [m["step"] for m in train_records(metrics)])
+        if val := val_records(metrics):
+            self.val_acc, self.val_ci95 = val[-1].get("val_acc"), val[-1].get("val_ci95")
+
+
+DIGESTS_KEPT = 1024  # runs whose metrics digest is remembered (oldest used forgotten first)
+_digests: OrderedDict[str, MetricsDigest] = OrderedDict()
+_digests_lock = threading.Lock()
+
+
+def metrics_digest(path: Path) -> MetricsDigest:
+    """Steps trained and the last validation of a metrics.jsonl, read once: an unchanged file
+    (same inode, size and mtime) is not read again, and a file that grew (appended to while a run
+    trains) is read from where the last read stopped. A file replaced or shrunk (a resume drops
+    later records by writing a new file) is read again from the start. A saved 200,000-step run
+    took 10 s per render of the Runs page when the whole file was read every time."""
+    key = os.path.realpath(path)
+    try:
+        st = os.stat(key)
+    except OSError:
+        return MetricsDigest()
+    with _digests_lock:
+        digest = _digests.get(key)
+        if digest is not None:
+            _digests.move_to_end(key)
+    if digest is not None and (digest.inode, digest.mtime_ns, digest.size) == (st.st_ino, st.st_mtime_ns, st.st_size):
+        return digest
+    if digest is None or digest.inode != st.st_ino or st.st_size < digest.offset:
+        digest = MetricsDigest()
+    else:
+        digest = dataclasses.replace(digest)  # readers of the cached one keep a consistent digest
+    with open(key, "rb") as f:
+        f.seek(digest.offset)
+        data = f.read(max(0, st.st_size - digest.offset))
+    end = data.rfind(b"\n") + 1  # a last line without its newline may still be being written
+    digest.add(data[:end].split(b"\n"))
+    digest.offset += end
+    digest.inode, digest.mtime_ns, digest.size = st.st_ino, st.st_mtime_ns, st.st_size
+    if end < len(data):
+        digest.size = -1  # read the unfinished line again next time
+    with _digests_lock:
+        _digests[key] = digest
+        _digests.move_to_end(key)
+        while len(_digests) > DIGESTS_KEPT:
+            _digests.popitem(last=False)
+    if end < len(data):  # counted now as the whole-file reader counts it, but not kept
+        digest = dataclasses.replace(digest)
+        digest.add([data[end:]])
+    return digest
+
+
 def summarize(path: str | os.PathLike) -> RunSummary:
     """One run's summary; any failure to read it makes it "unreadable", with the reason in `detail`."""
     path = Path(path)
@@ -119,11 +187,8 @@ def summarize(path: str | os.PathLike) -> RunSummary:
         s.learner, s.lam, s.dataset, s.ways, s.shots = cfg.learner, cfg.lam, cfg.dataset, cfg.ways, cfg.shots
         s.steps_total = cfg.steps
         s.modified = max(s.modified, (path / "config.json").stat().st_mtime)
-        metrics = run.read_metrics()
-        train, val = train_records(metrics), val_records(metrics)
-        s.steps_done = max((m["step"] for m in train), default=0)
-        if val:
-            s.val_acc, s.val_ci95 = val[-1].get("val_acc"), val[-1].get("val_ci95")
+        digest = metrics_digest(path / "metrics.jsonl")
+        s.steps_done, s.val_acc, s.val_ci95 = digest.steps_done, digest.val_acc, digest.val_ci95
         checkpoints = run.checkpoints()
         s.checkpoint = str(checkpoints[-1]) if checkpoints else None
         evaluations = run.read_evaluations()

@@ -7,8 +7,10 @@ from pathlib import Path
 
 from engine.errors import UserError
 from engine.eval.twins import twin_dir_for
+from engine.models.deml import resolve_device
 from engine.records import RunState, train_records
 from engine.runs import RunDir, inside_runs_root
+from engine.train.budget import check_step_memory
 from engine.train.job import REGISTRY, JobRegistry, TrainingJob
 
 
@@ -24,13 +26,19 @@ def new_run_dir(root: str | Path, name: str, now: datetime | None = None) -> str
     return str(candidate)
 
 
-def start_runs(cfg, out: str, twin: bool = False, registry: JobRegistry = REGISTRY) -> list[TrainingJob]:
+def start_runs(cfg, out: str, twin: bool = False, registry: JobRegistry = REGISTRY,
+               words: dict[str, str] | None = None) -> list[TrainingJob]:
     """Start a TrainingJob for `cfg` in `out`, and with `twin` a second one with lam = 0 and every
     other setting identical in twin_dir_for(out). Both run in background threads and share the
-    machine's cores. Raises UserError for a twin of a run that already has lam = 0."""
+    machine's cores. Raises UserError, before anything starts, for a twin of a run that already
+    has lam = 0, when the server runs as many jobs as it may (engine.train.job.max_jobs), or when
+    a step of the runs cannot fit in the memory available (engine.train.budget; `words` names the
+    settings in that message, as the page calls them)."""
     if twin and cfg.lam == 0:
         raise UserError("this run already has λ = 0 (the vanilla meta-learner): its twin would be the same run; "
                         "set λ > 0 to compare DEML with its λ = 0 twin")
+    registry.check_room(1 + twin)
+    check_step_memory(cfg, resolve_device(cfg.device), runs=1 + twin, words=words)
     jobs = [registry.start(TrainingJob(cfg, out=out))]
     if twin:
         jobs.append(registry.start(TrainingJob(cfg.with_overrides(lam=0.0), out=twin_dir_for(out))))
@@ -92,11 +100,13 @@ def resume_runs(run_dir: str, registry: JobRegistry = REGISTRY, root=None) -> li
     """Un-pause a paused run (and its twin); a stopped one, or a saved one left unfinished,
     continues from its last checkpoint in a new job. Returns the jobs that now train. Only runs
     strictly inside the runs root (`root`, default runs_root()); anything else is a UserError."""
-    out = []
+    out, later = [], []
     for d, job in zip(confined(run_dir, root), run_jobs(run_dir, registry)):
         if job is not None and not job.done:
             job.resume()
             out.append(job)
         elif (job is None or job.state == RunState.STOPPED) and _continuable(d):
-            out.append(registry.start(TrainingJob(resume_from=d)))
-    return out
+            later.append(d)
+    if later:
+        registry.check_room(len(later))  # a run and its twin start together or not at all
+    return out + [registry.start(TrainingJob(resume_from=d)) for d in later]

@@ -16,6 +16,7 @@ usable is left.
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import re
@@ -94,6 +95,21 @@ def check_limits(entries: Sequence[tuple[str, int]], limits: UploadLimits = LIMI
             kept.append(i)
             total += size
     return kept, problems
+
+
+def read_uploaded(files: Sequence, limits: UploadLimits = LIMITS, budget: int | None = None,
+                  max_files: int | None = None, what: str = "the upload") -> tuple[list[tuple[str, bytes]], list[str]]:
+    """Files a browser sent (objects with .name, .size and .getvalue(), e.g. Streamlit's
+    UploadedFile) -> ((name, bytes) of those kept, one problem line per file left out).
+
+    Each file's size, and the count, are checked (check_limits: per image, at most `max_files`,
+    default limits.max_files, and `budget` bytes together, default the upload limit) before its
+    bytes are read: a file left out is never copied into memory."""
+    files = list(files or [])
+    if max_files is not None:
+        limits = dataclasses.replace(limits, max_files=max_files)
+    kept, problems = check_limits([(str(f.name), int(f.size)) for f in files], limits, budget, what=what)
+    return [(str(files[i].name), files[i].getvalue()) for i in kept], problems
 
 
 def _screen_header(open_stream: Callable[[], object], limits: UploadLimits) -> str | None:

@@ -3,18 +3,95 @@
 The app (or a test) starts a job, then polls it: `progress()`, `metrics(since)` and
 `snapshots(since)` copy what the trainer has produced under a short lock, so a consumer never
 blocks training and training never waits for a consumer. The job itself never touches any UI.
+
+Memory stays bounded however long a run is: a job keeps at most MAX_SNAPSHOTS snapshots,
+MAX_TRAIN_RECORDS train records and MAX_VAL_RECORDS validation records, evenly spaced over the
+run (each time a list is full, every other one is dropped and the spacing doubles), and always
+the newest; the run directory on disk keeps everything. The registry keeps at most
+max_finished() finished jobs (the oldest finished are released; a view then reads the run from
+its folder) and refuses a new job while max_jobs() are training.
 """
 from __future__ import annotations
 
+import heapq
 import os
 import threading
 import time
 import traceback
+from typing import Generic, TypeVar
 
 from engine.config import TrainConfig
 from engine.errors import UserError
 from engine.records import DONE, KINDS, MetricRecord, RunState, Snapshot
 from engine.train.trainer import Control, Trainer, resume_run, start_run
+
+MAX_SNAPSHOTS = 200  # ~2.5 MB each at the demo's probe: a 1,000,000-step run kept 4 GB of them
+MAX_TRAIN_RECORDS = 5_000  # one per step; charts need a few thousand points at most
+MAX_VAL_RECORDS = 2_000
+DEFAULT_MAX_JOBS = 4  # jobs training at once per server ($CONCEPTSCAPE_MAX_JOBS)
+DEFAULT_MAX_FINISHED = 8  # finished jobs kept in memory ($CONCEPTSCAPE_MAX_FINISHED_JOBS)
+
+T = TypeVar("T")
+
+
+class Thinned(Generic[T]):
+    """At most `cap` items (cap >= 2) of an append-only stream, evenly spaced over it (every
+    `stride`-th item, the stride doubling each time the list is full), plus always the newest.
+    Each item carries its position in the stream (`seq`), so several streams merge in order."""
+
+    def __init__(self, cap: int):
+        self.cap, self.stride, self.count = max(2, cap), 1, 0
+        self._kept: list[tuple[int, T]] = []
+        self._newest: tuple[int, T] | None = None
+
+    def add(self, item: T, seq: int | None = None) -> None:
+        i = self.count
+        self.count += 1
+        entry = (i if seq is None else seq, item)
+        if i % self.stride == 0:
+            self._kept.append((i, entry))
+            if len(self._kept) > self.cap:
+                self.stride *= 2
+                self._kept = [e for e in self._kept if e[0] % self.stride == 0]
+        self._newest = (i, entry)
+
+    def entries(self) -> list[tuple[int, T]]:
+        """(seq, item) pairs, oldest first."""
+        out = [e for _, e in self._kept]
+        if self._newest is not None and (not self._kept or self._kept[-1][0] != self._newest[0]):
+            out.append(self._newest[1])
+        return out
+
+    def replace(self, change) -> None:
+        """Swap every kept item for change(item) (e.g. a snapshot's step for the loaded snapshot)."""
+        self._kept = [(i, (seq, change(item))) for i, (seq, item) in self._kept]
+        if self._newest is not None:
+            i, (seq, item) = self._newest
+            self._newest = (i, (seq, self._kept[-1][1][1] if self._kept and self._kept[-1][0] == i else change(item)))
+
+    def items(self) -> list[T]:
+        return [item for _, item in self.entries()]
+
+    def __len__(self) -> int:
+        return len(self._kept) + (self._newest is not None and (not self._kept or self._kept[-1][0] != self._newest[0]))
+
+
+def _env_int(name: str, default: int) -> int:
+    try:
+        value = int(os.environ.get(name, default))
+    except ValueError:
+        return default
+    return value if value >= 1 else default
+
+
+def max_jobs() -> int:
+    """How many jobs may train at once in this server: $CONCEPTSCAPE_MAX_JOBS, else 4."""
+    return _env_int("CONCEPTSCAPE_MAX_JOBS", DEFAULT_MAX_JOBS)
+
+
+def max_finished() -> int:
+    """How many finished jobs stay in memory: $CONCEPTSCAPE_MAX_FINISHED_JOBS, else 8."""
+    return _env_int("CONCEPTSCAPE_MAX_FINISHED_JOBS", DEFAULT_MAX_FINISHED)
 
 
 class TrainingJob:
@@ -26,8 +103,11 @@ class TrainingJob:
         self._cfg, self._out, self._resume_from = cfg, out, resume_from
         self._control = Control()
         self._lock = threading.Lock()
-        self._metrics: list[MetricRecord] = []
-        self._snapshots: list[Snapshot] = []
+        self._seq = 0  # position of the next train/val record, so the two kinds merge in order
+        self._train: Thinned[MetricRecord] = Thinned(MAX_TRAIN_RECORDS)
+        self._val: Thinned[MetricRecord] = Thinned(MAX_VAL_RECORDS)
+        self._snapshots: Thinned[Snapshot] = Thinned(MAX_SNAPSHOTS)
+        self.finished_at: float | None = None  # time.monotonic() when the job ended
         self.warnings: list[str] = []
         self.trainer: Trainer | None = None
         self.run_dir: str | None = resume_from or out
@@ -72,13 +152,16 @@ class TrainingJob:
         return self._state in DONE
 
     def metrics(self, since: int = 0) -> list[MetricRecord]:
-        """Records (kind "train" or "val") from position `since` on."""
+        """The records kept (kind "train" or "val", in order; see the module doc) from position
+        `since` of that list on."""
         with self._lock:
-            return self._metrics[since:]
+            merged = heapq.merge(self._train.entries(), self._val.entries(), key=lambda e: e[0])
+            return [record for _, record in merged][since:]
 
     def snapshots(self, since: int = 0) -> list[Snapshot]:
+        """The snapshots kept (module doc), oldest first, from position `since` of that list on."""
         with self._lock:
-            return self._snapshots[since:]
+            return self._snapshots.items()[since:]
 
     def progress(self) -> dict:
         t = self.trainer
@@ -92,20 +175,29 @@ class TrainingJob:
     # --- the thread --------------------------------------------------------------------------
     def _on_event(self, kind: str, record: dict) -> None:
         with self._lock:
-            if kind in KINDS:
-                self._metrics.append(record)
-            elif kind == "snapshot":
-                self._snapshots.append(record)
-            elif kind == "warning":
-                self.warnings.append(record["message"])
+            self._keep(kind, record)
+
+    def _keep(self, kind: str, record: dict) -> None:
+        if kind in KINDS:
+            (self._train if kind == "train" else self._val).add(record, self._seq)
+            self._seq += 1
+        elif kind == "snapshot":
+            self._snapshots.add(record)
+        elif kind == "warning" and len(self.warnings) < 100:
+            self.warnings.append(record["message"])
 
     def _main(self) -> None:
         try:
             if self._resume_from:
                 self.trainer, run = resume_run(self._resume_from)
-                with self._lock:  # what the run already recorded, so views show the whole history
-                    self._metrics = run.read_metrics()
-                    self._snapshots = [run.load_snapshot(s) for s in run.snapshot_steps()]
+                snapshots: Thinned = Thinned(MAX_SNAPSHOTS)
+                for step in run.snapshot_steps():
+                    snapshots.add(step)
+                snapshots.replace(run.load_snapshot)  # load only the snapshots that are kept
+                with self._lock:  # what the run already recorded (thinned), so views show the whole history
+                    for record in run.read_metrics():
+                        self._keep(record["kind"], record)
+                    self._snapshots = snapshots
             else:
                 self.trainer, run = start_run(self._cfg, self._out)
             self._state = RunState.RUNNING
@@ -117,10 +209,13 @@ class TrainingJob:
         except Exception as e:  # a bug or a full disk: the app must keep running and say so
             self.error, self._state = f"{type(e).__name__}: {e}", RunState.FAILED
             self.traceback = traceback.format_exc()
+        finally:
+            self.finished_at = time.monotonic()
 
 
 class JobRegistry:
-    """Process-wide jobs by run directory: a browser refresh or another page finds its job again."""
+    """Process-wide jobs by run directory: a browser refresh or another page finds its job again.
+    At most max_jobs() train at once; at most max_finished() finished ones are kept (module doc)."""
 
     def __init__(self):
         self._jobs: dict[str, TrainingJob] = {}
@@ -131,22 +226,50 @@ class JobRegistry:
         """One key per folder however it is spelled: runs/a, runs/a/, ./runs/a, a Path, absolute."""
         return os.path.realpath(os.fspath(run_dir))
 
+    def _release_finished(self) -> None:
+        """Forget the oldest finished jobs beyond max_finished() (under the lock)."""
+        finished = sorted((j.finished_at or 0.0, k) for k, j in self._jobs.items() if j.done)
+        for _, key in finished[: max(0, len(finished) - max_finished())]:
+            del self._jobs[key]
+
+    def _check_room(self, jobs: int) -> None:
+        running = sum(not j.done for j in self._jobs.values())
+        if running + jobs > max_jobs():
+            what = "a new job" if jobs == 1 else f"{jobs} new jobs"
+            raise UserError(f"{running} training job{'s' * (running != 1)} already running on this server, the most "
+                            f"it runs at once is {max_jobs()} (CONCEPTSCAPE_MAX_JOBS); {what} cannot start now: "
+                            "wait for one to finish, or stop one")
+
+    def check_room(self, jobs: int = 1) -> None:
+        """Raise UserError unless `jobs` more jobs may start now (e.g. a run and its twin)."""
+        with self._lock:
+            self._check_room(jobs)
+
     def start(self, job: TrainingJob) -> TrainingJob:
         key = self._key(job.run_dir)
         with self._lock:
             current = self._jobs.get(key)
             if current is not None and not current.done:
                 raise UserError(f"a job is already running in {job.run_dir}")
+            self._check_room(1)
             self._jobs[key] = job
+            self._release_finished()
         return job.start()
 
     def get(self, run_dir: str | None) -> TrainingJob | None:
         with self._lock:
+            self._release_finished()
             return self._jobs.get(self._key(run_dir)) if run_dir else None
 
     def active(self) -> list[TrainingJob]:
         with self._lock:
             return [j for j in self._jobs.values() if not j.done]
+
+    def __len__(self) -> int:
+        """Jobs held: those training and the finished ones kept."""
+        with self._lock:
+            self._release_finished()
+            return len(self._jobs)
 
 
 REGISTRY = JobRegistry()  # the process's jobs: shared by every browser session and page

@@ -38,6 +38,7 @@ from engine.models.deml import eval_mode, resolve_device, seeded_model
 from engine.records import Probe, Snapshot, TrainRecord, ValRecord
 from engine.runs import RunDir
 from engine.train import distributed
+from engine.train.budget import check_step_memory
 
 SPLIT_CODES = {"meta-train": 0, "meta-test": 1, "external": 2}
 
@@ -71,10 +72,13 @@ class Control:
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, splits: Splits | None = None):
+        device = distributed.device(resolve_device(cfg.device))
         if splits is None:
+            check_step_memory(cfg, device, processes=distributed.world_size())  # before the data is read: the smallest images it can have
             cfg, splits = load_data(cfg)
+        check_step_memory(cfg, device, processes=distributed.world_size())  # the data's own size and channels, before the model exists
         self.cfg, self.splits = cfg, splits
-        self.device = distributed.device(resolve_device(cfg.device))
+        self.device = device
         if cfg.amp and self.device.type != "cuda":
             raise UserError(f"--amp (bf16 autocast) needs a CUDA GPU, but this run trains on {self.device}: "
                             "add --device cuda, or leave --amp out")
