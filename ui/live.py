@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
+from engine.errors import UserError
 from engine.records import ACTIVE, PAUSABLE, RunState
 from engine.services.training import is_active, pause_runs, resume_runs, stop_runs
 from engine.viz import project
@@ -112,9 +113,14 @@ def _status(view, key: str, presenter: bool) -> None:
         extra = " · the λ = 0 twin trains beside it (two runs share the cores)" \
             if view.twin_state in ACTIVE and view.twin_state != RunState.STOPPING else ""
         st.caption(f"{'training' if view.active else 'trained'} on {view.device}{extra}")
+    elif view.state == RunState.ELSEWHERE:
+        st.caption(f"another process trains this run ({view.holder}): what it has written so far is shown; "
+                   "Resume is off until that training ends")
     elif view.source == "disk":
         secs = p.get("seconds") or 0.0
         st.caption(f"saved run: {p.get('step', 0)} of {p.get('steps', 0)} steps, {secs:.0f} s of training")
+        if view.twin_state == RunState.ELSEWHERE:
+            st.caption("its λ = 0 twin is being trained by another process: Resume is off until that ends")
     elif view.state == RunState.STARTING:
         st.caption("preparing the data and the model…")
     if presenter:
@@ -124,11 +130,23 @@ def _status(view, key: str, presenter: bool) -> None:
     c1, c2, c3, _ = st.columns([1, 1, 1, 5])
     c1.button("Pause", key=f"{key}_pause", on_click=pause_runs, args=(view.run_dir,), disabled=not running,
               width="stretch")
-    c2.button("Resume", key=f"{key}_resume", on_click=resume_runs, args=(view.run_dir,),
+    problem = st.session_state.pop(f"_{key}_resume_error", None)
+    if problem:
+        st.error(problem)
+    c2.button("Resume", key=f"{key}_resume", on_click=_resume, args=(view.run_dir, key),
               disabled=not (paused or view.resumable), width="stretch",
               help="continue a paused run, or a stopped one from its last checkpoint")
     c3.button("Stop", key=f"{key}_stop", on_click=stop_runs, args=(view.run_dir,), disabled=not view.active,
               width="stretch", help="stops after the current step and saves a checkpoint")
+
+
+def _resume(run_dir: str, key: str) -> None:
+    """The Resume button: a refusal (another process trains the run, a job already runs) is said
+    above the buttons on the next draw, never raised."""
+    try:
+        resume_runs(run_dir)
+    except UserError as e:
+        st.session_state[f"_{key}_resume_error"] = str(e)
 
 
 def _settings(view, key: str, presenter: bool) -> dict:

@@ -8,7 +8,7 @@ from pathlib import Path
 from engine.errors import UserError
 from engine.eval.twins import twin_dir_for
 from engine.records import RunState, train_records
-from engine.runs import RunDir
+from engine.runs import RunDir, locked_message
 from engine.train.job import REGISTRY, JobRegistry, TrainingJob
 
 
@@ -79,9 +79,16 @@ def _continuable(run_dir: str) -> bool:
 
 def resume_runs(run_dir: str, registry: JobRegistry = REGISTRY) -> list[TrainingJob]:
     """Un-pause a paused run (and its twin); a stopped one, or a saved one left unfinished,
-    continues from its last checkpoint in a new job. Returns the jobs that now train."""
+    continues from its last checkpoint in a new job. Returns the jobs that now train. A run (or
+    twin) that another process trains is refused (UserError naming it) before anything starts."""
+    pairs = list(zip((run_dir, twin_dir_for(run_dir)), run_jobs(run_dir, registry)))
+    for d, job in pairs:
+        if job is None or job.done:
+            holder = RunDir(d).locked_by()
+            if holder is not None:
+                raise UserError(f"Resume refused: {locked_message(d, holder)}")
     out = []
-    for d, job in zip((run_dir, twin_dir_for(run_dir)), run_jobs(run_dir, registry)):
+    for d, job in pairs:
         if job is not None and not job.done:
             job.resume()
             out.append(job)
