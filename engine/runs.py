@@ -205,7 +205,7 @@ class RunDir:
             return LockHolder(os.getpid(), socket.gethostname())
         try:
             fd = _open_lock_file(self.path / LOCK_NAME, create=False)
-        except OSError:  # no lock file (never trained here, or not a run): nobody
+        except (OSError, ValueError):  # no lock file (never trained here, not a run, no path): nobody
             return None
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)

@@ -267,3 +267,23 @@ def test_atomic_writes_follow_the_umask(tmp_path, umask, mask, mode):
     assert {p.relative_to(tmp_path).as_posix(): oct(stat.S_IMODE(p.stat().st_mode)) for p in files} == \
         {p.relative_to(tmp_path).as_posix(): oct(mode) for p in files}
     assert json.loads((run.path / "config.json").read_text())["config"] == {"steps": 2}
+
+
+def test_the_live_view_polls_a_run_another_process_trains(twin_runs):
+    registry = JobRegistry()
+    assert not training.is_active(str(twin_runs / "deml"), registry)
+    with RunDir(twin_runs / "deml").lock():
+        assert training.is_active(str(twin_runs / "deml"), registry)
+    assert not training.is_active(str(twin_runs / "deml"), registry)
+    assert RunDir("runs/\0bad").locked_by() is None  # a path no file can have is nobody's
+
+
+def test_a_lock_file_planted_as_a_symlink_is_never_followed(twin_runs, tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    (twin_runs / "deml" / LOCK_NAME).unlink(missing_ok=True)  # left (empty) by its training
+    (twin_runs / "deml" / LOCK_NAME).symlink_to(victim)
+    with pytest.raises(UserError, match="cannot open the lock file"):
+        resume_run(str(twin_runs / "deml"))
+    assert victim.read_text() == "keep me"
+    assert RunDir(twin_runs / "deml").locked_by() is None

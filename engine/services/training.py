@@ -45,9 +45,13 @@ def run_jobs(run_dir: str | None, registry: JobRegistry = REGISTRY) -> tuple[Tra
 
 
 def is_active(run_dir: str | None, registry: JobRegistry = REGISTRY) -> bool:
-    """Is the run, or the twin the app started beside it, still training (or paused)? A live view
-    polls exactly while this is true; a view and its page must decide it the same way."""
-    return any(j is not None and not j.done for j in run_jobs(run_dir, registry))
+    """Is the run, or the twin the app started beside it, still training (or paused), here or in
+    another process (which holds the run's lock)? A live view polls exactly while this is true; a
+    view and its page must decide it the same way."""
+    jobs = run_jobs(run_dir, registry)
+    if any(j is not None and not j.done for j in jobs):
+        return True
+    return bool(run_dir) and jobs[0] is None and RunDir(run_dir).locked_by() is not None
 
 
 
