@@ -36,7 +36,7 @@ by_path = {r.path: r for r in runs}
 readable = [r for r in runs if r.readable]
 
 
-@st.fragment(run_every=2.0 if any(r.state == RunState.RUNNING for r in runs) else None)
+@st.fragment(run_every=2.0 if any(r.state in (RunState.RUNNING, RunState.ELSEWHERE) for r in runs) else None)
 def table() -> None:
     """The runs table; refreshed every 2 s while a run trains."""
     rows = []
@@ -107,6 +107,9 @@ selected = st.selectbox("Run", paths, key="runs_selected", format_func=lambda p:
 run = by_path[selected]
 if run.state == RunState.RUNNING:
     st.caption("This run is training: evaluation and downloads use its newest checkpoint.")
+elif run.state == RunState.ELSEWHERE:
+    st.caption(f"Another process trains this run ({run.detail}): evaluation and downloads use its newest "
+               "checkpoint; it cannot be resumed or deleted here until that training ends.")
 left, mid, right = st.columns(3)
 
 with left:
@@ -144,10 +147,21 @@ with mid:
     if report and report[0] == selected:
         st.download_button("Download HTML report", data=report[2], file_name=report[1], mime="text/html",
                            key="runs_download_report", on_click="ignore")
-    checkpoint = catalog.newest_checkpoint(selected)
+    checkpoint = catalog.newest_checkpoint(selected)  # a regular step_NNNNNNN.pt, never a symlink
+    try:
+        size = os.lstat(checkpoint).st_size if checkpoint is not None else None
+    except OSError:  # removed since (the trainer keeps the newest two)
+        checkpoint = size = None
     if checkpoint is not None:
-        st.download_button(f"Download checkpoint ({size_text(checkpoint.stat().st_size)})",
-                           data=lambda: checkpoint.read_bytes(), file_name=f"{run.name}-{checkpoint.name}",
+        def checkpoint_bytes(path=checkpoint) -> bytes:
+            try:
+                return catalog.read_checkpoint(path)  # opened without following symlinks
+            except UserError as e:
+                st.session_state["runs_flash"] = [("error", str(e))]
+                return b""
+
+        st.download_button(f"Download checkpoint ({size_text(size)})",
+                           data=checkpoint_bytes, file_name=f"{run.name}-{checkpoint.name}",
                            mime="application/octet-stream", key="runs_download_checkpoint", on_click="ignore")
     else:
         st.caption("No checkpoint yet.")
@@ -170,11 +184,14 @@ def delete(path: str) -> None:
 
 with right:
     st.markdown("**Delete**")
+    elsewhere = run.state == RunState.ELSEWHERE
     confirmed = st.checkbox(f"Yes, delete {run.name} and all its files"
                             + (" (its training is stopped first)" if run.state == RunState.RUNNING else ""),
-                            key="runs_delete_confirm")
-    st.button("Delete run", key="runs_delete", disabled=not confirmed, on_click=delete, args=(selected,),
-              help="tick the box first; this cannot be undone")
+                            key="runs_delete_confirm", disabled=elsewhere)
+    st.button("Delete run", key="runs_delete", disabled=elsewhere or not confirmed, on_click=delete,
+              args=(selected,), help="tick the box first; this cannot be undone")
+    if elsewhere:
+        st.caption("Delete is refused while another process trains this run; stop that training first.")
 
 with overview:
     table()

@@ -25,7 +25,7 @@ import numpy as np
 class RunState(str, Enum):
     """A run's state. A TrainingJob goes STARTING -> RUNNING (PAUSED / STOPPING while asked to)
     -> FINISHED, STOPPED or FAILED; the catalog and the live view add the states of runs without
-    a job in this process."""
+    a job in this process (ELSEWHERE: trained by another process, which holds the run's lock)."""
 
     STARTING = "starting"  # a job is reading its data and building the model
     RUNNING = "running"  # a job trains (the catalog: any job of this process not done yet)
@@ -35,6 +35,7 @@ class RunState(str, Enum):
     STOPPED = "stopped"  # ended before its last step; continuable from its checkpoint
     FAILED = "failed"  # a job ended on an error (TrainingJob.error says which)
     SAVED = "saved"  # the live view: a run read from its directory, no job in this process
+    ELSEWHERE = "training (another process)"  # no job here, but another process holds the run's lock
     UNREADABLE = "unreadable"  # the catalog: a run directory that could not be read
     NONE = "none"  # the live view: no run (none chosen, or the folder is not a run)
 
@@ -57,7 +58,8 @@ JOB_STATES = (RunState.STARTING, RunState.RUNNING, RunState.PAUSED, RunState.STO
               RunState.FINISHED, RunState.STOPPED, RunState.FAILED)  # what TrainingJob.state can be
 ACTIVE = frozenset({RunState.STARTING, RunState.RUNNING, RunState.PAUSED, RunState.STOPPING})  # training
 DONE = frozenset({RunState.FINISHED, RunState.STOPPED, RunState.FAILED})  # a job that has ended
-CATALOG_STATES = (RunState.RUNNING, RunState.FINISHED, RunState.STOPPED, RunState.UNREADABLE)  # RunSummary.state
+CATALOG_STATES = (RunState.RUNNING, RunState.ELSEWHERE, RunState.FINISHED, RunState.STOPPED,
+                  RunState.UNREADABLE)  # RunSummary.state
 PAUSABLE = frozenset({RunState.STARTING, RunState.RUNNING})  # a Pause request applies
 CONTINUABLE = frozenset({RunState.STOPPED, RunState.SAVED})  # may continue from a checkpoint if unfinished
 

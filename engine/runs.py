@@ -6,12 +6,21 @@
   checkpoints/       step_NNNNNNN.pt, written atomically, loaded with weights_only=True
   snapshots/         probe.npz (which images), step_NNNNNNN.npz (concepts and D's view of them)
   evaluations.jsonl  results of `engine evaluate` / `engine curve`
+  .lock              held (fcntl.flock, exclusive) by the one process that trains the run; it names
+                     that process (pid, host, start time) for the message that refuses a second one
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import socket
 import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -24,16 +33,38 @@ from engine.records import MetricRecord, read_metric_records
 FORMAT_VERSION = 1
 KEEP_CHECKPOINTS = 2  # the newest plus one to fall back on if the newest is damaged
 MAX_RUN_PATH_CHARS = 1000  # a run path handed to the app (a link, a widget) longer than this is refused unread
+LOCK_NAME = ".lock"  # the trainer's lock file inside the run folder
+LOCK_WAIT_S = 1.0  # how long taking the lock retries: a probe (locked_by) holds it for microseconds
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it (Linux: /proc/self/status); elsewhere set and
+    put back at once, under a lock so that two threads of this module never race on it."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
 
 
 def atomic_write(path: Path, write) -> None:
-    """Call write(file) on a temporary file beside `path`, then rename it into place."""
+    """Call write(file) on a temporary file beside `path`, then rename it into place. The file gets
+    the mode a plain open() would give it (0o666 less the umask), not mkstemp's private 0o600, so
+    runs are readable by whoever the umask lets read them (a team's app reading people's runs)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
+            os.fchmod(f.fileno(), 0o666 & ~current_umask())
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -61,6 +92,44 @@ def read_jsonl(path: Path) -> list[dict]:
     return out
 
 
+@dataclass(frozen=True)
+class LockHolder:
+    """The process that holds a run's lock, as it wrote itself into the lock file (any field None
+    when the file could not be read, e.g. in the moment between its lock and its write)."""
+
+    pid: int | None = None
+    host: str | None = None
+    started: str | None = None  # local time, ISO format, seconds
+
+    def __str__(self) -> str:
+        if self.pid is None:
+            return "another process"
+        text = f"process {self.pid}" + (f" on {self.host}" if self.host else "")
+        return text + (f" (started {self.started.replace('T', ' ')})" if self.started else "")
+
+    @classmethod
+    def read(cls, fd: int) -> LockHolder:
+        try:
+            data = json.loads(os.pread(fd, 4096, 0).decode("utf-8"))
+            pid, host, started = data.get("pid"), data.get("host"), data.get("started")
+            return cls(pid if type(pid) is int else None, host if isinstance(host, str) else None,
+                       started if isinstance(started, str) else None)
+        except (OSError, ValueError, AttributeError):
+            return cls()
+
+
+def _open_lock_file(path: Path, create: bool) -> int:
+    """The lock file's descriptor, never through a symlink (a planted link cannot make the lock
+    write elsewhere). FileNotFoundError when it (or, with create, the folder) does not exist."""
+    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_CREAT if create else 0)
+    return os.open(path, flags, 0o666)
+
+
+def locked_message(path, holder: LockHolder) -> str:
+    return (f"{path} is being trained by {holder}: one run folder takes one trainer at a time; "
+            "wait until that training ends (or stop it there), then try again")
+
+
 class RunDir:
     """One run folder. Open it once per command or page and pass the object down: its config is
     parsed once (and again only when config.json changes on disk, e.g. a resume that adds steps)."""
@@ -68,20 +137,122 @@ class RunDir:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self._config: tuple[tuple[int, int, int], dict] | None = None  # ((inode, mtime_ns, size), config)
+        self._lock_fd: int | None = None  # open while this object holds the run's lock
+
+    # --- the trainer's lock ------------------------------------------------------------------
+    @property
+    def holds_lock(self) -> bool:
+        return self._lock_fd is not None
+
+    def acquire_lock(self) -> None:
+        """Take the run's exclusive lock for this process (no-op if this object holds it already).
+        The OS releases it when the process ends however it ends, so a killed run resumes with no
+        cleanup. UserError naming the holder when another trainer has it; the folder must exist."""
+        if self._lock_fd is not None:
+            return
+        path = self.path / LOCK_NAME
+        try:
+            fd = _open_lock_file(path, create=True)
+        except OSError as e:
+            raise UserError(f"cannot open the lock file {path}: {e.strerror or e}") from e
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < deadline:  # perhaps only a probe; a trainer keeps it
+                    time.sleep(0.02)
+                    continue
+                holder = LockHolder.read(fd)
+                os.close(fd)
+                raise UserError(locked_message(self.path, holder)) from None
+            except OSError as e:
+                os.close(fd)
+                raise UserError(f"cannot lock {path}: {e.strerror or e}") from e
+        me = {"pid": os.getpid(), "host": socket.gethostname(),
+              "started": datetime.now().isoformat(timespec="seconds")}
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
+        except OSError:
+            pass  # the lock holds without the note; the refusal then says "another process"
+        self._lock_fd = fd
+
+    def release_lock(self) -> None:
+        """Let the run go (no-op when this object does not hold it)."""
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            try:
+                os.ftruncate(fd, 0)  # no stale name left behind
+            except OSError:
+                pass
+            os.close(fd)  # closing the last descriptor drops the flock
+
+    @contextmanager
+    def lock(self):
+        """Hold the run's lock for the block (see acquire_lock); released after it however it ends."""
+        held = self.holds_lock
+        self.acquire_lock()
+        try:
+            yield self
+        finally:
+            if not held:
+                self.release_lock()
+
+    def locked_by(self) -> LockHolder | None:
+        """Who trains this run now, or None: a non-blocking probe (a shared lock taken and dropped
+        at once). Any process counts, this one too (its own job included)."""
+        if self._lock_fd is not None:
+            return LockHolder(os.getpid(), socket.gethostname())
+        try:
+            fd = _open_lock_file(self.path / LOCK_NAME, create=False)
+        except (OSError, ValueError):  # no lock file (never trained here, not a run, no path): nobody
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return LockHolder.read(fd)
+        except OSError:
+            return None
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)
+
+    def __del__(self):
+        if getattr(self, "_lock_fd", None) is not None:
+            self.release_lock()
 
     # --- creation and config ---------------------------------------------------------------
     @classmethod
-    def create(cls, path: str | os.PathLike, config: dict) -> RunDir:
+    def create(cls, path: str | os.PathLike, config: dict, lock: bool = False) -> RunDir:
+        """A new run folder with its config.json. With `lock`, the returned RunDir holds the run's
+        lock, taken before anything is written (release it with release_lock)."""
         run = cls(path)
-        if run.path.exists() and any(run.path.iterdir()):
-            raise UserError(f"{run.path} already exists and is not empty; choose another --out, "
-                            f"or continue it with --resume {run.path}")
+        run._refuse_existing()
         try:
             run.path.mkdir(parents=True, exist_ok=True)
-            atomic_json(run.path / "config.json", {"format_version": FORMAT_VERSION, "config": config})
         except OSError as e:
             raise UserError(f"cannot write the run directory {run.path}: {e.strerror or e}") from e
+        if lock:
+            run.acquire_lock()
+        try:
+            run._refuse_existing()  # made meanwhile by another process
+            atomic_json(run.path / "config.json", {"format_version": FORMAT_VERSION, "config": config})
+        except OSError as e:
+            run.release_lock()
+            raise UserError(f"cannot write the run directory {run.path}: {e.strerror or e}") from e
+        except BaseException:
+            run.release_lock()
+            raise
         return run
+
+    def _refuse_existing(self) -> None:
+        if self.path.exists() and any(p.name != LOCK_NAME for p in self.path.iterdir()):
+            raise UserError(f"{self.path} already exists and is not empty; choose another --out, "
+                            f"or continue it with --resume {self.path}")
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> RunDir:

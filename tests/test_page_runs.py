@@ -91,3 +91,33 @@ def test_delete_needs_confirmation(root):
     assert "deml-lam0" not in list(at.dataframe[0].value["run"])
     assert "run" not in at.query_params
     assert not at.checkbox(key="runs_delete_confirm").value  # the next run needs its own confirmation
+
+
+def test_a_run_another_process_trains_is_shown_so_and_cannot_be_deleted_or_resumed(root, monkeypatch):
+    import os
+
+    from engine.viz import project
+
+    run = RunDir(root / "deml")
+    run.update_config({**run.config(), "steps": 12})  # continuable: Resume would be on without the lock
+    monkeypatch.setattr(project, "start_umap_warmup", lambda: None)
+    train = AppTest.from_file(str(REPO / "app_pages" / "2_Train.py"), default_timeout=60)
+    train.query_params["run"] = str(root / "deml")
+    with run.lock():
+        at = page(str(root / "deml"))
+        assert not at.exception, at.exception
+        states = dict(zip(at.dataframe[0].value["run"], at.dataframe[0].value["state"]))
+        assert states["deml"].startswith(f"training (another process) (by process {os.getpid()}")
+        assert any("Another process trains this run" in c.value for c in at.caption)
+        assert at.checkbox(key="runs_delete_confirm").disabled and at.button(key="runs_delete").disabled
+        assert any("Delete is refused" in c.value for c in at.caption)
+
+        train.run()
+        assert not train.exception, train.exception
+        assert train.button(key="live_resume").disabled
+        assert any("another process trains this run" in c.value for c in train.caption)
+        assert any("training (another process)" in p.proto.text for p in train.get("progress"))
+    train.run()
+    assert not train.button(key="live_resume").disabled
+    at = page(str(root / "deml"))
+    assert not at.checkbox(key="runs_delete_confirm").disabled

@@ -97,7 +97,7 @@ def test_run_state_groups():
     assert ACTIVE == {"starting", "running", "paused", "stopping"}
     assert DONE == {"finished", "stopped", "failed"}
     assert set(JOB_STATES) == ACTIVE | DONE and not ACTIVE & DONE
-    assert set(CATALOG_STATES) == {"running", "finished", "stopped", "unreadable"}
+    assert set(CATALOG_STATES) == {"running", "training (another process)", "finished", "stopped", "unreadable"}
     assert {s.value for s in RunState} >= set(JOB_STATES) | set(CATALOG_STATES) | {"saved", "none"}
     assert [s for s in RunState if s.active] == [s for s in JOB_STATES if s in ACTIVE]
     assert all(s.done == (s in DONE) for s in RunState)

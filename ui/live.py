@@ -113,9 +113,14 @@ def _status(view, key: str, presenter: bool) -> None:
         extra = " · the λ = 0 twin trains beside it (two runs share the cores)" \
             if view.twin_state in ACTIVE and view.twin_state != RunState.STOPPING else ""
         st.caption(f"{'training' if view.active else 'trained'} on {view.device}{extra}")
+    elif view.state == RunState.ELSEWHERE:
+        st.caption(f"another process trains this run ({view.holder}): what it has written so far is shown; "
+                   "Resume is off until that training ends")
     elif view.source == "disk":
         secs = p.get("seconds") or 0.0
         st.caption(f"saved run: {p.get('step', 0)} of {p.get('steps', 0)} steps, {secs:.0f} s of training")
+        if view.twin_state == RunState.ELSEWHERE:
+            st.caption("its λ = 0 twin is being trained by another process: Resume is off until that ends")
     elif view.state == RunState.STARTING:
         st.caption("preparing the data and the model…")
     if presenter:

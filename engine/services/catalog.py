@@ -9,8 +9,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import shutil
+import stat
+import sys
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,10 +28,11 @@ from engine.errors import UserError
 from engine.eval.evaluate import is_test_record
 from engine.eval.twins import run_label
 from engine.records import RunState, read_metric_records, train_records, val_records
-from engine.runs import RunDir, inside_runs_root
+from engine.runs import RunDir, inside_runs_root, locked_message
 from engine.train.job import REGISTRY
 
 STOP_TIMEOUT = 60.0  # seconds to wait for a running job to checkpoint and end before deleting its run
+CHECKPOINT_NAME = re.compile(r"step_[0-9]{7}\.pt")  # what RunDir.save_checkpoint names them, exactly
 
 
 @dataclass
@@ -35,7 +40,8 @@ class RunSummary:
     path: str  # the run directory, as runs_root() / name
     name: str
     state: RunState  # one of engine.records.CATALOG_STATES
-    detail: str = ""  # the job's own state while it runs (running, paused, starting...), or why unreadable
+    detail: str = ""  # the job's own state while it runs (running, paused, starting...), who trains it
+    # elsewhere (ELSEWHERE), or why unreadable
     config: dict | None = None  # the filled-in TrainConfig (None when unreadable)
     learner: str | None = None
     lam: float | None = None
@@ -172,12 +178,17 @@ def summarize(path: str | os.PathLike) -> RunSummary:
     active = job is not None and not job.done
     s = RunSummary(path=str(path), name=path.name, state=RunState.RUNNING if active else RunState.UNREADABLE,
                    detail=job.state if active else "")
+    holder = None if active else RunDir(path).locked_by()  # another process trains it (or our job ending)
+    if holder is not None:
+        s.state, s.detail = RunState.ELSEWHERE, f"by {holder}"
     try:
         s.modified = path.stat().st_mtime
         if not (path / "config.json").is_file():
             if active:  # the job is still reading its data; the folder fills in a moment
                 p = job.progress()
                 s.steps_done, s.steps_total = p["step"], p["steps"]
+                return s
+            if holder is not None:  # its trainer is about to write it
                 return s
             raise UserError("no config.json (not a run directory, or one whose creation failed)")
         run = RunDir(path)
@@ -198,7 +209,7 @@ def summarize(path: str | os.PathLike) -> RunSummary:
             p = job.progress()
             s.steps_done = max(s.steps_done, p["step"])
             s.steps_total = p["steps"] or s.steps_total
-        else:
+        elif holder is None:
             s.state = RunState.FINISHED if s.steps_done >= cfg.steps and s.checkpoint else RunState.STOPPED
             if job is not None and job.state == RunState.FAILED:
                 s.detail = RunState.FAILED
@@ -207,7 +218,7 @@ def summarize(path: str | os.PathLike) -> RunSummary:
         reason = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
         s.config = None
         s.learner = s.lam = s.dataset = s.ways = s.shots = None
-        if not active:
+        if not active and holder is None:  # one being trained elsewhere stays so (and undeletable)
             s.state = RunState.UNREADABLE
         s.detail = reason
         s.errors.append(reason)
@@ -252,7 +263,10 @@ def find(runs: list[RunSummary], run_dir: str | None) -> int | None:
 def delete_run(run_dir: str | os.PathLike, root: str | os.PathLike | None = None,
                timeout: float = STOP_TIMEOUT) -> dict:
     """Remove a run directory under runs_root(). A job still training in it is stopped and joined
-    first (it checkpoints on stop, so nothing writes into the folder while it is removed)."""
+    first (it checkpoints on stop, so nothing writes into the folder while it is removed). A run
+    another process trains is refused. The folder is taken (its lock held), renamed aside to a
+    hidden sibling (never listed as a run), then removed: the run is gone from the list at once,
+    and a removal cut short leaves only a hidden folder. Every failure is a UserError."""
     real = inside_runs_root(run_dir, root)
     stopped = False
     job = REGISTRY.get(str(run_dir))
@@ -268,18 +282,78 @@ def delete_run(run_dir: str | os.PathLike, root: str | os.PathLike | None = None
         raise UserError(f"{run_dir} does not exist (already deleted?)")
     if not real.is_dir():
         raise UserError(f"{run_dir} is not a folder")
-    shutil.rmtree(real)
+    run = RunDir(real)
+    holder = run.locked_by()
+    if holder is not None:
+        raise UserError(f"{locked_message(run_dir, holder)}; a run being trained cannot be deleted")
+    aside = real.parent / f".{real.name}.deleting-{time.time_ns()}"
+    try:
+        with run.lock():  # no trainer can start in it meanwhile (a lost race is refused here)
+            os.rename(real, aside)
+    except OSError as e:
+        raise UserError(f"could not delete {run_dir}: {e.strerror or e}; nothing was removed") from e
+    errors: list[str] = []
+
+    def failed(fn, p, exc) -> None:  # goes on with the rest; exc: an exception (onexc) or exc_info (onerror)
+        exc = exc[1] if isinstance(exc, tuple) else exc
+        errors.append(f"{p}: {exc.strerror or exc}" if isinstance(exc, OSError) else f"{p}: {exc}")
+
+    shutil.rmtree(aside, **({"onexc": failed} if sys.version_info >= (3, 12) else {"onerror": failed}))
+    if errors:
+        raise UserError(f"{run_dir} is no longer listed, but some of its files could not be removed "
+                        f"({errors[0]}{f' and {len(errors) - 1} more' if len(errors) > 1 else ''}); "
+                        f"remove the folder {aside} by hand")
     return {"deleted": str(real), "stopped_job": stopped}
 
 
 def newest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
-    """The newest file in the run's checkpoints/ folder (what a download should hand out), or None."""
+    """The run's newest checkpoint (what a download hands out), or None: only regular files named
+    as RunDir.save_checkpoint names them (step_NNNNNNN.pt) right inside its checkpoints/ folder;
+    a symlink (to the file or the folder) or anything else there is ignored."""
     folder = Path(run_dir) / "checkpoints"
     try:
-        files = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
+        dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return None
-    return max(files, key=lambda p: (p.stat().st_mtime, p.name)) if files else None
+    try:
+        found = []
+        for name in os.listdir(dir_fd):
+            if not CHECKPOINT_NAME.fullmatch(name):
+                continue
+            try:
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                found.append((st.st_mtime, name))
+    except OSError:
+        return None
+    finally:
+        os.close(dir_fd)
+    return folder / max(found)[1] if found else None
+
+
+def read_checkpoint(path: str | os.PathLike) -> bytes:
+    """The bytes of a checkpoint newest_checkpoint() named, read without following any symlink
+    (the checkpoints/ folder or the file may have been swapped for one since): UserError when it
+    is no longer a regular checkpoint file."""
+    path = Path(path)
+    if not CHECKPOINT_NAME.fullmatch(path.name) or path.parent.name != "checkpoints":
+        raise UserError(f"{path.name} is not a checkpoint of a run")
+    nofollow = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        dir_fd = os.open(path.parent, nofollow | os.O_DIRECTORY)
+        try:
+            fd = os.open(path.name, nofollow, dir_fd=dir_fd)
+        finally:
+            os.close(dir_fd)
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise UserError(f"{path.name} is not a regular file; it is not served")
+            return f.read()
+    except OSError as e:
+        raise UserError(f"cannot read {path.name} ({e.strerror or e}); it may have been replaced "
+                        "meanwhile, reload the page") from e
 
 
 # ----------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from engine.errors import UserError
 from engine.eval.twins import twin_dir_for
 from engine.models.deml import resolve_device
 from engine.records import RunState, train_records
-from engine.runs import RunDir, inside_runs_root
+from engine.runs import RunDir, inside_runs_root, locked_message
 from engine.train.budget import check_step_memory
 from engine.train.job import REGISTRY, JobRegistry, TrainingJob
 
@@ -53,9 +53,13 @@ def run_jobs(run_dir: str | None, registry: JobRegistry = REGISTRY) -> tuple[Tra
 
 
 def is_active(run_dir: str | None, registry: JobRegistry = REGISTRY) -> bool:
-    """Is the run, or the twin the app started beside it, still training (or paused)? A live view
-    polls exactly while this is true; a view and its page must decide it the same way."""
-    return any(j is not None and not j.done for j in run_jobs(run_dir, registry))
+    """Is the run, or the twin the app started beside it, still training (or paused), here or in
+    another process (which holds the run's lock)? A live view polls exactly while this is true; a
+    view and its page must decide it the same way."""
+    jobs = run_jobs(run_dir, registry)
+    if any(j is not None and not j.done for j in jobs):
+        return True
+    return bool(run_dir) and jobs[0] is None and RunDir(run_dir).locked_by() is not None
 
 
 
@@ -99,9 +103,16 @@ def _continuable(run_dir: str) -> bool:
 def resume_runs(run_dir: str, registry: JobRegistry = REGISTRY, root=None) -> list[TrainingJob]:
     """Un-pause a paused run (and its twin); a stopped one, or a saved one left unfinished,
     continues from its last checkpoint in a new job. Returns the jobs that now train. Only runs
-    strictly inside the runs root (`root`, default runs_root()); anything else is a UserError."""
+    strictly inside the runs root (`root`, default runs_root()); anything else is a UserError, and
+    a run (or twin) that another process trains is refused (UserError naming it) before anything starts."""
+    pairs = list(zip(confined(run_dir, root), run_jobs(run_dir, registry)))
+    for d, job in pairs:
+        if job is None or job.done:
+            holder = RunDir(d).locked_by()
+            if holder is not None:
+                raise UserError(f"Resume refused: {locked_message(d, holder)}")
     out, later = [], []
-    for d, job in zip(confined(run_dir, root), run_jobs(run_dir, registry)):
+    for d, job in pairs:
         if job is not None and not job.done:
             job.resume()
             out.append(job)

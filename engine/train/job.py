@@ -187,21 +187,26 @@ class TrainingJob:
             self.warnings.append(record["message"])
 
     def _main(self) -> None:
+        run = None
         try:
-            if self._resume_from:
-                self.trainer, run = resume_run(self._resume_from)
-                snapshots: Thinned = Thinned(MAX_SNAPSHOTS)
-                for step in run.snapshot_steps():
-                    snapshots.add(step)
-                snapshots.replace(run.load_snapshot)  # load only the snapshots that are kept
-                with self._lock:  # what the run already recorded (thinned), so views show the whole history
-                    for record in run.read_metrics():
-                        self._keep(record["kind"], record)
-                    self._snapshots = snapshots
-            else:
-                self.trainer, run = start_run(self._cfg, self._out)
-            self._state = RunState.RUNNING
-            self.summary = self.trainer.run(run, self._control, self._on_event)
+            try:
+                if self._resume_from:
+                    self.trainer, run = resume_run(self._resume_from)
+                    snapshots: Thinned = Thinned(MAX_SNAPSHOTS)
+                    for step in run.snapshot_steps():
+                        snapshots.add(step)
+                    snapshots.replace(run.load_snapshot)  # load only the snapshots that are kept
+                    with self._lock:  # what the run already recorded (thinned), so views show the whole history
+                        for record in run.read_metrics():
+                            self._keep(record["kind"], record)
+                        self._snapshots = snapshots
+                else:
+                    self.trainer, run = start_run(self._cfg, self._out)
+                self._state = RunState.RUNNING
+                self.summary = self.trainer.run(run, self._control, self._on_event)
+            finally:  # Trainer.run lets the run's lock go; this covers a failure before it (and
+                if run is not None:  # comes before the job is seen as done)
+                    run.release_lock()
             self._state = RunState.STOPPED if self._control.stop and self.trainer.step < self.trainer.cfg.steps \
                 else RunState.FINISHED
         except UserError as e:

@@ -268,10 +268,23 @@ class Trainer:
             on_event: Callable[[str, dict], None] | None = None) -> dict:
         """Train until cfg.steps (or a stop request), writing metrics, snapshots and checkpoints
         to `run` and handing every record to `on_event(kind, record)`."""
+        main = distributed.is_main()
+        if not main:  # the other ranks train in lockstep and record nothing (and lock nothing)
+            run, on_event = None, None
+        if run is None:
+            return self._run(None, control, on_event)
+        # one trainer per run folder, across processes: held from start_run / resume_run on (or
+        # taken here), let go when training ends however it ends (by the OS if the process dies)
+        try:
+            run.acquire_lock()
+            return self._run(run, control, on_event)
+        finally:
+            run.release_lock()
+
+    def _run(self, run: RunDir | None, control: Control | None,
+             on_event: Callable[[str, dict], None] | None) -> dict:
         control = control or Control()
         main = distributed.is_main()
-        if not main:  # the other ranks train in lockstep and record nothing
-            run, on_event = None, None
         emit = on_event or (lambda kind, rec: None)
         pending: list[dict] = []
         last_flush = time.monotonic()
@@ -336,12 +349,18 @@ class Trainer:
 
 
 def start_run(cfg: TrainConfig, out: str) -> tuple[Trainer, RunDir]:
-    """A new trainer and its run directory (config.json and splits.json written, by rank 0 only)."""
+    """A new trainer and its run directory (config.json and splits.json written, by rank 0 only).
+    Rank 0's RunDir holds the run's lock (Trainer.run lets it go at the end; release_lock() it if
+    the run is never trained)."""
     trainer = Trainer(cfg)
 
     def create() -> RunDir:
-        run = RunDir.create(out, trainer.cfg.to_dict())
-        run.write_json("splits.json", trainer.splits.report)
+        run = RunDir.create(out, trainer.cfg.to_dict(), lock=True)
+        try:
+            run.write_json("splits.json", trainer.splits.report)
+        except BaseException:
+            run.release_lock()
+            raise
         return run
 
     return trainer, distributed.on_main(create) or RunDir(out)
@@ -349,8 +368,19 @@ def start_run(cfg: TrainConfig, out: str) -> tuple[Trainer, RunDir]:
 
 def resume_run(path: str, steps: int | None = None) -> tuple[Trainer, RunDir]:
     """The trainer of an existing run at its last good checkpoint; later records are dropped.
-    `steps` trains the run longer than it was set up for (config.json is updated)."""
+    `steps` trains the run longer than it was set up for (config.json is updated). Rank 0's RunDir
+    holds the run's lock, taken before anything is read or changed: a run another process trains
+    is refused (UserError naming it). Trainer.run lets the lock go at the end."""
     run = RunDir.open(path)
+    distributed.on_main(run.acquire_lock)
+    try:
+        return _resume(run, steps)
+    except BaseException:
+        run.release_lock()
+        raise
+
+
+def _resume(run: RunDir, steps: int | None) -> tuple[Trainer, RunDir]:
     cfg = run.train_config()
     if steps is not None:
         # every rank takes part whatever config.json says now: rank 0 may already have rewritten it,

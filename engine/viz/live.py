@@ -115,7 +115,7 @@ class RunView:
 
     run_dir: str | None
     source: str  # "job" (training in this process), "disk" (a saved run), "none"
-    state: RunState  # a TrainingJob state, SAVED, or NONE
+    state: RunState  # a TrainingJob state, SAVED, ELSEWHERE (another process trains it; no Resume), or NONE
     progress: dict = field(default_factory=dict)  # TrainingJob.progress() (or the same keys from disk)
     device: str | None = None  # "CPU" / "GPU" while a job trains
     error: str | None = None
@@ -128,6 +128,7 @@ class RunView:
     twin_metrics: list[MetricRecord] | None = None
     twin_progress: dict | None = None
     lam: float | None = None  # the run's lambda (0: it is the vanilla side of a twin pair)
+    holder: str | None = None  # ELSEWHERE: the process that trains it ("process 123 on host (started ...)")
 
     @property
     def active(self) -> bool:
@@ -135,9 +136,10 @@ class RunView:
 
     @property
     def resumable(self) -> bool:
-        """A stopped (or unfinished saved) run with a checkpoint: training can continue it."""
+        """A stopped (or unfinished saved) run with a checkpoint: training can continue it (not
+        while another process trains it or its twin)."""
         p = self.progress
-        return self.state in CONTINUABLE and bool(p) and p.get("step", 0) < p.get("steps", 0) \
+        return self.state in CONTINUABLE and self.twin_state != RunState.ELSEWHERE and bool(p) and p.get("step", 0) < p.get("steps", 0) \
             and self.run_dir is not None and bool(RunDir(self.run_dir).checkpoints())
 
 
@@ -241,9 +243,12 @@ class LiveMap:
                 disk = self._disk.setdefault(run_dir, _DiskRun(run_dir))
                 if not disk.exists():
                     return RunView(run_dir, "none", RunState.NONE, error=f"{run_dir} is not a run directory (no config.json)")
-                view = RunView(run_dir, "disk", RunState.SAVED, metrics=disk.run.read_metrics(),
-                               snapshots=disk.snapshots(), probe=disk.probe())
+                holder = disk.run.locked_by()  # trained by another process (the command line, another server)
+                view = RunView(run_dir, "disk", RunState.SAVED if holder is None else RunState.ELSEWHERE,
+                               metrics=disk.run.read_metrics(), snapshots=disk.snapshots(), probe=disk.probe())
                 view.progress = self._disk_progress(disk, view.metrics)
+                if holder is not None:
+                    view.progress["state"], view.holder = RunState.ELSEWHERE, str(holder)
                 view.lam = _config_lam(disk.run)  # parsed once, again only if config.json changes
             self._read_twin(view, registry)
             return view
@@ -287,7 +292,9 @@ class LiveMap:
         if job is not None:
             view.twin_state, view.twin_metrics, view.twin_progress = job.state, job.metrics(), job.progress()
         else:
-            view.twin_state, view.twin_metrics = RunState.SAVED, RunDir(twin).read_metrics()
+            run = RunDir(twin)
+            view.twin_state = RunState.SAVED if run.locked_by() is None else RunState.ELSEWHERE
+            view.twin_metrics = run.read_metrics()
 
     # --- the live map -------------------------------------------------------------------------
     def _track(self, run: str, method: str) -> _Track:
