@@ -16,7 +16,8 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from engine.config import TrainConfig, runs_root
+from engine.config import runs_root
+from engine.data.images import plural
 from engine.errors import UserError
 from engine.eval.evaluate import is_test_record
 from engine.eval.twins import run_label
@@ -48,6 +49,7 @@ class RunSummary:
     checkpoint: str | None = None  # newest checkpoint file
     modified: float = 0.0
     errors: list[str] = field(default_factory=list)
+    skipped_lines: int = 0  # damaged lines of metrics.jsonl and evaluations.jsonl left out of the numbers
 
     @property
     def readable(self) -> bool:
@@ -84,6 +86,8 @@ class RunSummary:
             "test accuracy": (fmt_acc(self.test.get("accuracy"), self.test.get("ci95"))
                               + f" ({self.test.get('episodes')} ep.)") if self.test else None,
             "path": self.path,
+            "notes": (plural(self.skipped_lines, "damaged line", "damaged lines") + " skipped")
+            if self.skipped_lines else None,
         }
 
 
@@ -113,8 +117,7 @@ def summarize(path: str | os.PathLike) -> RunSummary:
                 return s
             raise UserError("no config.json (not a run directory, or one whose creation failed)")
         run = RunDir(path)
-        raw = run.config()
-        cfg = TrainConfig.from_dict(raw)
+        cfg = run.train_config()
         s.config = cfg.to_dict()
         s.learner, s.lam, s.dataset, s.ways, s.shots = cfg.learner, cfg.lam, cfg.dataset, cfg.ways, cfg.shots
         s.steps_total = cfg.steps
@@ -127,6 +130,7 @@ def summarize(path: str | os.PathLike) -> RunSummary:
         checkpoints = run.checkpoints()
         s.checkpoint = str(checkpoints[-1]) if checkpoints else None
         evaluations = run.read_evaluations()
+        s.skipped_lines = run.skipped_metrics + run.skipped_evaluations
         s.test = next((r for r in reversed(evaluations) if is_test_record(r, "evaluate", cfg)), None)
         s.curve = next((r for r in reversed(evaluations) if is_test_record(r, "curve", cfg)), None)
         if active:

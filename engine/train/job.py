@@ -105,7 +105,7 @@ class TrainingJob:
                 self.trainer, run = resume_run(self._resume_from)
                 with self._lock:  # what the run already recorded, so views show the whole history
                     self._metrics = run.read_metrics()
-                    self._snapshots = [run.load_snapshot(s) for s in run.snapshot_steps()]
+                    self._snapshots = run.load_snapshots()[0]  # damaged ones left out
             else:
                 self.trainer, run = start_run(self._cfg, self._out)
             self._state = RunState.RUNNING
