@@ -148,17 +148,75 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+    def from_dict(cls, d: dict, source: str = "the settings") -> TrainConfig:
+        """The config a run recorded (config.json's "config"), every field type-checked first: a
+        wrong type, a number that is not finite or a name this version does not know is a UserError
+        naming `source`, the field and the value. Fields missing (runs written before a setting
+        existed) take their defaults; keys this version does not know are ignored."""
+        if not isinstance(d, dict):
+            raise UserError(f"{source} is not a settings object (got {type(d).__name__}); the run cannot be rebuilt")
+        known = {f.name: f for f in fields(cls)}
+        values = {k: v for k, v in d.items() if k in known}
+        for name, value in values.items():
+            problem = _field_problem(name, value)
+            if problem:
+                text = repr(value)
+                text = text if len(text) <= 60 else text[:57] + "..."
+                raise UserError(f"{source}: setting {name!r} is {text}, {problem}; fix or remove it "
+                                f"(removed, it takes the default {known[name].default!r})")
+        return cls(**values)
 
     def with_overrides(self, **changes) -> TrainConfig:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
+_NAMES = {  # settings whose value is one of a known set of names (None: looked up when checked)
+    "polarity": ("auto", "keep"), "norm": ("batch", "group", "none"), "lr_schedule": ("cosine", "constant"),
+    "device": ("auto", "cpu", "cuda"), "learner": None, "backbone": None,
+}
+
+
+def _known_names(name: str) -> tuple[str, ...]:
+    if name == "learner":
+        from engine.learners import LEARNERS
+
+        return tuple(LEARNERS)
+    if name == "backbone":
+        from engine.models.backbones import BACKBONES
+
+        return tuple(BACKBONES)
+    return _NAMES[name]
+
+
+def _field_problem(name: str, value) -> str | None:
+    """Why `value` cannot be TrainConfig's field `name` (None: it can). Integers are ints (not bool,
+    not 5.0, not "5"), numbers finite ints or floats, flags bools, text str, names known."""
+    hint = _FIELD_TYPES[name]
+    optional = "None" in hint
+    if value is None:
+        return None if optional else "which is not allowed (it needs a value)"
+    if hint.startswith("int"):
+        return None if type(value) is int else "which is not a whole number" + (" (or null)" if optional else "")
+    if hint.startswith("float"):
+        if type(value) not in (int, float):
+            return "which is not a number"
+        return None if math.isfinite(value) else "which is not a finite number"
+    if hint.startswith("bool"):
+        return None if type(value) is bool else "which is not true or false"
+    if hint.startswith("str"):
+        if type(value) is not str:
+            return "which is not text"
+        if name in _NAMES and value not in (choices := _known_names(name)):
+            return f"which is not one of {', '.join(choices)}"
+        return None
+    return None
+
+
 def _omniglot_npz() -> str:
     return str(shared_dir() / "data" / "omniglot" / "images_background.npz")
 
+
+_FIELD_TYPES = {f.name: str(f.type) for f in fields(TrainConfig)}  # "int", "int | None", "float", "str"...
 
 # Each preset is a set of overrides on the defaults; the command line's flags override it again.
 PRESETS = {

@@ -6,7 +6,9 @@
   ValRecord       one validation (kind "val")
   read_metric_records   the one reader: raw lines or dicts in, only well-formed records out
   train_records / val_records   the one filter per kind
-  Snapshot, Probe what Trainer.snapshot() and Trainer._probe() make (snapshots/*.npz on disk)
+  read_evaluation_records   the same for evaluations.jsonl (kind "evaluate" or "curve")
+  Snapshot, Probe what Trainer.snapshot() and Trainer._probe() make (snapshots/*.npz on disk);
+                  check_probe / check_snapshot: the arrays checked before anything uses them
 
 The run-directory format is unchanged: records stay plain dicts (TypedDicts are dicts) and are
 written exactly as before. Nothing here imports torch or streamlit.
@@ -103,8 +105,14 @@ _NUMERIC = {"meta_loss", "meta_acc", "disc_loss", "disc_acc", "lr", "step_second
             "val_acc", "val_ci95", "episodes"}
 
 
+BIG = 2**53  # whole numbers beyond this (JSON allows any) are refused: floats could not hold them
+
+
 def _number(v) -> bool:
-    return isinstance(v, _NUMBER) and not isinstance(v, (bool, np.bool_))
+    """An int or float (not bool); an int within +-BIG, so that float(v) never overflows."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, _NUMBER):
+        return False
+    return not isinstance(v, (int, np.integer)) or -BIG <= v <= BIG
 
 
 def well_formed(record) -> bool:
@@ -113,7 +121,7 @@ def well_formed(record) -> bool:
     if not isinstance(record, dict) or record.get("kind") not in KINDS:
         return False
     step = record.get("step")
-    if type(step) is not int and (not _number(step) or not math.isfinite(step) or step != int(step)):
+    if not _number(step) or not math.isfinite(step) or step != int(step) or not 0 <= step <= BIG:
         return False
     for k, v in record.items():  # the common case (plain floats) first: this runs on every refresh
         if k in _NUMERIC and v is not None and type(v) is not float and not _number(v):
@@ -130,7 +138,7 @@ def read_metric_records(raw: Iterable[str | bytes | dict]) -> list[MetricRecord]
         if isinstance(item, (str, bytes)):
             try:
                 item = json.loads(item)
-            except (json.JSONDecodeError, UnicodeDecodeError):
+            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
                 continue
         if not well_formed(item):
             continue
@@ -148,6 +156,94 @@ def train_records(metrics: Iterable[dict]) -> list[TrainRecord]:
 def val_records(metrics: Iterable[dict]) -> list[ValRecord]:
     """The well-formed kind "val" records, in order."""
     return [m for m in metrics if isinstance(m, dict) and m.get("kind") == "val" and well_formed(m)]
+
+
+# ------------------------------------------------------------------------------------------------
+# Evaluation records (evaluations.jsonl)
+# ------------------------------------------------------------------------------------------------
+class EvaluationRecord(TypedDict, total=False):
+    """One result of `engine evaluate` (kind "evaluate") or `engine curve` (kind "curve"), as
+    engine.eval.evaluate.run_evaluation appends it. kind is always there."""
+
+    kind: Literal["evaluate", "curve"]
+    dataset: str  # the evaluation data ("<spec> [meta-test]" for the run's own held-out classes)
+    classes: str  # "test" or "all"
+    learner: str
+    episodes: int
+    ways: int
+    shots: int
+    queries: int
+    seed: int
+    accuracy: float | list[float]  # "evaluate": the mean; "curve": one per point of `steps`
+    ci95: float | None  # "evaluate": its 95% confidence half-width (NaN for one episode)
+    axis: str  # "curve": "steps" or "shots"
+    steps: list[int]  # "curve": the points of the curve (inner steps or shots)
+    accuracy_ci95: list[float]  # "curve": one per point
+    loss: list[float]
+    loss_ci95: list[float]
+
+
+EVALUATION_KINDS = ("evaluate", "curve")
+_EVAL_TEXT = ("dataset", "classes", "learner", "axis")
+_EVAL_INTS = ("episodes", "ways", "shots", "queries", "seed")
+_CURVE_LISTS = ("accuracy", "accuracy_ci95", "loss", "loss_ci95")
+
+
+def _whole(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) and -BIG <= v <= BIG
+
+
+def well_formed_evaluation(record) -> bool:
+    """A dict with kind "evaluate" or "curve" whose known fields have their types: text, whole
+    numbers, a finite accuracy (a number, or for a curve a list as long as `steps`, a list of
+    whole numbers) and numbers (or None, NaN) for the confidence intervals and losses."""
+    if not isinstance(record, dict) or record.get("kind") not in EVALUATION_KINDS:
+        return False
+    if any(k in record and not isinstance(record[k], str) for k in _EVAL_TEXT):
+        return False
+    if any(k in record and not _whole(record[k]) for k in _EVAL_INTS):
+        return False
+    ci, steps = record.get("ci95"), record.get("steps")
+    if ci is not None and not _number(ci):
+        return False
+    if "steps" in record and (not isinstance(steps, list) or not all(_whole(s) for s in steps)):
+        return False
+    if record["kind"] == "evaluate":
+        acc = record.get("accuracy")
+        return _number(acc) and math.isfinite(acc)
+    if not steps:
+        return False
+    if record.get("axis") not in ("steps", "shots"):
+        return False
+    for k in _CURVE_LISTS:
+        values = record.get(k)
+        if k == "accuracy" or values is not None:
+            if not isinstance(values, list) or len(values) != len(steps):
+                return False
+            if not all(v is None or _number(v) for v in values):
+                return False
+    return all(v is not None and math.isfinite(v) for v in record["accuracy"])
+
+
+def read_evaluation_records(raw: Iterable[str | bytes | dict]) -> tuple[list[EvaluationRecord], int]:
+    """(the well-formed evaluation records among `raw` in order, how many non-blank items were
+    skipped). Lines that are not JSON, not objects or not well-formed are skipped, never raised."""
+    out: list[EvaluationRecord] = []
+    skipped = 0
+    for item in raw:
+        if isinstance(item, (str, bytes)):
+            if not item.strip():
+                continue
+            try:
+                item = json.loads(item)
+            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+                skipped += 1
+                continue
+        if well_formed_evaluation(item):
+            out.append(item)
+        else:
+            skipped += 1
+    return out, skipped
 
 
 # ------------------------------------------------------------------------------------------------
@@ -179,3 +275,74 @@ class Snapshot(_SnapshotBase, total=False):
     disc_pred: np.ndarray  # int (P,): D's predicted external class per probe image
     disc_conf: np.ndarray  # float (P,): D's probability for it
     disc_trained: np.bool_  # False for lambda = 0: D is then untrained and its view means nothing
+
+
+def _int_array(a, shape=None) -> bool:
+    return (isinstance(a, np.ndarray) and a.dtype.kind in "iu" and (shape is None or a.shape == shape))
+
+
+def _finite_float_array(a, ndim: int) -> bool:
+    return (isinstance(a, np.ndarray) and a.dtype.kind == "f" and a.ndim == ndim and bool(np.isfinite(a).all()))
+
+
+def check_probe(arrays: dict) -> str | None:
+    """Why `arrays` (snapshots/probe.npz) is not a Probe (None: it is one): P >= 1 uint8 images
+    (P, H, W, 1 or 3), and per image a split code 0/1/2, a label, a class name and an index."""
+    images = arrays.get("images")
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 \
+            or images.shape[-1] not in (1, 3) or not len(images):
+        return "its images are not a (P, H, W, 1 or 3) uint8 array"
+    rows = (len(images),)
+    for k in ("split", "label", "image_index"):
+        if not _int_array(arrays.get(k), rows):
+            return f"{k!r} is not {rows[0]} whole numbers"
+    if not set(np.unique(arrays["split"]).tolist()) <= {0, 1, 2} or (arrays["label"] < 0).any():
+        return "its split codes or labels are out of range"
+    names, ext = arrays.get("class_name"), arrays.get("external_classes")
+    if not isinstance(names, np.ndarray) or names.dtype.kind != "U" or names.shape != rows:
+        return f"'class_name' is not {rows[0]} names"
+    if not isinstance(ext, np.ndarray) or ext.dtype.kind != "U" or ext.ndim != 1:
+        return "'external_classes' is not a list of names"
+    return None
+
+
+def check_snapshot(arrays: dict, rows: int | None = None) -> str | None:
+    """Why `arrays` (snapshots/step_NNNNNNN.npz) is not a Snapshot of a probe of `rows` images
+    (None: it is one): a whole-number step, finite float concepts (P, D), and when D's view is
+    there, P predictions and confidences and weights of matching shapes."""
+    step = arrays.get("step")
+    if not isinstance(step, np.ndarray) or step.dtype.kind not in "iu" or step.size != 1 \
+            or not 0 <= int(step.reshape(())) <= BIG:
+        return "its step is not a whole number"
+    z = arrays.get("concepts")
+    if not _finite_float_array(z, 2) or not z.shape[0] or not z.shape[1]:
+        return "its concepts are not a 2-D array of finite numbers"
+    if rows is not None and len(z) != rows:
+        return f"it has concepts for {len(z)} images, the probe has {rows}"
+    p = len(z)
+    if "disc_pred" in arrays or "disc_conf" in arrays:
+        pred, conf = arrays.get("disc_pred"), arrays.get("disc_conf")
+        if not _int_array(pred, (p,)) or (pred < 0).any() or not _finite_float_array(conf, 1) or conf.shape != (p,):
+            return "the discriminator's predictions do not match its concepts"
+    if "disc_trained" in arrays:
+        flag = arrays["disc_trained"]
+        if not isinstance(flag, np.ndarray) or flag.dtype.kind not in "bui" or flag.size != 1:
+            return "its disc_trained is not one yes/no value"
+    disc = {k: v for k, v in arrays.items() if k.startswith("disc.")}
+    if disc:
+        if not all(_finite_float_array(v, v.ndim) for v in disc.values() if isinstance(v, np.ndarray)) \
+                or not all(isinstance(v, np.ndarray) for v in disc.values()):
+            return "the discriminator's weights are not finite numbers"
+        d = z.shape[1]
+        if "disc.net.weight" in disc:
+            w, b = disc["disc.net.weight"], disc.get("disc.net.bias")
+            ok = w.ndim == 2 and w.shape[1] == d and b is not None and b.shape == (w.shape[0],)
+        else:
+            w0, b0 = disc.get("disc.net.0.weight"), disc.get("disc.net.0.bias")
+            w2, b2 = disc.get("disc.net.2.weight"), disc.get("disc.net.2.bias")
+            ok = all(v is not None for v in (w0, b0, w2, b2)) and w0.ndim == 2 and w0.shape[1] == d \
+                and b0.shape == (w0.shape[0],) and w2.ndim == 2 and w2.shape[1] == w0.shape[0] \
+                and b2.shape == (w2.shape[0],)
+        if not ok:
+            return "the discriminator's weights do not fit its concepts"
+    return None

@@ -14,10 +14,12 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import socket
 import tempfile
 import threading
 import time
+import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -28,7 +30,15 @@ import torch
 
 from engine.config import runs_root
 from engine.errors import UserError
-from engine.records import MetricRecord, read_metric_records
+from engine.records import (
+    EvaluationRecord,
+    MetricRecord,
+    Snapshot,
+    check_probe,
+    check_snapshot,
+    read_evaluation_records,
+    read_metric_records,
+)
 
 FORMAT_VERSION = 1
 KEEP_CHECKPOINTS = 2  # the newest plus one to fall back on if the newest is damaged
@@ -52,6 +62,8 @@ def current_umask() -> int:
         mask = os.umask(0o022)
         os.umask(mask)
     return mask
+SNAPSHOT_NAME = re.compile(r"step_(\d{7})\.npz")  # what save_snapshot writes; nothing else is a snapshot
+CHECKPOINT_NAME = re.compile(r"step_[0-9]{7}\.pt")  # what save_checkpoint writes; nothing else is a checkpoint
 
 
 def atomic_write(path: Path, write) -> None:
@@ -77,19 +89,9 @@ def atomic_json(path: Path, obj) -> None:
 
 
 def read_lines(path: Path) -> list[str]:
-    """The lines of a text file; none when it does not exist."""
-    return path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """The records of a JSON-lines file; a line cut short by a crash is skipped."""
-    out = []
-    for line in read_lines(path):
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
+    """The lines of a text file; none when it does not exist. Bytes that are not UTF-8 (a damaged
+    file) become U+FFFD, so that the line they are in is skipped by the reader, not the file."""
+    return path.read_text(encoding="utf-8", errors="replace").splitlines() if path.is_file() else []
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,8 @@ class RunDir:
         self.path = Path(path)
         self._config: tuple[tuple[int, int, int], dict] | None = None  # ((inode, mtime_ns, size), config)
         self._lock_fd: int | None = None  # open while this object holds the run's lock
+        self.skipped_metrics = 0  # damaged lines of metrics.jsonl the last read_metrics() skipped
+        self.skipped_evaluations = 0  # the same for read_evaluations()
 
     # --- the trainer's lock ------------------------------------------------------------------
     @property
@@ -269,22 +273,22 @@ class RunDir:
             st = path.stat()
             stamp = (st.st_ino, st.st_mtime_ns, st.st_size)  # atomic writes replace the inode
             if self._config is None or self._config[0] != stamp:
-                data = json.loads(path.read_text())
+                data = json.loads(path.read_text(encoding="utf-8"))
                 if not isinstance(data, dict) or data.get("format_version") != FORMAT_VERSION:
                     version = data.get("format_version") if isinstance(data, dict) else None
                     raise UserError(f"{self.path} was written by format {version}, this version reads {FORMAT_VERSION}")
                 if not isinstance(data.get("config"), dict):
                     raise UserError(f"{path} holds no settings object; the run cannot be rebuilt")
                 self._config = (stamp, data["config"])
-        except (OSError, json.JSONDecodeError) as e:
-            raise UserError(f"{path} is unreadable ({e}); the run cannot be rebuilt") from e
+        except (OSError, ValueError, RecursionError) as e:  # ValueError: not JSON, not UTF-8
+            raise UserError(f"{path} is unreadable ({type(e).__name__}: {e}); the run cannot be rebuilt") from e
         return dict(self._config[1])
 
     def train_config(self):
         """config() as a TrainConfig (defaults filled in for settings added after the run was made)."""
         from engine.config import TrainConfig  # here, so that reading runs needs no model code
 
-        return TrainConfig.from_dict(self.config())
+        return TrainConfig.from_dict(self.config(), source=str(self.path / "config.json"))
 
     def update_config(self, config: dict) -> None:
         atomic_json(self.path / "config.json", {"format_version": FORMAT_VERSION, "config": config})
@@ -305,8 +309,12 @@ class RunDir:
             f.flush()
 
     def read_metrics(self) -> list[MetricRecord]:
-        """The well-formed records of metrics.jsonl (engine.records.read_metric_records), in order."""
-        return read_metric_records(read_lines(self.path / "metrics.jsonl"))
+        """The well-formed records of metrics.jsonl (engine.records.read_metric_records), in order;
+        how many non-blank lines were skipped is left in `skipped_metrics`."""
+        lines = [line for line in read_lines(self.path / "metrics.jsonl") if line.strip()]
+        records = read_metric_records(lines)
+        self.skipped_metrics = len(lines) - len(records)
+        return records
 
     def truncate_metrics(self, last_step: int) -> None:
         """Keep only records up to `last_step` (on resume, what came after the checkpoint is redone)."""
@@ -315,8 +323,9 @@ class RunDir:
 
     # --- checkpoints -------------------------------------------------------------------------
     def checkpoints(self) -> list[Path]:
-        """Checkpoint files, oldest first."""
-        return sorted((self.path / "checkpoints").glob("step_*.pt"))
+        """Checkpoint files (exactly as save_checkpoint names them, regular files, no links), oldest first."""
+        return sorted(p for p in (self.path / "checkpoints").glob("step_*.pt")
+                      if CHECKPOINT_NAME.fullmatch(p.name) and p.is_file() and not p.is_symlink())
 
     def save_checkpoint(self, state: dict, step: int) -> Path:
         path = self.path / "checkpoints" / f"step_{step:07d}.pt"
@@ -336,7 +345,10 @@ class RunDir:
                 continue
             version = state.get("format_version") if isinstance(state, dict) else None
             if version != FORMAT_VERSION:
-                warnings.append(f"{path.name} has format {version}, expected {FORMAT_VERSION}")
+                warnings.append(f"{path.name} has format {version!r:.40}, expected {FORMAT_VERSION}")
+                continue
+            if problem := _checkpoint_problem(state):
+                warnings.append(f"{path.name} is damaged ({problem}); falling back to an older one")
                 continue
             return state, warnings
         raise UserError(f"{self.path} has no readable checkpoint"
@@ -350,15 +362,60 @@ class RunDir:
         atomic_write(self.path / "snapshots" / f"step_{step:07d}.npz", lambda f: np.savez(f, **arrays))
 
     def snapshot_steps(self) -> list[int]:
-        return sorted(int(p.stem[5:]) for p in (self.path / "snapshots").glob("step_*.npz"))
+        """The steps of the snapshot files, named exactly as save_snapshot names them."""
+        folder = self.path / "snapshots"
+        try:
+            names = os.listdir(folder)
+        except OSError:  # no snapshots yet (or not a folder)
+            return []
+        return sorted(int(m.group(1)) for n in names if (m := SNAPSHOT_NAME.fullmatch(n)))
 
-    def load_snapshot(self, step: int) -> dict[str, np.ndarray]:
-        with np.load(self.path / "snapshots" / f"step_{step:07d}.npz", allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+    def _load_npz(self, path: Path, what: str) -> dict[str, np.ndarray]:
+        """The arrays of an .npz (never unpickled); UserError when it cannot be read."""
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                if not isinstance(z, np.lib.npyio.NpzFile):
+                    raise ValueError("not an .npz archive")
+                return {k: z[k] for k in z.files}
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, RuntimeError) as e:
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e) or type(e).__name__
+            raise UserError(f"{what} {path} is unreadable ({reason[:200]})") from e
+
+    def load_snapshot(self, step: int, rows: int | None = None) -> Snapshot:
+        """The snapshot taken at `step`, its arrays checked (engine.records.check_snapshot; `rows`:
+        the probe's size, when known); UserError when it is missing, unreadable or malformed."""
+        path = self.path / "snapshots" / f"step_{step:07d}.npz"
+        arrays = self._load_npz(path, "the snapshot")
+        problem = check_snapshot(arrays, rows)
+        if problem:
+            raise UserError(f"the snapshot {path} is damaged: {problem}")
+        return arrays
+
+    def load_snapshots(self, steps: list[int] | None = None, rows: int | None = None) -> tuple[list[Snapshot], list[str]]:
+        """(the snapshots at `steps` (default: all) that load and check, in order; one line per one
+        skipped). A damaged snapshot costs its frame, never the run's view."""
+        good, skipped = [], []
+        for s in self.snapshot_steps() if steps is None else steps:
+            try:
+                snap = self.load_snapshot(s, rows)
+            except UserError as e:
+                skipped.append(str(e))
+                continue
+            if int(snap["step"].reshape(())) != s:
+                skipped.append(f"the snapshot step_{s:07d}.npz says it is step {int(snap['step'].reshape(()))}")
+                continue
+            good.append(snap)
+        return good, skipped
 
     def load_probe(self) -> dict[str, np.ndarray]:
-        with np.load(self.path / "snapshots" / "probe.npz", allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+        """The probe (snapshots/probe.npz), its arrays checked (engine.records.check_probe);
+        UserError when it is missing, unreadable (object arrays are never unpickled) or malformed."""
+        path = self.path / "snapshots" / "probe.npz"
+        arrays = self._load_npz(path, "the probe")
+        problem = check_probe(arrays)
+        if problem:
+            raise UserError(f"the probe {path} is damaged: {problem}")
+        return arrays
 
     def drop_snapshots_after(self, step: int) -> None:
         for s in self.snapshot_steps():
@@ -376,8 +433,33 @@ class RunDir:
         with open(p, "a", encoding="utf-8") as f:
             f.write(("\n" if cut else "") + json.dumps(result) + "\n")  # never glued to a cut-off line
 
-    def read_evaluations(self) -> list[dict]:
-        return read_jsonl(self.path / "evaluations.jsonl")
+    def read_evaluations(self) -> list[EvaluationRecord]:
+        """The well-formed records of evaluations.jsonl (engine.records.read_evaluation_records), in
+        order; how many non-blank lines were skipped is left in `skipped_evaluations`."""
+        records, self.skipped_evaluations = read_evaluation_records(read_lines(self.path / "evaluations.jsonl"))
+        return records
+
+
+def _checkpoint_problem(state: dict) -> str | None:
+    """Why a loaded checkpoint cannot be what Trainer.state() saved (None: it can): model weights
+    and a step always; the other fields of Trainer.state() of their types where present (a caller
+    that needs one missing says so)."""
+    model = state.get("model")
+    if not isinstance(model, dict) or not model or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in model.items()):
+        return "no model weights"
+    step = state.get("step")
+    if type(step) is not int or step < 0:
+        return "its step is not a whole number"
+    if "optimizer" in state and not isinstance(state["optimizer"], dict):
+        return "its optimizer state is not a record"
+    if "seconds" in state and (type(state["seconds"]) not in (int, float) or not 0 <= state["seconds"] < float("inf")):
+        return "its training time is not a number"
+    if "external_classes" in state and (type(state["external_classes"]) is not int or state["external_classes"] < 0):
+        return "its number of external classes is not a whole number"
+    if state.get("last_val") is not None and not isinstance(state["last_val"], dict):
+        return "its last validation is not a record"
+    return None
 
 
 def as_run(run: RunDir | str | os.PathLike) -> RunDir:

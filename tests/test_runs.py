@@ -170,11 +170,12 @@ def test_truncate_metrics_keeps_records_up_to_the_step(tmp_path):
 
 def test_evaluations_survive_a_cut_off_line(tmp_path):
     run = make_run(tmp_path)
-    run.append_evaluation({"accuracy": 0.5})
+    run.append_evaluation({"kind": "evaluate", "accuracy": 0.5})
     with open(run.path / "evaluations.jsonl", "a") as f:
         f.write('{"accur')
-    run.append_evaluation({"accuracy": 0.7})
+    run.append_evaluation({"kind": "evaluate", "accuracy": 0.7})
     assert [e["accuracy"] for e in run.read_evaluations()] == [0.5, 0.7]
+    assert run.skipped_evaluations == 1
 
 
 # ------------------------------------------------------------------------------ snapshots

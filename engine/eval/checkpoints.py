@@ -13,6 +13,7 @@ from engine.config import TrainConfig
 from engine.data.imageset import ImageSet, Preprocess
 from engine.data.sources import load_imageset
 from engine.data.splits import make_splits
+from engine.errors import UserError
 from engine.models.deml import DEMLModel, resolve_device, seeded_model
 from engine.runs import RunDir, as_run
 
@@ -23,10 +24,17 @@ def load_trained(run: RunDir | str, device: str = "auto") -> tuple[TrainConfig, 
     """The run's config and its model at the last good checkpoint (weights only, no code)."""
     run = as_run(run)
     cfg = run.train_config()
+    if cfg.channels is None:
+        raise UserError(f"{run.path / 'config.json'} does not say how many channels the images have; "
+                        "the run cannot be rebuilt")
     state, _ = run.load_checkpoint()
     dev = resolve_device(device)
-    model = seeded_model(cfg, cfg.channels, state["external_classes"], cfg.seed)  # weights replaced just below
-    model.load_state_dict(state["model"])
+    try:
+        model = seeded_model(cfg, cfg.channels, state["external_classes"], cfg.seed)  # weights replaced just below
+        model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError, ValueError) as e:  # weights of other shapes or names
+        raise UserError(f"the newest checkpoint of {run.path} does not fit its settings "
+                        f"({type(e).__name__}: {' '.join(str(e).split())[:200]}); train the run again") from e
     return cfg, model.to(dev).eval(), dev
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import re
 import shutil
 import stat
 import sys
@@ -23,16 +22,16 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from engine.config import TrainConfig, runs_root
+from engine.config import runs_root
+from engine.data.images import plural
 from engine.errors import UserError
 from engine.eval.evaluate import is_test_record
 from engine.eval.twins import run_label
 from engine.records import RunState, read_metric_records, train_records, val_records
-from engine.runs import RunDir, inside_runs_root, locked_message
+from engine.runs import CHECKPOINT_NAME, RunDir, inside_runs_root, locked_message
 from engine.train.job import REGISTRY
 
 STOP_TIMEOUT = 60.0  # seconds to wait for a running job to checkpoint and end before deleting its run
-CHECKPOINT_NAME = re.compile(r"step_[0-9]{7}\.pt")  # what RunDir.save_checkpoint names them, exactly
 
 
 @dataclass
@@ -57,6 +56,7 @@ class RunSummary:
     checkpoint: str | None = None  # newest checkpoint file
     modified: float = 0.0
     errors: list[str] = field(default_factory=list)
+    skipped_lines: int = 0  # damaged lines of metrics.jsonl and evaluations.jsonl left out of the numbers
 
     @property
     def readable(self) -> bool:
@@ -93,6 +93,8 @@ class RunSummary:
             "test accuracy": (fmt_acc(self.test.get("accuracy"), self.test.get("ci95"))
                               + f" ({self.test.get('episodes')} ep.)") if self.test else None,
             "path": self.path,
+            "notes": (plural(self.skipped_lines, "damaged line", "damaged lines") + " skipped")
+            if self.skipped_lines else None,
         }
 
 
@@ -117,9 +119,12 @@ class MetricsDigest:
     steps_done: int = 0
     val_acc: float | None = None
     val_ci95: float | None = None
+    skipped: int = 0  # damaged lines (not JSON, not a well-formed record)
 
     def add(self, lines: list[bytes]) -> None:
+        lines = [line for line in lines if line.strip()]
         metrics = read_metric_records(lines)
+        self.skipped += len(lines) - len(metrics)  # damaged lines, as RunDir.read_metrics counts them
         self.steps_done = max([self.steps_done] + [m["step"] for m in train_records(metrics)])
         if val := val_records(metrics):
             self.val_acc, self.val_ci95 = val[-1].get("val_acc"), val[-1].get("val_ci95")
@@ -192,8 +197,7 @@ def summarize(path: str | os.PathLike) -> RunSummary:
                 return s
             raise UserError("no config.json (not a run directory, or one whose creation failed)")
         run = RunDir(path)
-        raw = run.config()
-        cfg = TrainConfig.from_dict(raw)
+        cfg = run.train_config()
         s.config = cfg.to_dict()
         s.learner, s.lam, s.dataset, s.ways, s.shots = cfg.learner, cfg.lam, cfg.dataset, cfg.ways, cfg.shots
         s.steps_total = cfg.steps
@@ -203,6 +207,7 @@ def summarize(path: str | os.PathLike) -> RunSummary:
         checkpoints = run.checkpoints()
         s.checkpoint = str(checkpoints[-1]) if checkpoints else None
         evaluations = run.read_evaluations()
+        s.skipped_lines = digest.skipped + run.skipped_evaluations
         s.test = next((r for r in reversed(evaluations) if is_test_record(r, "evaluate", cfg)), None)
         s.curve = next((r for r in reversed(evaluations) if is_test_record(r, "curve", cfg)), None)
         if active:

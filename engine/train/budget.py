@@ -84,8 +84,8 @@ def available_bytes(device: str = "cpu") -> int | None:
         return None
 
 
-def _gb(n: float) -> str:
-    return f"{n / 1e9:.1f} GB"
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB"  # binary units, as every size the app states
 
 
 def check_step_memory(cfg: TrainConfig, device: str = "cpu", runs: int = 1, processes: int = 1,
@@ -104,8 +104,8 @@ def check_step_memory(cfg: TrainConfig, device: str = "cpu", runs: int = 1, proc
     both = f" for {runs} runs side by side" if runs > 1 else ""
     lower = ", ".join(words[n] for n in SIZE_SETTINGS[:-1]) + f" or {words['ext_batch']}"
     raise UserError(
-        f"one training step needs about {_gb(need)} of memory{both} ({step_images(cfg):,} images of "
+        f"one training step needs about {_gib(need)} of memory{both} ({step_images(cfg):,} images of "
         f"{side}x{side}x{channels}: {cfg.meta_batch} tasks x {cfg.ways} ways x ({cfg.shots} shots + "
         f"{cfg.queries} queries){ext}, through {cfg.backbone} of width {cfg.width}), but {where} "
-        f"{_gb(have)} available and a step may use at most {MARGIN:.0%} of it ({_gb(MARGIN * have)}); "
+        f"{_gib(have)} available and a step may use at most {MARGIN:.0%} of it ({_gib(MARGIN * have)}); "
         f"lower {lower}")

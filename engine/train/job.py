@@ -192,10 +192,12 @@ class TrainingJob:
             try:
                 if self._resume_from:
                     self.trainer, run = resume_run(self._resume_from)
-                    snapshots: Thinned = Thinned(MAX_SNAPSHOTS)
+                    kept: Thinned = Thinned(MAX_SNAPSHOTS)  # which steps to keep, before loading any
                     for step in run.snapshot_steps():
-                        snapshots.add(step)
-                    snapshots.replace(run.load_snapshot)  # load only the snapshots that are kept
+                        kept.add(step)
+                    snapshots: Thinned = Thinned(MAX_SNAPSHOTS)
+                    for snap in run.load_snapshots(kept.items())[0]:  # damaged ones left out
+                        snapshots.add(snap)
                     with self._lock:  # what the run already recorded (thinned), so views show the whole history
                         for record in run.read_metrics():
                             self._keep(record["kind"], record)

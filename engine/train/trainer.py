@@ -395,7 +395,11 @@ def _resume(run: RunDir, steps: int | None) -> tuple[Trainer, RunDir]:
         state, warnings = None, [f"{run.path} has no checkpoint yet; training starts again from step 0"]
     trainer = Trainer(cfg)
     if state is not None:
-        trainer.load_state(state)
+        try:
+            trainer.load_state(state)
+        except (RuntimeError, KeyError, ValueError, TypeError) as e:  # weights of other shapes, a bad optimizer state
+            raise UserError(f"the newest checkpoint of {run.path} does not fit its settings "
+                            f"({type(e).__name__}: {' '.join(str(e).split())[:200]}); the run cannot be resumed") from e
     trainer.warnings += warnings
 
     def drop_later():

@@ -42,6 +42,7 @@ from types import SimpleNamespace
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
+from engine.data.images import plural
 from engine.errors import UserError
 from engine.eval.twins import find_twin, twin_candidates
 from engine.records import (
@@ -90,22 +91,45 @@ class _DiskRun:
         self.run = RunDir(run_dir)
         self._snapshots: dict[int, Snapshot] = {}
         self._probe: Probe | None = None
+        self.problems: dict[str, str] = {}  # file name -> why it was skipped (a damaged probe or snapshot)
+        self._failed: dict[int, int] = {}  # step -> mtime_ns of a snapshot file that did not load
 
     def exists(self) -> bool:
         return (self.run.path / "config.json").is_file()
 
     def probe(self) -> Probe | None:
+        """The run's probe; None while there is none, or when it is damaged (said in `problems`)."""
         if self._probe is None and (self.run.path / "snapshots" / "probe.npz").is_file():
-            self._probe = self.run.load_probe()
+            try:
+                self._probe = self.run.load_probe()
+                self.problems.pop("probe.npz", None)
+            except UserError as e:
+                self.problems["probe.npz"] = str(e)
         return self._probe
 
     def snapshots(self) -> list[Snapshot]:
+        """The snapshots that load and match the probe, in order. Snapshots are written atomically,
+        so one that does not load is damaged: it is skipped (said in `problems`) and tried again
+        only when its file changes."""
+        probe = self.probe()
+        rows = len(probe["images"]) if probe is not None else None
         for s in self.run.snapshot_steps():
-            if s not in self._snapshots:
-                try:
-                    self._snapshots[s] = self.run.load_snapshot(s)
-                except (OSError, ValueError, EOFError):  # being written by another process: next time
-                    continue
+            if s in self._snapshots:
+                continue
+            name = f"step_{s:07d}.npz"
+            try:
+                stamp = (self.run.path / "snapshots" / name).stat().st_mtime_ns
+            except OSError:
+                continue
+            if self._failed.get(s) == stamp:
+                continue
+            loaded, skipped = self.run.load_snapshots([s], rows)
+            if loaded:
+                self._snapshots[s] = loaded[0]
+                self.problems.pop(name, None)
+            else:
+                self._failed[s] = stamp
+                self.problems[name] = skipped[0]
         return [self._snapshots[s] for s in sorted(self._snapshots)]
 
 
@@ -152,8 +176,8 @@ def _device_name(job: TrainingJob) -> str | None:
 
 def _config_lam(run: RunDir) -> float | None:
     try:
-        return float(run.config().get("lam"))
-    except (UserError, TypeError, ValueError):
+        return run.train_config().lam
+    except UserError:
         return None
 
 
@@ -249,6 +273,10 @@ class LiveMap:
                 view.progress = self._disk_progress(disk, view.metrics)
                 if holder is not None:
                     view.progress["state"], view.holder = RunState.ELSEWHERE, str(holder)
+                view.warnings = list(disk.problems.values())
+                if disk.run.skipped_metrics:
+                    view.warnings.append(f"{plural(disk.run.skipped_metrics, 'damaged line', 'damaged lines')} "
+                                         "of metrics.jsonl skipped")
                 view.lam = _config_lam(disk.run)  # parsed once, again only if config.json changes
             self._read_twin(view, registry)
             return view
@@ -256,12 +284,12 @@ class LiveMap:
     @staticmethod
     def _disk_progress(disk: _DiskRun, metrics: list[MetricRecord]) -> dict:
         try:
-            steps = int(disk.run.config().get("steps", 0))
+            steps = disk.run.train_config().steps
         except UserError:
             steps = 0
         train = train_records(metrics)
         step = max((int(m["step"]) for m in train), default=0)
-        seconds = max((float(m.get("seconds", 0.0)) for m in metrics), default=0.0)
+        seconds = max((float(m["seconds"]) for m in metrics if m.get("seconds") is not None), default=0.0)
         return {"state": RunState.SAVED, "step": step, "steps": steps, "seconds": seconds, "eta_seconds": None,
                 "fraction": min(1.0, step / steps) if steps else 0.0, "error": None}
 

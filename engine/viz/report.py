@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.errors import UserError
 from engine.eval.evaluate import recorded_or_new
 from engine.eval.twins import find_twin, run_label
 from engine.records import val_records
@@ -23,15 +24,19 @@ MAX_REPLAY_FRAMES = 40  # evenly chosen snapshots (first and last kept): the fil
 
 
 def replay_frames(run: RunDir, method: str = "umap", seed: int = 0):
-    """(frames [(step, xy)], regions per frame, probe, snapshots, method used) of up to
+    """(frames [(step, xy)], regions per frame, probe, snapshots, method used, skipped) of up to
     MAX_REPLAY_FRAMES snapshots, laid out by the app's own replay (LiveMap.frame_at: backwards from
-    the latest snapshot on one stable map), each frame centred and scaled for a fixed-axis animation."""
-    steps = run.snapshot_steps()
-    if len(steps) > MAX_REPLAY_FRAMES:
-        keep = np.unique(np.linspace(0, len(steps) - 1, MAX_REPLAY_FRAMES).round().astype(int))
-        steps = [steps[i] for i in keep]
-    probe = run.load_probe()
-    snapshots = [run.load_snapshot(s) for s in steps]
+    the latest snapshot on one stable map), each frame centred and scaled for a fixed-axis animation.
+    Damaged snapshots are left out, one line each in `skipped`; a damaged probe leaves no frames."""
+    try:
+        probe = run.load_probe()
+    except UserError as e:
+        return [], [], None, [], method, [str(e)]
+    snapshots, skipped = run.load_snapshots(rows=len(probe["images"]))
+    if len(snapshots) > MAX_REPLAY_FRAMES:
+        keep = np.unique(np.linspace(0, len(snapshots) - 1, MAX_REPLAY_FRAMES).round().astype(int))
+        snapshots = [snapshots[i] for i in keep]
+    steps = [int(s["step"]) for s in snapshots]
     live = LiveMap(seed=seed, warm_up=False, threads=None)
     frames, regions = [], []
     for step in steps:
@@ -39,7 +44,7 @@ def replay_frames(run: RunDir, method: str = "umap", seed: int = 0):
         xy, grid = normalise_frame(xy, grid)
         frames.append((int(step), xy))
         regions.append(grid)
-    return frames, regions, probe, snapshots, live.method_shown("", method) or method
+    return frames, regions, probe, snapshots, live.method_shown("", method) or method, skipped
 
 
 def _acc(rec: dict | None, acc_key: str = "accuracy", ci_key: str = "ci95") -> str:
@@ -53,14 +58,14 @@ def build_report(run_dir: str, out: str, twin: str | None = "auto", method: str 
                  curve_episodes: int = 100, progress=None) -> dict:
     say = progress or (lambda msg: None)
     run = RunDir.open(run_dir)
-    cfg = run.config()
+    cfg = run.train_config().to_dict()
     if method == "umap":
         start_umap_warmup()
         if not wait_for_umap(timeout=120):
             method = "pca"  # numba could not compile in time: a PCA replay is still faithful
     twin_dir = find_twin(run) if twin == "auto" else twin
     twin_run = RunDir.open(twin_dir) if twin_dir else None
-    twin_cfg = twin_run.config() if twin_run else None
+    twin_cfg = twin_run.train_config().to_dict() if twin_run else None
 
     say("evaluating on the meta-test classes")
     test = recorded_or_new(run, "evaluate", episodes)
@@ -71,7 +76,9 @@ def build_report(run_dir: str, out: str, twin: str | None = "auto", method: str 
     say("laying out the replay")
     metrics = run.read_metrics()
     twin_metrics = twin_run.read_metrics() if twin_run else None
-    frames, regions, probe, snapshots, shown = replay_frames(run, method)
+    frames, regions, probe, snapshots, shown, skipped = replay_frames(run, method)
+    for line in skipped:
+        say(f"warning: left out of the replay: {line}")
 
     def label(c):
         return run_label(c["learner"], c["lam"])
@@ -84,7 +91,8 @@ def build_report(run_dir: str, out: str, twin: str | None = "auto", method: str 
                                      f"out by {shown.upper()} so that points glide between frames; "
                                      "the background is the concept discriminator's decision regions. "
                                      "Press play or drag the slider.",
-         replay(frames, probe, snapshots, color_by="class", regions=regions, title="Concept space over training")),
+         replay(frames, probe, snapshots, color_by="class", regions=regions, title="Concept space over training")
+         if frames else None),
         ("Adaptation to new tasks", "Query accuracy on new tasks from the meta-test classes, with 95% confidence "
                                     "bands, against " + ("inner gradient steps" if curve["axis"] == "steps"
                                                          else "the number of shots") + ".",
@@ -106,6 +114,12 @@ def build_report(run_dir: str, out: str, twin: str | None = "auto", method: str 
         for name, mine, theirs in rows)
     sections = []
     for i, (title, caption, fig) in enumerate(figures):
+        if fig is None:  # no snapshot could be read: say why instead of the replay
+            caption = "No replay: " + ("; ".join(skipped) if skipped else "the run has no snapshots yet") + "."
+            sections.append(f"<section><h2>{title}</h2><p class='cap'>{html.escape(caption)}</p></section>")
+            continue
+        if skipped and fig is figures[1][2]:
+            caption += f" {len(skipped)} damaged snapshot(s) left out: " + html.escape("; ".join(skipped))
         body = fig.to_html(full_html=False, include_plotlyjs=(i == 0), config={"displaylogo": False})
         sections.append(f"<section><h2>{title}</h2><p class='cap'>{caption}</p>{body}</section>")
     config_rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in cfg.items())
