@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from engine.services.training import prepare_demo
 from engine.viz.project import start_umap_warmup
 from ui.common import presenter_toggle
 
@@ -23,5 +24,6 @@ page = st.navigation(PAGES)
 st.set_page_config(page_title="Conceptscape" if page.url_path == "" else f"{page.title} · Conceptscape",
                    layout="wide")
 start_umap_warmup()  # import and compile UMAP on a background thread now; maps show PCA until it is ready
+prepare_demo()  # the demo's data into memory (and the disk cache) on a background thread: Start demo finds it
 presenter_toggle()  # in the sidebar of every page; the pages read it with ui.common.presenter()
 page.run()

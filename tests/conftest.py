@@ -78,3 +78,16 @@ def write_tree(root: Path, files: dict[str, bytes]) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
     return root
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _glyph_cache(tmp_path_factory):
+    """Generated glyph sets are cached on disk (engine.data.sources.diskcache): tests keep theirs in
+    a fresh folder, never in the repository's .cache/."""
+    before = os.environ.get("CONCEPTSCAPE_CACHE")
+    os.environ["CONCEPTSCAPE_CACHE"] = str(tmp_path_factory.mktemp("glyph-cache"))
+    yield
+    if before is None:
+        os.environ.pop("CONCEPTSCAPE_CACHE", None)
+    else:
+        os.environ["CONCEPTSCAPE_CACHE"] = before

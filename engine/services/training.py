@@ -2,6 +2,7 @@
 started beside it move together. Jobs live in the process-wide registry (engine.train.job)."""
 from __future__ import annotations
 
+import threading
 from datetime import datetime
 from pathlib import Path
 
@@ -12,6 +13,40 @@ from engine.records import RunState, train_records
 from engine.runs import RunDir, inside_runs_root, locked_message
 from engine.train.budget import check_step_memory
 from engine.train.job import REGISTRY, JobRegistry, TrainingJob
+
+_prepared: threading.Thread | None = None
+_prepared_lock = threading.Lock()
+
+
+def prepare_demo() -> threading.Thread:
+    """Make Start demo fast, on a daemon thread; returns at once (the app calls it at server
+    start, next to the UMAP warm-up; idempotent). It reads the demo preset's data into the
+    in-process cache (drawn once, then from the disk cache: engine.data.sources.diskcache) and
+    imports what the trainer's first optimizer pulls in (torch._dynamo: 1-2 s on first use)."""
+    global _prepared
+    with _prepared_lock:
+        if _prepared is None:
+            _prepared = threading.Thread(target=_prepare_demo, name="demo-prefetch", daemon=True)
+            _prepared.start()
+        return _prepared
+
+
+def _prepare_demo() -> None:
+    from engine.config import preset
+    from engine.data.imageset import Preprocess
+    from engine.data.sources import load_imageset
+
+    try:
+        cfg = preset("demo")
+        data = load_imageset(cfg.dataset, cfg.preprocess())
+        if cfg.external not in ("auto", "none"):  # the demo's own external set, prepared as the trainer will
+            load_imageset(cfg.external, Preprocess(data.image_size, data.channels, cfg.polarity))
+    except Exception:  # noqa: BLE001 - the click's own load reports what is wrong, in the page's words
+        pass
+    try:
+        import torch._dynamo  # noqa: F401  (what torch.optim.Adam() imports the first time)
+    except Exception:  # noqa: BLE001 - only a head start: the trainer imports it again and reports
+        pass
 
 
 def new_run_dir(root: str | Path, name: str, now: datetime | None = None) -> str:

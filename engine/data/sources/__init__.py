@@ -10,7 +10,9 @@ to mean the folder.
 Loads are cached in-process (the app and the trainer ask for the same data again and again).
 The ImageSet you get back shares its arrays with the cache: ``images`` and ``labels`` are set
 read-only, so treat the set as read-only (``subset`` and fancy indexing give fresh arrays; call
-``.copy()`` before changing pixels in place). Its lists are your own copies.
+``.copy()`` before changing pixels in place). Its lists are your own copies. ``prefetch`` fills
+that cache on a background thread (the app does it for the demo's data at server start), and
+generated glyph sets are also kept on disk (engine.data.sources.diskcache).
 
 Zips are read in memory, member by member, and never extracted. Files that cannot be used are
 skipped and named in ``ImageSet.problems``; a source with nothing usable raises UserError.
@@ -35,7 +37,7 @@ from engine.data.sources.zips import load_zip, read_member
 from engine.errors import UserError
 
 __all__ = ["ACCEPTED_FORMS", "EXPECTED_LAYOUT", "IMAGE_EXTENSIONS", "NPZ_LAYOUTS", "CACHE_SIZE", "clear_cache",
-           "load_imageset", "parse_spec", "read_member"]
+           "load_imageset", "parse_spec", "prefetch", "read_member"]
 
 CACHE_SIZE = 8
 
@@ -111,6 +113,7 @@ def _parse_glyph_options(text: str) -> dict:
 
 _cache: OrderedDict = OrderedDict()
 _cache_lock = threading.Lock()
+_loading: dict = {}  # key -> a lock held while that key loads: a second asker waits for the first
 
 
 def clear_cache() -> None:
@@ -124,16 +127,42 @@ def _cached(key, load: Callable[[], ImageSet]) -> ImageSet:
         hit = _cache.get(key)
         if hit is not None:
             _cache.move_to_end(key)
-    if hit is None:
-        hit = load()  # outside the lock: a slow load must not block other sources
-        hit.images.flags.writeable = False
-        hit.labels.flags.writeable = False
+            return hit
+        loading = _loading.setdefault(key, threading.Lock())
+    # outside the cache lock: a slow load must not block other sources; the same source loads once
+    # (a click while prefetch() is still drawing the demo's data waits for it instead of drawing again)
+    with loading:
         with _cache_lock:
-            _cache[key] = hit
-            _cache.move_to_end(key)
-            while len(_cache) > CACHE_SIZE:
-                _cache.popitem(last=False)
+            hit = _cache.get(key)
+        if hit is None:
+            try:
+                hit = load()
+                hit.images.flags.writeable = False
+                hit.labels.flags.writeable = False
+                with _cache_lock:
+                    _cache[key] = hit
+                    _cache.move_to_end(key)
+                    while len(_cache) > CACHE_SIZE:
+                        _cache.popitem(last=False)
+            finally:
+                with _cache_lock:
+                    _loading.pop(key, None)
     return hit
+
+
+def prefetch(spec: str, prep: Preprocess = Preprocess()) -> threading.Thread:
+    """Load SPEC into the in-process cache on a daemon thread and return the thread (the app calls
+    it at server start for the demo's data, so Start demo finds it loaded). Errors are left for the
+    load that needs the data to report."""
+    def work():
+        try:
+            load_imageset(spec, prep)
+        except Exception:  # noqa: BLE001 - the real load says what is wrong, in its own words
+            pass
+
+    thread = threading.Thread(target=work, name=f"prefetch {spec}", daemon=True)
+    thread.start()
+    return thread
 
 
 def _handout(cached: ImageSet, spec: str) -> ImageSet:

@@ -4,15 +4,24 @@ from __future__ import annotations
 import numpy as np
 
 from engine.data.imageset import ImageSet, Preprocess, from_arrays
+from engine.data.sources import diskcache
 
 GLYPH_OPTIONS = ("classes", "drawings", "alphabets", "seed")
 
 
 def load_glyphs(options: dict, prep: Preprocess) -> ImageSet:
+    """The glyph set `options` asks for: from the disk cache (milliseconds) when it holds this
+    exact request drawn by this version of the generator, else drawn now and kept there."""
+    key = diskcache.glyph_key(options, prep)
+    cached = diskcache.read(key)
+    if cached is not None:
+        return cached
     # lazy: written separately, and not always needed
     from engine.data.glyphs import generate_glyphs
 
-    return generate_glyphs(**options, prep=prep)
+    data = generate_glyphs(**options, prep=prep)
+    diskcache.write(key, data)
+    return data
 
 
 def load_digits(prep: Preprocess, spec: str) -> ImageSet:
