@@ -89,6 +89,11 @@ class TrainConfig:
     val_every: int = 200  # steps between validations on fixed episodes
     val_episodes: int = 100
     snapshot_every: int = 50  # steps between concept-space snapshots (plus 1, 2, 4, 8... early on)
+    # also a snapshot when this many seconds of wall time passed since the last one (0: by step only), so a
+    # live map moves every couple of seconds however slow a step is; on long runs the gap grows to 1/400 of
+    # the time trained so far. A snapshot of the demo's 150 probe images took ~50 ms on 2 CPU cores
+    # (measured: Trainer.snapshot(), demo preset). Changes when snapshots are taken, never the training.
+    snapshot_seconds: float = 1.5
     probe_per_class: int = 5  # probe images per class in snapshots
     probe_classes: int = 10  # classes per split (meta-train, meta-test, external) in snapshots
     checkpoint_every: int = 500
@@ -102,9 +107,10 @@ class TrainConfig:
 
         positive = ["ways", "shots", "queries", "meta_batch", "steps", "val_every", "val_episodes", "snapshot_every",
                     "checkpoint_every", "concept_dim", "width", "probe_per_class", "probe_classes"]
-        non_negative = ["ext_batch", "train_limit", "seed", "split_seed", "val_split", "test_split",
+        non_negative = ["ext_batch", "train_limit", "seed", "split_seed", "val_split", "test_split", "snapshot_seconds",
                         "external_split", "head_hidden", "disc_hidden", "inner_steps", "weight_decay", "lam"]
-        finite = ["lr", "inner_lr", "lam", "weight_decay", "val_split", "test_split", "external_split"]
+        finite = ["lr", "inner_lr", "lam", "weight_decay", "val_split", "test_split", "external_split",
+                  "snapshot_seconds"]
         if bad := [n for n in finite if not math.isfinite(getattr(self, n))]:
             raise UserError(f"these settings must be finite numbers: {flags(bad)}")
         if bad := [n for n in positive if getattr(self, n) < 1]:

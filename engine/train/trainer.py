@@ -41,6 +41,8 @@ from engine.train import distributed
 from engine.train.budget import check_step_memory
 
 SPLIT_CODES = {"meta-train": 0, "meta-test": 1, "external": 2}
+TIMED_SNAPSHOTS = 400  # on long runs snapshots by time come at most every 1/400 of the time trained so far
+_clock = time.monotonic  # the wall clock of snapshots by time (tests replace it)
 
 
 def load_data(cfg: TrainConfig) -> tuple[TrainConfig, Splits]:
@@ -106,6 +108,8 @@ class Trainer:
         self.step = 0
         self.seconds = 0.0  # training wall time, summed over resumes
         self.last_val: ValRecord | None = None
+        self._started_at = _clock()
+        self._last_snapshot_at: float | None = None  # when run() took its last snapshot (by _clock)
 
     def _val_sampler(self, splits: Splits) -> EpisodeSampler:
         try:
@@ -248,9 +252,20 @@ class Trainer:
         return out
 
     def snapshot_due(self) -> bool:
+        """By step: 0, 1, 2, 4, 8... early on (the first seconds move the most), then every
+        snapshot_every steps and the last step. By time: when cfg.snapshot_seconds of wall time
+        passed since the last snapshot (the gap grows to 1/TIMED_SNAPSHOTS of the time this process
+        has trained, so a long run does not fill its folder). Snapshots only read the model:
+        when they are taken never changes what is trained."""
         s, every = self.step, self.cfg.snapshot_every
-        early = s < every and s & (s - 1) == 0  # 0, 1, 2, 4, 8...: the first seconds move the most
-        return early or s % every == 0 or s == self.cfg.steps
+        early = s < every and s & (s - 1) == 0
+        if early or s % every == 0 or s == self.cfg.steps:
+            return True
+        if self.cfg.snapshot_seconds <= 0 or self._last_snapshot_at is None:
+            return False
+        now = _clock()
+        gap = max(self.cfg.snapshot_seconds, (now - self._started_at) / TIMED_SNAPSHOTS)
+        return now - self._last_snapshot_at >= gap
 
     # --- checkpoints --------------------------------------------------------------------------
     def state(self) -> dict:
@@ -313,10 +328,12 @@ class Trainer:
             if not main:
                 return
             snap = self.snapshot()
+            self._last_snapshot_at = _clock()
             if run is not None:
                 run.save_snapshot(self.step, snap)
             emit("snapshot", snap)
 
+        self._started_at = self._last_snapshot_at = _clock()  # snapshots by time count from here
         for w in self.warnings:
             emit("warning", {"message": w})
         if run is not None and not (run.path / "snapshots" / "probe.npz").exists():

@@ -21,8 +21,8 @@ UMAP warm-up. `import umap` costs 1.5-2 s and the first fit in a process JIT-com
 fit and transform on a daemon thread. Until `umap_status() == "ready"`, a projector asked for UMAP
 fits with PCA and says so in `note_` (and starts the warm-up if nobody did); the next
 `fit`/`update` after that switches to UMAP, which is a new layout and is said in `note_` (an
-`update` starts UMAP from the PCA layout and aligns the result to it, so points keep their rough
-place).
+`update` starts UMAP from the PCA layout and aligns the result to it, a `fit` of as many points
+aligns its fresh layout to it, so points keep their rough place and the picture never flips).
 
 Speed. UMAP is given precomputed distances and neighbours (see `_umap_fit`: umap's own path for
 small data is ~10 s per refit of 2,000 points with sklearn 1.9), and a warm-started refit uses a
@@ -179,11 +179,15 @@ class ConceptProjector:
         """A fresh layout of X (P, D)."""
         X = self._check(X)
         previous = getattr(self, "method_", None)
+        shown = getattr(self, "embedding_", None)
         method, note = self._resolve()
         raw = self._fit_raw(X, method, init=None)
-        self._set(X, method, raw, affine=(np.eye(2), 1.0, np.zeros(2)))
+        affine = (np.eye(2), 1.0, np.zeros(2))
         if previous == "pca" and method == "umap":
             note = "UMAP is ready: switched from PCA (a new layout)"
+            if self.align and shown is not None and len(shown) == len(X):  # turned onto the PCA map on screen
+                affine = procrustes_transform(raw, shown)
+        self._set(X, method, raw, affine=affine)
         self.note_ = note
         self.n_updates_ = 0
         return self
