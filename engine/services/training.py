@@ -19,8 +19,8 @@ _prepared_lock = threading.Lock()
 
 
 def prepare_demo() -> threading.Thread:
-    """Make Start demo fast, on a daemon thread; returns at once (the app calls it at server
-    start, next to the UMAP warm-up; idempotent). It reads the demo preset's data into the
+    """Make Start demo fast, on a daemon thread; returns at once (app.py calls it when a server's
+    first page opens, next to the UMAP warm-up; idempotent). It reads the demo preset's data into the
     in-process cache (drawn once, then from the disk cache: engine.data.sources.diskcache) and
     imports what the trainer's first optimizer pulls in (torch._dynamo: 1-2 s on first use)."""
     global _prepared
