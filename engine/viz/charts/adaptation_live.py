@@ -79,9 +79,9 @@ def live_adaptation_curves(records, twin_records=None, title: str | None = "Adap
         fig.add_trace(go.Scatter(
             x=[min(xs), max(xs)], y=[1 / ways, 1 / ways], mode="lines", name=f"chance (1/{ways})",
             line=dict(color=MUTED, width=1.2, dash="dot"), hoverinfo="skip", meta={"chance": True}))
-    what = f"{ways}-way tasks" if ways else "tasks"
+    what = f"{ways}-way" if ways else "fixed"
     finish(fig, title=title, uirevision=uirevision,
-           subtitle=f"query accuracy on fixed validation {what} · latest bold, earlier validations fading",
+           subtitle=f"{what} validation tasks · latest bold, earlier fade",
            height=height, margin=dict(l=60, r=20, t=76, b=52))
     ticks = sorted(set(xs))
     fig.update_xaxes(title_text=AXIS_LABELS.get(axis, "inner steps or shots"), showgrid=False,
