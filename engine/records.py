@@ -4,8 +4,9 @@
                   and writes as one in JSON), with the groups the app asks about (ACTIVE, DONE...)
   TrainRecord     one training step, as the trainer writes it to metrics.jsonl (kind "train")
   ValRecord       one validation (kind "val")
+  AdaptationRecord  the adaptation curve measured at a validation (kind "adaptation")
   read_metric_records   the one reader: raw lines or dicts in, only well-formed records out
-  train_records / val_records   the one filter per kind
+  train_records / val_records / adaptation_records   the one filter per kind
   read_evaluation_records   the same for evaluations.jsonl (kind "evaluate" or "curve")
   Snapshot, Probe what Trainer.snapshot() and Trainer._probe() make (snapshots/*.npz on disk);
                   check_probe / check_snapshot: the arrays checked before anything uses them
@@ -96,9 +97,24 @@ class ValRecord(TypedDict, total=False):
     seconds: float  # training time so far
 
 
-MetricRecord = Union[TrainRecord, ValRecord]
+class AdaptationRecord(TypedDict, total=False):
+    """The adaptation curve at one validation (Trainer.adaptation), on fixed validation episodes:
+    query accuracy after 0..S inner steps (gradient learners) or with 1..K' shots (metric learners).
+    kind, step, axis, x and accuracy are always there."""
 
-KINDS = ("train", "val")
+    kind: Literal["adaptation"]
+    step: int  # the training step it was measured after (that of the validation beside it)
+    axis: Literal["inner_steps", "shots"]
+    x: list[int]  # the points of the curve: 0..S inner steps, or 1..K' shots
+    accuracy: list[float]  # mean query accuracy in [0, 1] at each point
+    ways: int  # N of its episodes (chance is 1/N)
+    episodes: int  # how many episodes it averages
+
+
+MetricRecord = Union[TrainRecord, ValRecord, AdaptationRecord]
+
+KINDS = ("train", "val", "adaptation")
+ADAPTATION_AXES = ("inner_steps", "shots")
 _NUMBER = (int, float, np.integer, np.floating)
 # fields with a known type: a record whose value is not of it (None allowed) is malformed
 _NUMERIC = {"meta_loss", "meta_acc", "disc_loss", "disc_acc", "lr", "step_seconds", "images_per_s", "seconds",
@@ -116,17 +132,34 @@ def _number(v) -> bool:
 
 
 def well_formed(record) -> bool:
-    """A dict with kind "train" or "val", a finite whole-number step, and numbers (or None) in the
-    known numeric fields."""
+    """A dict with kind "train", "val" or "adaptation", a finite whole-number step, and numbers (or
+    None) in the known numeric fields; an adaptation record also needs _adaptation_ok."""
     if not isinstance(record, dict) or record.get("kind") not in KINDS:
         return False
     step = record.get("step")
     if not _number(step) or not math.isfinite(step) or step != int(step) or not 0 <= step <= BIG:
         return False
+    if record["kind"] == "adaptation":
+        return _adaptation_ok(record)
     for k, v in record.items():  # the common case (plain floats) first: this runs on every refresh
         if k in _NUMERIC and v is not None and type(v) is not float and not _number(v):
             return False
     return True
+
+
+def _adaptation_ok(record: dict) -> bool:
+    """axis "inner_steps" or "shots"; x a nonempty list of increasing whole numbers >= 0; accuracy
+    a list as long, of finite numbers in [0, 1]; ways and episodes (when there) whole numbers >= 1."""
+    x, acc = record.get("x"), record.get("accuracy")
+    if record.get("axis") not in ADAPTATION_AXES or not isinstance(x, list) or not isinstance(acc, list):
+        return False
+    if not x or len(x) != len(acc) or not all(_whole(v) and v >= 0 for v in x):
+        return False
+    if any(b <= a for a, b in zip(x, x[1:])):
+        return False
+    if not all(_number(a) and math.isfinite(a) and 0 <= a <= 1 for a in acc):
+        return False
+    return all(k not in record or (_whole(record[k]) and record[k] >= 1) for k in ("ways", "episodes"))
 
 
 def read_metric_records(raw: Iterable[str | bytes | dict]) -> list[MetricRecord]:
@@ -156,6 +189,11 @@ def train_records(metrics: Iterable[dict]) -> list[TrainRecord]:
 def val_records(metrics: Iterable[dict]) -> list[ValRecord]:
     """The well-formed kind "val" records, in order."""
     return [m for m in metrics if isinstance(m, dict) and m.get("kind") == "val" and well_formed(m)]
+
+
+def adaptation_records(metrics: Iterable[dict]) -> list[AdaptationRecord]:
+    """The well-formed kind "adaptation" records, in order."""
+    return [m for m in metrics if isinstance(m, dict) and m.get("kind") == "adaptation" and well_formed(m)]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
   config.json        TrainConfig as a dict (everything needed to rebuild the run)
   splits.json        which classes went where, and the disjointness checks
-  metrics.jsonl      one JSON object per step (kind "train") or validation (kind "val")
+  metrics.jsonl      one JSON object per step (kind "train") or validation (kind "val", then its
+                     adaptation curve, kind "adaptation")
   checkpoints/       step_NNNNNNN.pt, written atomically, loaded with weights_only=True
   snapshots/         probe.npz (which images), step_NNNNNNN.npz (concepts and D's view of them)
   evaluations.jsonl  results of `engine evaluate` / `engine curve`

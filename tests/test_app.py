@@ -40,7 +40,7 @@ def test_start_demo_trains_and_shows_live_view(app, tmp_path):
     app.run()  # AppTest does not fire run_every by itself: rerun after the job ends
     assert not app.exception
     charts = app.get("plotly_chart")
-    assert len(charts) == 2  # training curves and the concept map
+    assert len(charts) == 3  # the concept map, training curves and adaptation curves
     assert (tmp_path / run_dir / "metrics.jsonl").is_file()
     assert any("step 8/8" in p.proto.text for p in app.get("progress"))
 

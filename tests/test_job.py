@@ -82,14 +82,16 @@ def test_metrics_and_snapshots_since(tmp_path):
     job = TrainingJob(tiny(steps=5), str(tmp_path / "run")).start()
     assert job.join(60) and job.state == "finished", job.error
     everything = job.metrics()
-    assert len(everything) == 5 + 2  # train 1..5, val at 4 and 5
+    assert len(everything) == 5 + 2 + 2  # train 1..5, val and its adaptation curve at 4 and 5
+    assert [(r["kind"], r["step"]) for r in everything[4:]] == [("val", 4), ("adaptation", 4), ("train", 5),
+                                                                ("val", 5), ("adaptation", 5)]
     assert job.metrics(3) == everything[3:]
     assert job.metrics(len(everything)) == []
     snaps = job.snapshots()
     assert [int(s["step"]) for s in snaps] == [0, 1, 2, 4, 5]
     assert [int(s["step"]) for s in job.snapshots(2)] == [2, 4, 5]
     everything.append({"kind": "mine"})  # a copy: the caller cannot change the job's records
-    assert len(job.metrics()) == 7
+    assert len(job.metrics()) == 9
 
 
 @pytest.mark.parametrize("change, message", [

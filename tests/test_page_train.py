@@ -94,7 +94,7 @@ def test_finished_short_run_shows_map_curves_and_replay(page):
     page.run()
     assert not page.exception
     charts = [c.proto.id for c in page.get("plotly_chart")]
-    assert len(charts) == 2  # the concept map and the training curves
+    assert len(charts) == 3  # the concept map, the training curves and the adaptation curves
     figs = list(specs(page).values())
     assert figs[0]["layout"]["title"]["text"] == "<b>Concept space at step 8</b>"
     assert any(t.get("name") == "meta loss" for t in figs[1]["data"])
@@ -112,7 +112,7 @@ def test_finished_short_run_shows_map_curves_and_replay(page):
     assert not page.exception
     assert not page.button and not page.selectbox  # no Start, Pause, Resume, Stop, no settings
     figs = list(specs(page).values())
-    assert len(figs) == 2 and figs[0]["layout"]["height"] == 720
+    assert len(figs) == 3 and figs[0]["layout"]["height"] == 720
 
 
 def test_bad_settings_show_the_engines_message(page):

@@ -11,6 +11,7 @@ from engine.records import (
     DONE,
     JOB_STATES,
     RunState,
+    adaptation_records,
     read_metric_records,
     train_records,
     val_records,
@@ -22,6 +23,7 @@ GOOD = [
     {"kind": "train", "step": 2, "meta_loss": float("nan"), "meta_acc": 0.5},  # a NaN value is data, kept
     {"kind": "val", "step": 2, "val_acc": 0.6, "val_ci95": 0.03, "episodes": 10, "seconds": 1.0},
     {"kind": "train", "step": 3},
+    {"kind": "adaptation", "step": 2, "axis": "shots", "x": [1, 2, 3], "accuracy": [0.4, 0.55, 0.6], "ways": 5},
 ]
 BAD = [
     '{"kind": "train", "st',  # cut short by a crash
@@ -39,6 +41,15 @@ BAD = [
     '{"kind": "val", "step": 4, "val_acc": "high"}',  # a value of the wrong type
     '{"kind": "train", "step": 4, "meta_loss": [1.0]}',
     "",
+]
+GOOD_CURVE = {"kind": "adaptation", "step": 4, "axis": "inner_steps", "x": [0, 1, 2], "accuracy": [0.2, 0.5, 1.0],
+              "ways": 5, "episodes": 20}
+BAD_CURVES = [  # what each breaks
+    {"axis": "steps"}, {"axis": None}, {"x": []}, {"accuracy": []}, {"x": [0, 1]}, {"x": "012"},
+    {"x": [0, 2, 1]}, {"x": [0, 1, 1]}, {"x": [-1, 0, 1]}, {"x": [0, 1.5, 2]}, {"x": [0, True, 2]},
+    {"accuracy": [0.2, 0.5, 1.2]}, {"accuracy": [0.2, -0.1, 0.5]}, {"accuracy": [0.2, float("nan"), 0.5]},
+    {"accuracy": [0.2, None, 0.5]}, {"accuracy": [0.2, "0.5", 0.5]}, {"accuracy": 0.5}, {"ways": 0},
+    {"ways": "5"}, {"episodes": 2.5}, {"step": -1},
 ]
 
 
@@ -78,11 +89,28 @@ def test_what_is_written_is_unchanged(tmp_path):
     assert (run.path / "metrics.jsonl").read_text() == json.dumps(GOOD[0]) + "\n"
 
 
+def test_reader_keeps_a_good_adaptation_curve():
+    assert read_metric_records([json.dumps(GOOD_CURVE)]) == [GOOD_CURVE]
+    assert adaptation_records([GOOD_CURVE, GOOD[0], GOOD[2]]) == [GOOD_CURVE]
+    bare = {k: GOOD_CURVE[k] for k in ("kind", "step", "axis", "x", "accuracy")}  # ways, episodes optional
+    assert read_metric_records([bare]) == [bare]
+
+
+@pytest.mark.parametrize("change", BAD_CURVES, ids=str)
+def test_reader_and_filter_skip_a_malformed_adaptation_curve(change):
+    bad = {**GOOD_CURVE, **change}
+    assert read_metric_records([json.dumps(bad)]) == [] and read_metric_records([bad]) == []
+    assert adaptation_records([bad]) == []
+    for key in ("axis", "x", "accuracy"):  # each of them must be there
+        assert read_metric_records([{k: v for k, v in GOOD_CURVE.items() if k != key}]) == []
+
+
 def test_kind_filters():
     mixed = GOOD + [{"kind": "train"}, {"kind": "val", "step": "x"}, {"kind": "mine", "step": 1}]
     assert [r["step"] for r in train_records(mixed)] == [1, 2, 3]
     assert [r["step"] for r in val_records(mixed)] == [2]
-    assert train_records([]) == [] and val_records(iter([])) == []
+    assert [r["step"] for r in adaptation_records(mixed)] == [2]
+    assert train_records([]) == [] and val_records(iter([])) == [] and adaptation_records([]) == []
 
 
 def test_run_state_is_a_plain_string_too():

@@ -8,6 +8,7 @@ import torch
 
 from engine.config import preset
 from engine.learners import LEARNERS
+from engine.records import adaptation_records
 from engine.train.trainer import Control, Trainer, resume_run, start_run
 
 TINY_DATA = "glyphs:classes=60,drawings=8,seed=1"  # 6 meta-val classes: enough for 5-way
@@ -119,6 +120,34 @@ def test_resume_after_stop_equals_uninterrupted(tmp_path, learner):
     for a, b in zip([r for r in done if r["kind"] == "train"], [r for r in straight_metrics if r["kind"] == "train"]):
         assert a["meta_loss"] == pytest.approx(b["meta_loss"], abs=1e-5)
         assert a["meta_acc"] == pytest.approx(b["meta_acc"], abs=1e-5)
+    # the adaptation curves too: measured at each validation, the same at the same step
+    curves = {r["step"]: r for r in adaptation_records(done)}
+    straight_curves = {r["step"]: r for r in adaptation_records(straight_metrics)}
+    assert sorted(curves) == [4, 5, 8] and sorted(straight_curves) == [4, 8]
+    for step in (4, 8):
+        assert curves[step]["x"] == straight_curves[step]["x"]
+        assert curves[step]["accuracy"] == pytest.approx(straight_curves[step]["accuracy"], abs=1e-6)
+
+
+@pytest.mark.parametrize("learner, axis, x", [("maml", "inner_steps", [0, 1, 2]), ("reptile", "inner_steps", [0, 1, 2]),
+                                              ("protonet", "shots", [1, 2, 3, 4]),
+                                              ("matching", "shots", [1, 2, 3, 4])])
+def test_every_validation_records_an_adaptation_curve(tmp_path, learner, axis, x):
+    """Gradient learners: accuracy after 0..S inner steps; metric learners: against 1..K' shots, K' > K
+    (as many as the 8-drawing validation classes hold beside the queries), on the fixed curve episodes."""
+    cfg = tiny(learner=learner, shots=1, queries=4)
+    trainer, run = start_run(cfg, tmp_path / "run")
+    _, events = collect(trainer, run)
+    emitted = [rec for kind, rec in events if kind == "adaptation"]
+    on_disk = adaptation_records(run.read_metrics())
+    assert untimed(emitted) == on_disk  # handed to the live view as recorded
+    assert [r["step"] for r in on_disk] == [3, 6]  # beside each validation
+    assert [r["step"] for r in on_disk] == [r["step"] for r in run.read_metrics() if r["kind"] == "val"]
+    for r in on_disk:
+        assert r["axis"] == axis and r["x"] == x and r["ways"] == cfg.ways
+        assert len(r["accuracy"]) == len(x) and all(0.0 <= a <= 1.0 for a in r["accuracy"])
+    # deterministic: the same model on the same fixed episodes gives the same curve
+    assert trainer.adaptation() == {**on_disk[-1], "step": trainer.step}
 
 
 def test_resume_after_crash_falls_back_and_redoes_lost_steps(tmp_path):

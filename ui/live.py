@@ -12,6 +12,7 @@ kept between refreshes (the projectors) lives in engine.viz.live.LiveMap, one pe
 Stable keys (browser tests and zoom that survives refreshes use them; `key` defaults to "live"):
   {key}_map        the concept map (plotly; lasso / box / click select -> images below it)
   {key}_curves     the training curves (plotly; the lambda = 0 twin dashed)
+  {key}_adaptation the adaptation curve at each validation (plotly; latest bold, the twin dashed)
   {key}_thumbs     the images of the selected points, or a clicked point and its nearest neighbours
   {key}_method     "Map" (UMAP / PCA / t-SNE)      {key}_color    "Colour by"
   {key}_regions    "Decision regions" toggle        {key}_replay   "Replay" slider (snapshot steps)
@@ -25,11 +26,12 @@ import numpy as np
 import streamlit as st
 
 from engine.errors import UserError
-from engine.records import ACTIVE, PAUSABLE, RunState
+from engine.records import ACTIVE, PAUSABLE, RunState, adaptation_records
 from engine.services.training import is_active, pause_runs, resume_runs, stop_runs
 from engine.viz import project
 from engine.viz.charts import (
     concept_map,
+    live_adaptation_curves,
     nearest_neighbours,
     thumbnail_grid,
     training_curves,
@@ -299,3 +301,23 @@ def _curves_panel(view, key: str, height: int | None) -> None:
         st.warning(f"The training curves cannot be drawn: {e}")
         return
     st.plotly_chart(fig, key=f"{key}_curves", width="stretch", theme=None)
+    _adaptation_panel(view, key)
+
+
+def _adaptation_panel(view, key: str) -> None:
+    """Under the training curves: the adaptation curve measured at each validation (the DEML run solid,
+    its λ = 0 twin dashed; the latest bold, earlier ones fading)."""
+    main, twin = view.metrics, view.twin_metrics or None
+    if twin is not None and view.lam == 0:
+        main, twin = twin, main
+    if not adaptation_records(main) and not adaptation_records(twin or []):
+        if view.active:
+            st.caption("The adaptation curve appears with the first validation.")
+        return
+    try:
+        fig = live_adaptation_curves(main, twin, name="DEML" if twin is not None else "this run",
+                                     uirevision=f"{key}-adaptation-{view.run_dir}")
+    except ValueError as e:
+        st.warning(f"The adaptation curves cannot be drawn: {e}")
+        return
+    st.plotly_chart(fig, key=f"{key}_adaptation", width="stretch", theme=None)

@@ -37,14 +37,30 @@ def concept_table(model: DEMLModel, sampler: EpisodeSampler, used: np.ndarray, d
     return torch.cat(parts)
 
 
-def _per_task(model, sampler, index, device, fn: Callable, progress=None) -> list:
+def shared_concepts(model: DEMLModel, sampler: EpisodeSampler, indexes, device) -> tuple[np.ndarray, torch.Tensor]:
+    """(used, concepts): the sorted image indices (U,) of every episode of `indexes` (EpisodeIndexes
+    over the same images) and their concepts (U, D), each image passed through G once: several
+    evaluations of one model on overlapping episodes (a validation and its adaptation curve) share them."""
+    used = np.unique(np.concatenate([a.ravel() for ix in indexes for a in (ix.support, ix.query)]))
+    with eval_mode(model):
+        return used, concept_table(model, sampler, used, device)
+
+
+def _per_task(model, sampler, index, device, fn: Callable, progress=None, table=None) -> list:
     """Run fn(support concepts (T, N*K, D), query concepts (T, N*Q, D), labels) on chunks of tasks,
-    the model in eval mode throughout."""
+    the model in eval mode throughout. `table`: shared_concepts() covering the index's images."""
     out = []
     with eval_mode(model):
         support = index.support
-        used, inverse = np.unique(np.concatenate([support.ravel(), index.query.ravel()]), return_inverse=True)
-        z = concept_table(model, sampler, used, device)  # (U, D)
+        flat = np.concatenate([support.ravel(), index.query.ravel()])
+        if table is None:
+            used, inverse = np.unique(flat, return_inverse=True)
+            z = concept_table(model, sampler, used, device)  # (U, D)
+        else:
+            used, z = table
+            inverse = np.searchsorted(used, flat)
+            if inverse.max(initial=0) >= len(used) or not np.array_equal(used[inverse], flat):
+                raise ValueError("the shared concepts do not cover this evaluation's images")
         rows = torch.from_numpy(inverse).to(device)
         zs_all = z[rows[: support.size]].view(*support.shape, -1)  # (E, N*K, D)
         zq_all = z[rows[support.size:]].view(*index.query.shape, -1)  # (E, N*Q, D)
@@ -62,12 +78,12 @@ def _per_task(model, sampler, index, device, fn: Callable, progress=None) -> lis
 
 
 def query_predictions(model: DEMLModel, sampler: EpisodeSampler, index: EpisodeIndex, device,
-                      steps: int | None = None, progress=None) -> np.ndarray:
+                      steps: int | None = None, progress=None, table=None) -> np.ndarray:
     """Predicted task label of every query, (E, N*Q); the true labels are class-major 0..N-1."""
     def fn(zs, zq, labels):
         logits = model.learner.logits(zs, labels["support"], zq, sampler.ways, steps=steps, training=False)
         return logits.argmax(-1).cpu()  # (T, N*Q)
-    return torch.cat(_per_task(model, sampler, index, device, fn, progress=progress)).numpy()
+    return torch.cat(_per_task(model, sampler, index, device, fn, progress=progress, table=table)).numpy()
 
 
 def query_labels(sampler: EpisodeSampler) -> np.ndarray:
@@ -76,9 +92,9 @@ def query_labels(sampler: EpisodeSampler) -> np.ndarray:
 
 
 def episode_accuracies(model: DEMLModel, sampler: EpisodeSampler, index: EpisodeIndex, device,
-                       steps: int | None = None, progress=None) -> np.ndarray:
-    """Query accuracy of each task in `index`, (E,)."""
-    preds = query_predictions(model, sampler, index, device, steps, progress)
+                       steps: int | None = None, progress=None, table=None) -> np.ndarray:
+    """Query accuracy of each task in `index`, (E,). `table`: shared_concepts() covering it."""
+    preds = query_predictions(model, sampler, index, device, steps, progress, table)
     return (preds == query_labels(sampler)).mean(-1)
 
 
@@ -110,13 +126,14 @@ def evaluate(model: DEMLModel, sampler: EpisodeSampler, episodes: int, seed: int
 
 
 def curve_scores(model: DEMLModel, sampler: EpisodeSampler, index: EpisodeIndex, device, steps: int,
-                 progress=None) -> tuple[np.ndarray, np.ndarray]:
+                 progress=None, table=None) -> tuple[np.ndarray, np.ndarray]:
     """Per-episode query accuracy and loss along the learner's adaptation axis (after 0..steps
-    inner steps, or with 1..K shots: MetaLearner.curve), two (points, E) arrays."""
+    inner steps, or with 1..K shots: MetaLearner.curve), two (points, E) arrays. `table`:
+    shared_concepts() covering the index's images."""
     def fn(zs, zq, labels):
         losses, accs = model.learner.curve(zs, labels["support"], zq, labels["query"], sampler.ways, steps)
         return losses.cpu(), accs.cpu()  # (P, T) each
-    parts = _per_task(model, sampler, index, device, fn, progress=progress)
+    parts = _per_task(model, sampler, index, device, fn, progress=progress, table=table)
     return torch.cat([p[1] for p in parts], 1).numpy(), torch.cat([p[0] for p in parts], 1).numpy()
 
 

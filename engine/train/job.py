@@ -5,9 +5,9 @@ The app (or a test) starts a job, then polls it: `progress()`, `metrics(since)` 
 blocks training and training never waits for a consumer. The job itself never touches any UI.
 
 Memory stays bounded however long a run is: a job keeps at most MAX_SNAPSHOTS snapshots,
-MAX_TRAIN_RECORDS train records and MAX_VAL_RECORDS validation records, evenly spaced over the
-run (each time a list is full, every other one is dropped and the spacing doubles), and always
-the newest; the run directory on disk keeps everything. The registry keeps at most
+MAX_TRAIN_RECORDS train records, MAX_VAL_RECORDS validation records and MAX_ADAPTATION_RECORDS
+adaptation curves, evenly spaced over the run (each time a list is full, every other one is
+dropped and the spacing doubles), and always the newest; the run directory on disk keeps everything. The registry keeps at most
 max_finished() finished jobs (the oldest finished are released; a view then reads the run from
 its folder) and refuses a new job while max_jobs() are training.
 """
@@ -28,6 +28,7 @@ from engine.train.trainer import Control, Trainer, resume_run, start_run
 MAX_SNAPSHOTS = 200  # ~2.5 MB each at the demo's probe: a 1,000,000-step run kept 4 GB of them
 MAX_TRAIN_RECORDS = 5_000  # one per step; charts need a few thousand points at most
 MAX_VAL_RECORDS = 2_000
+MAX_ADAPTATION_RECORDS = 200  # one adaptation curve per validation
 DEFAULT_MAX_JOBS = 4  # jobs training at once per server ($CONCEPTSCAPE_MAX_JOBS)
 DEFAULT_MAX_FINISHED = 8  # finished jobs kept in memory ($CONCEPTSCAPE_MAX_FINISHED_JOBS)
 
@@ -106,6 +107,7 @@ class TrainingJob:
         self._seq = 0  # position of the next train/val record, so the two kinds merge in order
         self._train: Thinned[MetricRecord] = Thinned(MAX_TRAIN_RECORDS)
         self._val: Thinned[MetricRecord] = Thinned(MAX_VAL_RECORDS)
+        self._adaptation: Thinned[MetricRecord] = Thinned(MAX_ADAPTATION_RECORDS)
         self._snapshots: Thinned[Snapshot] = Thinned(MAX_SNAPSHOTS)
         self.finished_at: float | None = None  # time.monotonic() when the job ended
         self.warnings: list[str] = []
@@ -152,10 +154,11 @@ class TrainingJob:
         return self._state in DONE
 
     def metrics(self, since: int = 0) -> list[MetricRecord]:
-        """The records kept (kind "train" or "val", in order; see the module doc) from position
-        `since` of that list on."""
+        """The records kept (kind "train", "val" or "adaptation", in order; see the module doc) from
+        position `since` of that list on."""
         with self._lock:
-            merged = heapq.merge(self._train.entries(), self._val.entries(), key=lambda e: e[0])
+            merged = heapq.merge(self._train.entries(), self._val.entries(), self._adaptation.entries(),
+                                 key=lambda e: e[0])
             return [record for _, record in merged][since:]
 
     def snapshots(self, since: int = 0) -> list[Snapshot]:
@@ -179,7 +182,7 @@ class TrainingJob:
 
     def _keep(self, kind: str, record: dict) -> None:
         if kind in KINDS:
-            (self._train if kind == "train" else self._val).add(record, self._seq)
+            {"train": self._train, "val": self._val, "adaptation": self._adaptation}[kind].add(record, self._seq)
             self._seq += 1
         elif kind == "snapshot":
             self._snapshots.add(record)

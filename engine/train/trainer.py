@@ -33,9 +33,16 @@ from engine.data.imageset import ImageSet, Preprocess
 from engine.data.sources import load_imageset
 from engine.data.splits import Splits, make_splits
 from engine.errors import UserError
-from engine.eval.evaluate import episode_accuracies, mean_ci95
+from engine.eval.evaluate import (
+    curve_sampler,
+    curve_scores,
+    curve_summary,
+    episode_accuracies,
+    mean_ci95,
+    shared_concepts,
+)
 from engine.models.deml import eval_mode, resolve_device, seeded_model
-from engine.records import Probe, Snapshot, TrainRecord, ValRecord
+from engine.records import AdaptationRecord, Probe, Snapshot, TrainRecord, ValRecord
 from engine.runs import RunDir
 from engine.train import distributed
 from engine.train.budget import check_step_memory
@@ -43,6 +50,7 @@ from engine.train.budget import check_step_memory
 SPLIT_CODES = {"meta-train": 0, "meta-test": 1, "external": 2}
 TIMED_SNAPSHOTS = 400  # on long runs snapshots by time come at most every 1/400 of the time trained so far
 _clock = time.monotonic  # the wall clock of snapshots by time (tests replace it)
+CURVE_EPISODES = 20  # episodes of the adaptation curve measured at each validation (at most val_episodes)
 
 
 def load_data(cfg: TrainConfig) -> tuple[TrainConfig, Splits]:
@@ -104,6 +112,10 @@ class Trainer:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         # validation episodes depend on split_seed only, so a DEML run and its lambda=0 twin share them
         self.val_index = self.val_sampler.fixed(cfg.val_episodes, cfg.split_seed)
+        # the adaptation curve at each validation: few fixed episodes of the validation classes, with
+        # more shots than K for a metric learner's shot curve (as many as those classes hold)
+        self.curve_sampler = curve_sampler(self.model, splits.val, self.val_sampler)
+        self.curve_index = self.curve_sampler.fixed(min(CURVE_EPISODES, cfg.val_episodes), cfg.split_seed)
         self.probe = self._probe()
         self.step = 0
         self.seconds = 0.0  # training wall time, summed over resumes
@@ -199,12 +211,31 @@ class Trainer:
         return record
 
     # --- validation and snapshots -------------------------------------------------------------
-    def validate(self) -> ValRecord:
-        acc = episode_accuracies(self.model, self.val_sampler, self.val_index, self.device)
+    def val_concepts(self) -> tuple[np.ndarray, torch.Tensor]:
+        """The concepts of every image of the validation and curve episodes, now (each image through
+        G once): validate() and adaptation() share them, so the curve costs little more than its learner."""
+        return shared_concepts(self.model, self.val_sampler, (self.val_index, self.curve_index), self.device)
+
+    def validate(self, table=None) -> ValRecord:
+        """Mean accuracy on the fixed validation episodes; `table`: val_concepts() (else computed here)."""
+        acc = episode_accuracies(self.model, self.val_sampler, self.val_index, self.device, table=table)
         mean, ci = mean_ci95(acc)
         self.last_val = {"kind": "val", "step": self.step, "val_acc": mean, "val_ci95": ci,
                          "episodes": len(acc), "seconds": self.seconds}
         return self.last_val
+
+    def adaptation(self, table=None) -> AdaptationRecord:
+        """The adaptation curve now, on the fixed curve episodes: query accuracy after 0..S inner steps
+        (gradient learners) or with 1..K' shots (metric learners); its fields: engine.records.AdaptationRecord.
+        `table`: val_concepts() (else computed here)."""
+        steps = self.cfg.inner_steps
+        acc, loss = curve_scores(self.model, self.curve_sampler, self.curve_index, self.device, steps, table=table)
+        curve = curve_summary(self.model, self.curve_sampler, acc, loss, len(self.curve_index.classes),
+                              self.cfg.split_seed, steps)
+        return {"kind": "adaptation", "step": self.step,
+                "axis": "inner_steps" if self.model.learner.adapts_by_steps else "shots",
+                "x": [int(v) for v in curve["steps"]], "accuracy": [float(a) for a in curve["accuracy"]],
+                "ways": self.curve_sampler.ways, "episodes": curve["episodes"]}
 
     def _probe(self) -> Probe:
         """A fixed set of images whose concepts every snapshot records (for the live map); its
@@ -322,7 +353,9 @@ class Trainer:
 
         def validate():
             if main:  # the others wait for rank 0 in the next step's gradient all-reduce
-                record(self.validate())
+                table = self.val_concepts()  # one pass of G over both sets of episodes' images
+                record(self.validate(table))
+                record(self.adaptation(table))
 
         def snapshot():
             if not main:

@@ -9,6 +9,7 @@ One module per chart family, one shared look (style.py):
          uirevision="replay")                                        replay.py
   training_curves(metrics, twin_metrics=None, title="Training")     curves.py
   adaptation_curves(curves, metric="accuracy", title=None)           curves.py
+  live_adaptation_curves(records, twin_records=None, title=...)      adaptation_live.py
   episode_view(detail, title=None)                                   episode.py
   confusion_matrix(matrix, class_names, title=None)                  confusion.py
   thumbnail_grid(images, captions=None, columns=8, title=None)       thumbnails.py
@@ -17,6 +18,7 @@ One module per chart family, one shared look (style.py):
 Every figure has a stable layout.uirevision (zoom and selections survive live refreshes), and
 bad input raises ValueError saying what is wrong. Point sets are WebGL (go.Scattergl).
 """
+from engine.viz.charts.adaptation_live import live_adaptation_curves
 from engine.viz.charts.concept_map import COLOR_BY, concept_map, concept_map_pca, pca_2d
 from engine.viz.charts.confusion import confusion_matrix
 from engine.viz.charts.curves import adaptation_curves, smooth, training_curves
@@ -25,4 +27,4 @@ from engine.viz.charts.replay import replay
 from engine.viz.charts.thumbnails import nearest_neighbours, thumbnail_grid, tile
 
 __all__ = ["COLOR_BY", "adaptation_curves", "concept_map", "concept_map_pca", "confusion_matrix", "episode_view",
-           "nearest_neighbours", "pca_2d", "replay", "smooth", "thumbnail_grid", "tile", "training_curves"]
+           "live_adaptation_curves", "nearest_neighbours", "pca_2d", "replay", "smooth", "thumbnail_grid", "tile", "training_curves"]
