@@ -26,6 +26,13 @@ class RegionGrid:
     class_names: list[str]  # external class names, indexed by pred
 
 
+def probe_external_classes(probe: Probe) -> np.ndarray:
+    """The external classes (indices into probe["external_classes"], D's classes) that the probe
+    shows images of, sorted: the classes whose regions a map draws (D knows many more)."""
+    split, label = np.asarray(probe["split"]), np.asarray(probe["label"])
+    return np.unique(label[split == 2]).astype(np.int64)
+
+
 def discriminator_logits(disc: dict[str, np.ndarray], concepts: np.ndarray) -> np.ndarray:
     """D's logits for concepts (M, D) -> (M, classes), from snapshot arrays (prefix "disc.")."""
     if "disc.net.weight" in disc:  # linear
