@@ -272,8 +272,9 @@ def test_regions_only_for_the_probes_external_classes_with_a_key(probe, xy):
     colors = ClassColors(probe)
     assert [t.marker.color for t in keys] == [colors.external(c) for c in (1, 2, 3)]
     assert [t.marker.color for t in keys] == [colors.key(2, c) for c in (1, 2, 3)]  # like their points
-    assert keys[0].legendgrouptitle.text and "D" in keys[0].legendgrouptitle.text
-    assert heat.legendgroup == "regions"  # a click on the key hides the shading
+    assert all(t.legend == "legend2" for t in keys) and "D's regions" in fig.layout.legend2.title.text
+    assert fig.layout.legend2.orientation == "h"  # its own key, under the splits' key
+    assert heat.legendgroup == "regions" and heat.legend == "legend2"  # a click on the key hides the shading
     assert not [t for t in concept_map(xy, probe).data if t.legendgroup == "regions"]  # no regions, no key
 
 
@@ -283,7 +284,7 @@ def test_regions_caption_over_the_plot_never_on_it(probe, xy):
     caption = next(a for a in fig.layout.annotations if a.name == "regions")
     flat = caption.text.replace("<br>", " ")
     assert REGION_CAPTION in flat and "approximate" in flat
-    assert "only the 3 external classes in the probe are shaded (of 5)" in flat
+    assert "the probe's 3 of 5 classes shaded" in flat
     for a in fig.layout.annotations:  # every note sits above the plot area
         assert a.yref == "paper" and a.y >= 1 and a.yanchor == "bottom"
     sub = next(a for a in fig.layout.annotations if a.name == "subtitle")
@@ -395,6 +396,12 @@ def test_replay_regions_per_frame(probe):
     assert "approximate" in region_note(fig.frames[2])[0]
     # frames keep the subtitle (annotations are replaced whole by a frame)
     assert all(any(a.name == "subtitle" for a in f.layout.annotations) for f in fig.frames)
+    # the captions sit between the subtitle and the plot, never on either
+    sub = next(a for a in fig.layout.annotations if a.name == "subtitle")
+    longest = max(len(region_note(f)[0].split("<br>")) for f in fig.frames if region_note(f))
+    assert sub.yshift >= 6 + 15 * longest and all(a.y >= 1 for a in fig.layout.annotations)
+    keys = [t for t in fig.data if t.showlegend]  # splits, then the shaded classes
+    assert [t.name for t in keys][:3] == SPLITS and all(t.legend == "legend2" for t in keys[3:]) and keys[3:]
 
 
 def test_replay_refuses_bad_input(probe):
@@ -489,7 +496,9 @@ def test_training_curves_a_colour_per_series_and_height():
     assert main["meta loss"] != main["meta accuracy"]  # loss and accuracy not the same blue
     twin = {t.name: t for t in fig.data if t.name and "(λ = 0)" in t.name and t.fill != "toself"}
     assert twin["meta accuracy (λ = 0)"].line.dash == "dash"  # the twin: dashed, named in the legend
-    assert twin["meta accuracy (λ = 0)"].showlegend is not False
+    key = [t for t in fig.data if t.legendgroup == "twin" and t.showlegend is not False]
+    assert [t.name for t in key] == ["λ = 0 twin (dashed)"] and key[0].line.dash == "dash"  # one entry for the twin
+    assert all(t.legendgroup == "twin" for t in twin.values())  # a click on it shows or hides all its curves
     assert fig.layout.height == 520
     assert training_curves(make_metrics()).layout.height >= 440  # tall enough by default
 

@@ -51,8 +51,8 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 # Regions on a projector's map (engine.viz.project.ConceptProjector)
 # ----------------------------------------------------------------------------------------------
 GRID_MARGIN = 0.15  # fraction of the layout's extent added around it, for every region grid
-EXACT_METHOD = "exact: D applied to the PCA plane mapped back to concept space"
-APPROX_METHOD = "approximate: nearest probe points' predictions (UMAP/t-SNE have no cheap exact inverse)"
+EXACT_METHOD = "exact: D itself on the PCA plane"
+APPROX_METHOD = "approximate: D's answers at the nearest probe points (UMAP/t-SNE)"
 
 
 def grid_axes(xy: np.ndarray, bounds: tuple[float, float, float, float] | None = None,

@@ -44,14 +44,16 @@ PROBE_KEYS = ("split", "label", "class_name", "image_index")
 # the replay's legend: right of the map, clear of plotly's toolbar (top right) and the slider (bottom)
 _LEGEND = dict(orientation="v", x=1.01, xanchor="left", xref="paper", y=1.0, yanchor="top", yref="paper",
                title=dict(text="shape = split"), font=dict(size=12))
-# the live map's legend: under the map, across its width (a legend at the side would take a narrow
-# screen's map; plotly grows the bottom margin to hold it and wraps its entries)
+# the live map's legends, under the map across its width (a legend at the side would take a narrow
+# screen's map; plotly grows the bottom margin to hold them and wraps their entries): the splits'
+# shapes under the plot, the regions' classes at the very bottom
 MAP_LEGEND = dict(orientation="h", x=0.0, xanchor="left", xref="paper", y=-0.01, yanchor="top", yref="paper",
-                  title=dict(text="shape = split ", side="top left"), font=dict(size=12), tracegroupgap=6,
-                  itemclick="toggle", itemdoubleclick="toggleothers")
+                  title=dict(text="Shape = split:", side="left"), font=dict(size=12))
+REGION_LEGEND = dict(orientation="h", x=0.0, xanchor="left", xref="paper", y=0.0, yanchor="bottom",
+                     yref="container", title=dict(text="D's regions (external classes):", side="top left"),
+                     font=dict(size=12), traceorder="normal")  # one group: "normal" flows its entries in rows, not a column
 SPLIT_KEY_COLOR = MUTED  # a split's legend marker when colour means class or D (shape is the split)
 REGION_GROUP = "regions"
-REGION_KEY_TITLE = "D's regions (external classes):"
 
 
 def check_probe(probe) -> int:
@@ -244,7 +246,7 @@ def shown_region_classes(probe, regions) -> np.ndarray | None:
 def region_layer(probe, colors: ClassColors, regions, *, hover: bool = True) -> go.Heatmap:
     """D's regions for the probe's external classes, coloured like their points, others blank."""
     return region_heatmap(regions, region_colorer(probe, colors, regions), hover=hover,
-                          shown=shown_region_classes(probe, regions), legendgroup=REGION_GROUP)
+                          shown=shown_region_classes(probe, regions), legendgroup=REGION_GROUP, legend="legend2")
 
 
 def region_text(probe, regions) -> str:
@@ -260,8 +262,7 @@ def region_keys(probe, colors: ClassColors, regions) -> list[go.Scatter]:
     color = region_colorer(probe, colors, regions)
     names = list(map(str, regions.class_names))
     return [key_trace(names[c] if 0 <= c < len(names) else f"class {c}", color(int(c)), "square",
-                      group=REGION_GROUP, group_title=REGION_KEY_TITLE if i == 0 else None)
-            for i, c in enumerate(np.asarray(classes, dtype=np.int64).tolist())]
+                      group=REGION_GROUP, legend="legend2") for c in np.asarray(classes, dtype=np.int64).tolist()]
 
 
 def split_keys(present: list[int], color_by: str) -> list[go.Scatter]:
@@ -321,6 +322,8 @@ def concept_map(xy, probe: Probe, snapshot: Snapshot | None = None, color_by: st
     xr, yr = map_ranges([xy])
     map_axes(fig, xr, yr)
     fig.update_layout(legend=MAP_LEGEND, hovermode="closest")
+    if regions is not None:
+        fig.update_layout(legend2=REGION_LEGEND)
     return fig
 
 

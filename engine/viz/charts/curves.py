@@ -104,29 +104,36 @@ def _add_run(fig: go.Figure, train: list[dict], val: list[dict], twin: bool, smo
         raw = np.asarray([_num(m.get(key)) for m in train], dtype=float)
         if not np.isfinite(raw).any():
             continue
-        group = name + suffix
+        group = "twin" if twin else name
         if not twin:  # the raw values, faint, behind (the twin's would only add noise)
             fig.add_trace(go.Scatter(x=steps[keep], y=raw[keep], mode="lines", name=f"{group} (raw)",
                                      line=dict(color=rgba(color, 0.22), width=1), hoverinfo="skip",
                                      showlegend=False, legendgroup=group), row=1, col=col)
         fmt = ".1%" if col == 2 else ".3f"
-        fig.add_trace(go.Scatter(x=steps[keep], y=smooth(raw, smooth_window)[keep], mode="lines", name=group,
-                                 legendgroup=group, line=dict(color=color, width=2.2 if not twin else 1.8, dash=dash),
-                                 hovertemplate=f"{group}: %{{y:{fmt}}}<extra></extra>"), row=1, col=col)
+        label = name + suffix
+        fig.add_trace(go.Scatter(x=steps[keep], y=smooth(raw, smooth_window)[keep], mode="lines", name=label,
+                                 legendgroup=group, showlegend=not twin,
+                                 line=dict(color=color, width=2.2 if not twin else 1.8, dash=dash),
+                                 hovertemplate=f"{label}: %{{y:{fmt}}}<extra></extra>"), row=1, col=col)
     if val:
         vx = [m["step"] for m in val]
         vy = [_num(m.get("val_acc")) for m in val]
         vci = [_num(m.get("val_ci95")) for m in val]
-        group = f"validation accuracy{suffix}"
+        label = f"validation accuracy{suffix}"
+        group = "twin" if twin else label
         band = _band(vx, vy, vci, VAL_COLOR, 0.08 if twin else 0.16, group)
         if band is not None:
             fig.add_trace(band, row=1, col=2)
         fig.add_trace(go.Scatter(
             x=vx, y=vy, mode="lines+markers", name=f"validation accuracy ± 95% CI{suffix}", legendgroup=group,
+            showlegend=not twin,
             line=dict(color=VAL_COLOR, width=2.4 if not twin else 1.8, dash=dash),
             marker=dict(size=6 if not twin else 5, symbol="circle" if not twin else "circle-open"),
             customdata=np.asarray(vci, dtype=float),
-            hovertemplate=f"{group}: %{{y:.1%}} ± %{{customdata:.1%}}<extra></extra>"), row=1, col=2)
+            hovertemplate=f"{label}: %{{y:.1%}} ± %{{customdata:.1%}}<extra></extra>"), row=1, col=2)
+    if twin:  # one legend entry for all of the twin's curves (a click shows or hides them together)
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=f"{TWIN} twin (dashed)", legendgroup="twin",
+                                 line=dict(color=MUTED, width=1.8, dash=dash), hoverinfo="skip"), row=1, col=1)
 
 
 def _count(value, name: str) -> int | None:
@@ -175,16 +182,20 @@ def training_curves(metrics, twin_metrics=None, title: str = "Training", uirevis
     if steps:
         x0, x1 = 0.0, float(max(steps))
         if ways:
-            _chance(fig, 1.0 / ways, f"chance, {ways}-way tasks (1/{ways})", SERIES["meta_acc"][2], x0, x1)
+            _chance(fig, 1.0 / ways, f"chance, {ways}-way (1/{ways})", SERIES["meta_acc"][2], x0, x1)
         has_d = any(np.isfinite(_num(m.get("disc_acc"))) for m in train)
         if external_classes and has_d:
-            _chance(fig, 1.0 / external_classes, f"chance for D (1/{external_classes} external classes)",
+            _chance(fig, 1.0 / external_classes, f"D's chance (1/{external_classes} external classes)",
                     SERIES["disc_acc"][2], x0, x1)
-    subtitle = "Training tasks: smoothed, raw values pale behind · validation: fixed held-out tasks"
+    subtitle = "Smoothed, raw values pale · validation: held-out tasks"  # short: the panel may be narrow
+    notes = []
     if twin_metrics is not None:
-        subtitle += f"<br>Dashed: the same run with {TWIN} (no discriminator)"
+        notes.append(f"dashed: the same run with {TWIN} (no D)")
     if any(t.line.dash == CHANCE_DASH for t in fig.data if t.line is not None):
-        subtitle += " · dotted: chance" if twin_metrics is not None else "<br>Dotted: chance level"
+        notes.append("dotted: chance")
+    if notes:
+        line = " · ".join(notes)
+        subtitle += "<br>" + line[0].upper() + line[1:]
     lines = subtitle.count("<br>") + 1
     finish(fig, title=title, uirevision=uirevision, subtitle=subtitle, height=height,
            margin=dict(l=56, r=20, t=74 + 18 * lines, b=40), subtitle_shift=30)

@@ -37,7 +37,6 @@ from engine.viz.charts.style import (
 )
 
 FRAME_MS = 450  # per frame while playing
-REGION_ROOM = 3 * 15 + 6  # pixels over the plot for the regions' caption (up to three lines)
 
 
 def _empty_regions() -> go.Heatmap:
@@ -113,7 +112,8 @@ def replay(frames, probe, snapshots=None, color_by: str = "class", regions=None,
     snap0 = snapshots[first] if snapshots is not None else None
     subtitle = subtitle_lines(color_by, snap0,
                               f"{n} snapshots, steps {steps[0]}–{steps[-1]}: press Play or drag the slider")
-    room = REGION_ROOM if regions is not None else 0
+    captions = [frame_note(i) for i in range(n)]
+    room = max((c.count("<br>") + 1) * 15 + 6 if c else 0 for c in captions)  # over the plot: the longest caption
     finish(fig, title=map_title(title, "Concept space during training", None), uirevision=uirevision,
            subtitle=subtitle, height=height, subtitle_shift=10 + room,
            margin={**MAP_MARGIN, "t": 60 + 17 * (subtitle.count("<br>") + 1) + room, "b": 24})
@@ -149,6 +149,9 @@ def replay(frames, probe, snapshots=None, color_by: str = "class", regions=None,
                                   args=[[str(s)], dict(mode="immediate", frame=dict(duration=0, redraw=True),
                                                        transition=dict(duration=0))]) for s in steps])],
     )
+    if keyed is not None:  # the regions' classes under the splits, right of the map
+        fig.update_layout(legend2=dict(orientation="v", x=1.01, xanchor="left", xref="paper", y=0.72, yanchor="top",
+                                       yref="paper", title=dict(text="D's regions"), font=dict(size=12)))
     fig.update_layout(margin=dict(b=96))  # the slider and the buttons sit under the map
     return fig
 

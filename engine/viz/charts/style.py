@@ -202,7 +202,7 @@ REGION_LEVELS = 5  # confidence bands: lightness steps of a region's class colou
 
 def region_strength(level: int) -> float:
     """How strongly band `level` (0 = least confident) shows its class colour over white."""
-    return 0.10 + 0.50 * (level + 0.5) / REGION_LEVELS
+    return 0.12 + 0.60 * (level + 0.5) / REGION_LEVELS
 
 
 def check_regions(regions, name: str = "regions") -> None:
@@ -224,7 +224,7 @@ def check_regions(regions, name: str = "regions") -> None:
 
 
 def region_heatmap(regions, class_color, *, hover: bool = True, label: str = "D predicts",
-                   shown=None, legendgroup: str | None = None) -> go.Heatmap:
+                   shown=None, legendgroup: str | None = None, legend: str | None = None) -> go.Heatmap:
     """The decision regions as one heatmap: hue = predicted class (class_color(c) -> '#RRGGBB'),
     strength over the white paper = confidence (REGION_LEVELS bands). Classes are packed to those
     present, so the colour scale stays short. `shown` (class indices): only these classes are
@@ -253,6 +253,8 @@ def region_heatmap(regions, class_color, *, hover: bool = True, label: str = "D 
                  name="decision regions", showlegend=False, hoverongaps=False)
     if legendgroup:
         trace["legendgroup"] = legendgroup
+    if legend:
+        trace["legend"] = legend
     if keep.all():  # plain integers (as before) when every cell is shaded
         trace["z"] = z.astype(np.int64)
     if hover:
@@ -285,11 +287,11 @@ def region_method_line(regions, shown: int | None = None, total: int | None = No
     how = method if method.lower().startswith(kind) else (f"{kind}: {method}" if method else kind)
     line = f"Regions {how}"
     if shown is not None and total is not None and shown < total:
-        line += f" · only the {shown} external classes in the probe are shaded (of {total})"
+        line += f" · the probe's {shown} of {total} classes shaded"
     return line
 
 
-def region_caption(regions, shown: int | None = None, total: int | None = None, width: int = 64) -> str:
+def region_caption(regions, shown: int | None = None, total: int | None = None, width: int = 68) -> str:
     """The caption over a concept map with D's regions: what D is and what the shading means, then
     whether the regions are exact or approximate (lines wrapped to `width` characters)."""
     lines = textwrap.wrap(REGION_CAPTION, width, break_long_words=False)
@@ -297,12 +299,10 @@ def region_caption(regions, shown: int | None = None, total: int | None = None, 
     return "<br>".join(lines)
 
 
-def key_trace(name: str, color: str, symbol: str, *, group: str, group_title: str | None = None,
+def key_trace(name: str, color: str, symbol: str, *, group: str, legend: str = "legend",
               size: int = 11) -> go.Scatter:
     """A legend entry only (no data drawn): a marker of `symbol` and `color` named `name`, in legend
-    group `group` (clicking it shows or hides the group's traces)."""
-    trace = dict(x=[None], y=[None], mode="markers", name=name, legendgroup=group, showlegend=True,
-                 hoverinfo="skip", marker=dict(symbol=symbol, color=color, size=size, line=dict(width=0.8, color="white")))
-    if group_title:
-        trace["legendgrouptitle"] = dict(text=group_title, font=dict(size=12, color=MUTED))
-    return go.Scatter(**trace)
+    group `group` (clicking it shows or hides the group's traces) of the figure's legend `legend`."""
+    return go.Scatter(x=[None], y=[None], mode="markers", name=name, legendgroup=group, legend=legend,
+                      showlegend=True, hoverinfo="skip",
+                      marker=dict(symbol=symbol, color=color, size=size, line=dict(width=0.8, color="white")))
