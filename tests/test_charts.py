@@ -267,12 +267,13 @@ def test_regions_only_for_the_probes_external_classes_with_a_key(probe, xy):
     shown = np.isin(regions.pred, [1, 2, 3])
     assert np.isnan(z[~shown]).all() and not np.isnan(z[shown]).any()  # other classes blank
     assert heat.hoverongaps is False
-    keys = [t for t in fig.data if t.showlegend and t.legendgroup == "regions"]
+    header, *keys = [t for t in fig.data if t.showlegend and t.legendgroup == "regions"]
+    assert "D's regions" in header.name  # the key says what it is
     assert [t.name for t in keys] == ["ext-class-0", "ext-class-1", "ext-class-2"]  # classes 1, 2, 3 by name
     colors = ClassColors(probe)
     assert [t.marker.color for t in keys] == [colors.external(c) for c in (1, 2, 3)]
     assert [t.marker.color for t in keys] == [colors.key(2, c) for c in (1, 2, 3)]  # like their points
-    assert all(t.legend == "legend2" for t in keys) and "D's regions" in fig.layout.legend2.title.text
+    assert all(t.legend == "legend2" for t in [header, *keys])
     assert fig.layout.legend2.orientation == "h"  # its own key, under the splits' key
     assert heat.legendgroup == "regions" and heat.legend == "legend2"  # a click on the key hides the shading
     assert not [t for t in concept_map(xy, probe).data if t.legendgroup == "regions"]  # no regions, no key
@@ -401,7 +402,8 @@ def test_replay_regions_per_frame(probe):
     longest = max(len(region_note(f)[0].split("<br>")) for f in fig.frames if region_note(f))
     assert sub.yshift >= 6 + 15 * longest and all(a.y >= 1 for a in fig.layout.annotations)
     keys = [t for t in fig.data if t.showlegend]  # splits, then the shaded classes
-    assert [t.name for t in keys][:3] == SPLITS and all(t.legend == "legend2" for t in keys[3:]) and keys[3:]
+    assert [t.name for t in keys][:3] == SPLITS and all(t.legend == "legend2" for t in keys[3:])
+    assert "D's regions" in keys[3].name and len(keys) == 3 + 1 + 3
 
 
 def test_replay_refuses_bad_input(probe):

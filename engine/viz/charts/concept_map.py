@@ -47,11 +47,14 @@ _LEGEND = dict(orientation="v", x=1.01, xanchor="left", xref="paper", y=1.0, yan
 # the live map's legends, under the map across its width (a legend at the side would take a narrow
 # screen's map; plotly grows the bottom margin to hold them and wraps their entries): the splits'
 # shapes under the plot, the regions' classes at the very bottom
+# (no legend titles: plotly 7 shifts a horizontal legend's entries right by its title and lets them
+# run off a narrow figure; the regions' key starts with an entry of its own that says what it is)
 MAP_LEGEND = dict(orientation="h", x=0.0, xanchor="left", xref="paper", y=-0.01, yanchor="top", yref="paper",
-                  title=dict(text="Shape = split:", side="left"), font=dict(size=12))
+                  font=dict(size=12))
 REGION_LEGEND = dict(orientation="h", x=0.0, xanchor="left", xref="paper", y=0.0, yanchor="bottom",
-                     yref="container", title=dict(text="D's regions (external classes):", side="top left"),
-                     font=dict(size=12), traceorder="normal")  # one group: "normal" flows its entries in rows, not a column
+                     yref="container", font=dict(size=12),
+                     traceorder="normal")  # one group: "normal" flows its entries in rows, not a column
+REGION_KEY_HEADER = "<b>D's regions:</b>"
 SPLIT_KEY_COLOR = MUTED  # a split's legend marker when colour means class or D (shape is the split)
 REGION_GROUP = "regions"
 
@@ -256,13 +259,17 @@ def region_text(probe, regions) -> str:
 
 
 def region_keys(probe, colors: ClassColors, regions) -> list[go.Scatter]:
-    """Legend entries naming the shaded classes, in their colours (clicking one hides the regions)."""
+    """Legend entries naming the shaded classes, in their colours, after a header entry saying what
+    they are (clicking one hides the regions)."""
     shown = shown_region_classes(probe, regions)
     classes = shown if shown is not None else np.unique(np.asarray(regions.pred))
     color = region_colorer(probe, colors, regions)
     names = list(map(str, regions.class_names))
-    return [key_trace(names[c] if 0 <= c < len(names) else f"class {c}", color(int(c)), "square",
-                      group=REGION_GROUP, legend="legend2") for c in np.asarray(classes, dtype=np.int64).tolist()]
+    header = key_trace(REGION_KEY_HEADER, "rgba(0,0,0,0)", "square", group=REGION_GROUP, legend="legend2")
+    header.marker.line.width = 0
+    return [header] + [key_trace(names[c] if 0 <= c < len(names) else f"class {c}", color(int(c)), "square",
+                                 group=REGION_GROUP, legend="legend2")
+                       for c in np.asarray(classes, dtype=np.int64).tolist()]
 
 
 def split_keys(present: list[int], color_by: str) -> list[go.Scatter]:

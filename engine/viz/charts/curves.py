@@ -33,6 +33,7 @@ SERIES = {  # key -> (legend name, subplot column, colour): a colour per series,
 }
 VAL_COLOR = "#D7301F"  # red
 CHANCE_DASH = "dot"
+LOSS_TITLE, ACC_TITLE = "Loss (cross-entropy)", "Accuracy"
 DEFAULT_HEIGHT = 440  # the plot's own height, before the legend under it
 TWIN = "λ = 0"
 MAX_POINTS = 1500  # per drawn series; longer runs are thinned (smoothing sees every step)
@@ -173,7 +174,7 @@ def training_curves(metrics, twin_metrics=None, title: str = "Training", uirevis
     train, val = _check_metrics(metrics, "metrics")
     ways = _count(ways, "ways") or _from_records(list(metrics), "ways")
     external_classes = _count(external_classes, "external_classes") or _from_records(list(metrics), "external_classes")
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("Loss", "Accuracy"), horizontal_spacing=0.09)
+    fig = make_subplots(rows=1, cols=2, subplot_titles=(LOSS_TITLE, ACC_TITLE), horizontal_spacing=0.1)
     _add_run(fig, train, val, twin=False, smooth_window=smooth_window)
     if twin_metrics is not None:
         ttrain, tval = _check_metrics(twin_metrics, "twin_metrics")
@@ -199,13 +200,14 @@ def training_curves(metrics, twin_metrics=None, title: str = "Training", uirevis
     lines = subtitle.count("<br>") + 1
     finish(fig, title=title, uirevision=uirevision, subtitle=subtitle, height=height,
            margin=dict(l=56, r=20, t=74 + 18 * lines, b=40), subtitle_shift=30)
-    starts = {"Loss": fig.layout.xaxis.domain[0], "Accuracy": fig.layout.xaxis2.domain[0]}
+    starts = {LOSS_TITLE: fig.layout.xaxis.domain[0], ACC_TITLE: fig.layout.xaxis2.domain[0]}
     for ann in fig.layout.annotations:  # subplot titles: over each panel's left edge, bold
         if ann.text in starts:
             ann.update(text=f"<b>{ann.text}</b>", x=starts[ann.text], xanchor="left", font=dict(size=14))
     fig.update_xaxes(title_text="training step", rangemode="tozero")
-    fig.update_yaxes(title_text="cross-entropy", rangemode="tozero", row=1, col=1)
-    fig.update_yaxes(title_text="accuracy", range=[0, 1.02], tickformat=".0%", row=1, col=2)
+    # no y-axis titles: the panels' titles name them, and a title between narrow panels runs into the left one
+    fig.update_yaxes(rangemode="tozero", row=1, col=1)
+    fig.update_yaxes(range=[0, 1.02], tickformat=".0%", row=1, col=2)
     fig.update_layout(hovermode="x unified")
     extra = bottom_legend(fig, sum(1 for t in fig.data if t.showlegend is not False))
     fig.update_layout(height=height or DEFAULT_HEIGHT + extra)

@@ -151,7 +151,7 @@ def replay(frames, probe, snapshots=None, color_by: str = "class", regions=None,
     )
     if keyed is not None:  # the regions' classes under the splits, right of the map
         fig.update_layout(legend2=dict(orientation="v", x=1.01, xanchor="left", xref="paper", y=0.72, yanchor="top",
-                                       yref="paper", title=dict(text="D's regions"), font=dict(size=12)))
+                                       yref="paper", font=dict(size=12)))
     fig.update_layout(margin=dict(b=96))  # the slider and the buttons sit under the map
     return fig
 
