@@ -297,6 +297,9 @@ def test_regions_caption_over_the_plot_never_on_it(probe, xy):
 def test_method_note_shown(probe, xy):
     fig = concept_map(xy, probe, method_note="UMAP warming up: PCA shown")
     assert any("UMAP warming up: PCA shown" in a for a in annotation_texts(fig))
+    long = "UMAP is warming up (first use compiles for ~10 s): showing PCA meanwhile"
+    sub = next(a.text for a in concept_map(xy, probe, method_note=long).layout.annotations if a.name == "subtitle")
+    assert sub.count("<br>") == 2 and all(len(line) <= 70 for line in sub.split("<br>"))  # wrapped for a narrow map
 
 
 def test_concept_map_refuses_bad_input(probe, xy):

@@ -9,6 +9,8 @@ customdata starts with its probe row, so a lasso or box selection maps back to p
 """
 from __future__ import annotations
 
+import textwrap
+
 import numpy as np
 import plotly.graph_objects as go
 
@@ -18,6 +20,7 @@ from engine.viz.charts.style import (
     MAP_MARGIN,
     MUTED,
     NEUTRAL,
+    NOTE_WIDTH,
     SPLIT_COLORS,
     SPLIT_NAMES,
     SPLIT_SIZES,
@@ -281,8 +284,8 @@ def split_keys(present: list[int], color_by: str) -> list[go.Scatter]:
 
 def subtitle_lines(color_by: str, snapshot, method_note: str | None) -> str:
     lines = [describe_colors(color_by, snapshot)]
-    if method_note:
-        lines.append(f"<i>{method_note}</i>")
+    if method_note:  # wrapped: an annotation does not wrap itself, and the map may be narrow
+        lines += [f"<i>{line}</i>" for line in textwrap.wrap(str(method_note), NOTE_WIDTH, break_long_words=False)]
     return "<br>".join(lines)
 
 

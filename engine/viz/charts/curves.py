@@ -188,7 +188,7 @@ def training_curves(metrics, twin_metrics=None, title: str = "Training", uirevis
         if external_classes and has_d:
             _chance(fig, 1.0 / external_classes, f"D's chance (1/{external_classes} external classes)",
                     SERIES["disc_acc"][2], x0, x1)
-    subtitle = "Smoothed, raw values pale · validation: held-out tasks"  # short: the panel may be narrow
+    subtitle = "Smoothed (raw values pale) · validation: held-out tasks"  # short: the panel may be narrow
     notes = []
     if twin_metrics is not None:
         notes.append(f"dashed: the same run with {TWIN} (no D)")
