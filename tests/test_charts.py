@@ -30,7 +30,9 @@ from engine.viz.charts import (
 from engine.viz.charts.concept_map import ClassColors
 from engine.viz.charts.style import (
     CORRECT,
+    MAP_PAD,
     NEUTRAL,
+    REGION_CAPTION,
     SPLIT_COLORS,
     SPLIT_SYMBOLS,
     WRONG,
@@ -101,7 +103,7 @@ def test_concept_map_one_webgl_trace_per_split_with_rows_in_customdata(probe, xy
     snap = make_snapshot(probe)
     fig = concept_map(xy, probe, snap)
     traces = points(fig)
-    assert len(fig.data) == len(traces) == 3
+    assert len(traces) == 3 and fig.data[:3] == tuple(traces)  # the points first, legend entries after
     assert [t.name for t in traces] == SPLITS
     for code, t in enumerate(traces):
         rows = np.flatnonzero(probe["split"] == code)
@@ -134,13 +136,14 @@ def test_concept_map_missing_split_gets_no_trace(probe, xy):
     keep = probe["split"] != 1
     sub = {k: (v[keep] if k != "external_classes" else v) for k, v in probe.items()}
     fig = concept_map(xy[keep], sub)
-    assert [t.name for t in fig.data] == ["meta-train", "external"]
+    assert [t.name for t in points(fig)] == ["meta-train", "external"]
+    assert [t.name for t in fig.data if t.showlegend] == ["meta-train", "external"]  # no key for a missing split
 
 
 def test_class_colours_keyed_on_split_and_label(probe, xy):
     fig = concept_map(xy, probe, color_by="class")
     colour = {}
-    for code, t in enumerate(fig.data):
+    for code, t in enumerate(points(fig)):
         rows = np.flatnonzero(probe["split"] == code)
         for r, c in zip(rows, t.marker.color):
             colour.setdefault((code, int(probe["label"][r])), set()).add(c)
@@ -152,13 +155,13 @@ def test_class_colours_keyed_on_split_and_label(probe, xy):
 
 def test_split_colouring(probe, xy):
     fig = concept_map(xy, probe, color_by="split")
-    assert [t.marker.color for t in fig.data] == [SPLIT_COLORS[c] for c in range(3)]
+    assert [t.marker.color for t in points(fig)] == [SPLIT_COLORS[c] for c in range(3)]
 
 
 def test_correct_colouring_green_red_for_external_grey_otherwise(probe, xy):
     snap = make_snapshot(probe)
     fig = concept_map(xy, probe, snap, color_by="correct")
-    for code, t in enumerate(fig.data):
+    for code, t in enumerate(points(fig)):
         rows = np.flatnonzero(probe["split"] == code)
         if code != 2:
             assert set(t.marker.color) == {NEUTRAL}
@@ -173,7 +176,7 @@ def test_prediction_colouring_matches_class_colour_of_that_external_class(probe,
     pred_fig = concept_map(xy, probe, snap, color_by="prediction")
     class_fig = concept_map(xy, probe, snap, color_by="class")
     colors = ClassColors(probe)
-    for t in pred_fig.data:
+    for t in points(pred_fig):
         rows = np.asarray(t.customdata)[:, 0].astype(int)
         assert list(t.marker.color) == [colors.external(p) for p in snap["disc_pred"][rows]]
     # an external image D gets right has the same colour in both colourings
@@ -204,7 +207,7 @@ def test_regions_heatmap_behind_points_and_note_says_exact_or_approximate(probe,
     z = np.asarray(heat.z)
     scale = heat.colorscale
     bands = len(scale) // 2
-    assert z.min() >= 0 and z.max() < bands
+    assert np.nanmin(z) >= 0 and np.nanmax(z) < bands
     assert len({c for _, c in scale}) > 5
 
 
@@ -226,9 +229,77 @@ def test_region_colour_darker_where_more_confident(probe, xy):
     assert ClassColors(probe).external(2) == ClassColors(probe).key(2, 2)
 
 
+def test_map_equal_scale_with_ranges_fitted_to_the_points(probe):
+    # a long thin cloud: ranges are the data's extent plus one fixed margin on every side
+    xy = np.random.default_rng(2).normal(size=(len(probe["split"]), 2)) * [10.0, 1.0] + [50.0, -3.0]
+    fig = concept_map(xy, probe, height=640)
+    xa, ya = fig.layout.xaxis, fig.layout.yaxis
+    assert ya.scaleanchor == "x" and ya.scaleratio == 1  # equal scale on x and y
+    assert xa.constrain == ya.constrain == "range"  # the plot keeps the panel, no strip
+    assert xa.autorange is False and ya.autorange is False  # fixed: nothing rescales between refreshes
+    lo, hi = xy.min(0), xy.max(0)
+    margin = MAP_PAD * (hi - lo).max()
+    np.testing.assert_allclose(xa.range, [lo[0] - margin, hi[0] + margin])
+    np.testing.assert_allclose(ya.range, [lo[1] - margin, hi[1] + margin])
+    assert fig.layout.height == 640
+
+
+def test_map_legend_one_entry_per_split_with_its_shape(probe, xy):
+    fig = concept_map(xy, probe, make_snapshot(probe))
+    keys = [t for t in fig.data if t.showlegend]
+    assert [t.name for t in keys] == SPLITS
+    assert [t.marker.symbol for t in keys] == [SPLIT_SYMBOLS[c] for c in range(3)]
+    assert all(t.showlegend is False for t in points(fig))  # the points' many colours are not a key
+    # clicking a split's entry shows or hides that split's points
+    assert [t.legendgroup for t in keys] == [t.legendgroup for t in points(fig)]
+    assert fig.layout.legend.orientation == "h" and fig.layout.legend.y < 0  # under the map
+    split_keys = [t for t in concept_map(xy, probe, color_by="split").data if t.showlegend]
+    assert [t.marker.color for t in split_keys] == [SPLIT_COLORS[c] for c in range(3)]
+    # the class is named in every point's hover
+    assert all("%{customdata[1]}" in t.hovertemplate for t in points(fig))
+
+
+def test_regions_only_for_the_probes_external_classes_with_a_key(probe, xy):
+    regions = make_regions()  # D knows 5 classes (0..4); the probe shows 1, 2 and 3
+    fig = concept_map(xy, probe, make_snapshot(probe), regions=regions)
+    heat = fig.data[0]
+    z = np.asarray(heat.z, dtype=float)
+    shown = np.isin(regions.pred, [1, 2, 3])
+    assert np.isnan(z[~shown]).all() and not np.isnan(z[shown]).any()  # other classes blank
+    assert heat.hoverongaps is False
+    header, *keys = [t for t in fig.data if t.showlegend and t.legendgroup == "regions"]
+    assert "D's regions" in header.name  # the key says what it is
+    assert [t.name for t in keys] == ["ext-class-0", "ext-class-1", "ext-class-2"]  # classes 1, 2, 3 by name
+    colors = ClassColors(probe)
+    assert [t.marker.color for t in keys] == [colors.external(c) for c in (1, 2, 3)]
+    assert [t.marker.color for t in keys] == [colors.key(2, c) for c in (1, 2, 3)]  # like their points
+    assert all(t.legend == "legend2" for t in [header, *keys])
+    assert fig.layout.legend2.orientation == "h"  # its own key, under the splits' key
+    assert heat.legendgroup == "regions" and heat.legend == "legend2"  # a click on the key hides the shading
+    assert not [t for t in concept_map(xy, probe).data if t.legendgroup == "regions"]  # no regions, no key
+
+
+def test_regions_caption_over_the_plot_never_on_it(probe, xy):
+    fig = concept_map(xy, probe, make_snapshot(probe), regions=make_regions(exact=False),
+                      method_note="UMAP of 36 probe images' concepts")
+    caption = next(a for a in fig.layout.annotations if a.name == "regions")
+    flat = caption.text.replace("<br>", " ")
+    assert REGION_CAPTION in flat and "approximate" in flat
+    assert "the probe's 3 of 5 classes shaded" in flat
+    for a in fig.layout.annotations:  # every note sits above the plot area
+        assert a.yref == "paper" and a.y >= 1 and a.yanchor == "bottom"
+    sub = next(a for a in fig.layout.annotations if a.name == "subtitle")
+    assert sub.yshift > caption.yshift  # the subtitle above the caption, neither on the points
+    lines = sum(a.text.count("<br>") + 1 for a in fig.layout.annotations)
+    assert fig.layout.margin.t >= 60 + 15 * lines  # room for them all
+
+
 def test_method_note_shown(probe, xy):
     fig = concept_map(xy, probe, method_note="UMAP warming up: PCA shown")
     assert any("UMAP warming up: PCA shown" in a for a in annotation_texts(fig))
+    long = "UMAP is warming up (first use compiles for ~10 s): showing PCA meanwhile"
+    sub = next(a.text for a in concept_map(xy, probe, method_note=long).layout.annotations if a.name == "subtitle")
+    assert sub.count("<br>") == 2 and all(len(line) <= 70 for line in sub.split("<br>"))  # wrapped for a narrow map
 
 
 def test_concept_map_refuses_bad_input(probe, xy):
@@ -329,6 +400,13 @@ def test_replay_regions_per_frame(probe):
     assert "approximate" in region_note(fig.frames[2])[0]
     # frames keep the subtitle (annotations are replaced whole by a frame)
     assert all(any(a.name == "subtitle" for a in f.layout.annotations) for f in fig.frames)
+    # the captions sit between the subtitle and the plot, never on either
+    sub = next(a for a in fig.layout.annotations if a.name == "subtitle")
+    longest = max(len(region_note(f)[0].split("<br>")) for f in fig.frames if region_note(f))
+    assert sub.yshift >= 6 + 15 * longest and all(a.y >= 1 for a in fig.layout.annotations)
+    keys = [t for t in fig.data if t.showlegend]  # splits, then the shaded classes
+    assert [t.name for t in keys][:3] == SPLITS and all(t.legend == "legend2" for t in keys[3:])
+    assert "D's regions" in keys[3].name and len(keys) == 3 + 1 + 3
 
 
 def test_replay_refuses_bad_input(probe):
@@ -393,6 +471,41 @@ def test_training_curves_twin_dashed_with_lambda_zero():
     own = [t for t in fig.data if t.name and "λ" not in t.name]
     assert all(t.line.dash is None for t in own)
     assert sum(t.fill == "toself" for t in fig.data) == 2  # a CI band each
+
+
+def test_training_curves_chance_lines_at_one_over_ways_and_external_classes():
+    fig = training_curves(make_metrics(), ways=5, external_classes=80)
+    dotted = {t.name: t for t in fig.data if t.line.dash == "dot"}
+    assert len(dotted) == 2
+    meta = next(t for n, t in dotted.items() if "5-way" in n)
+    disc = next(t for n, t in dotted.items() if "80 external" in n)
+    assert list(meta.y) == [0.2, 0.2] and list(disc.y) == [1 / 80, 1 / 80]
+    assert meta.xaxis == disc.xaxis == "x2"  # in the accuracy panel
+    assert list(meta.x) == [0, 60]  # across the steps drawn
+    assert meta.showlegend is not False and disc.showlegend is not False  # named in the legend
+    # from the records when not given; no D chance line without a D curve
+    recs = [{**m, "ways": 4} if m["kind"] == "train" else m for m in make_metrics(lam=0.0)]
+    fig = training_curves(recs, external_classes=80)
+    assert [list(t.y) for t in fig.data if t.line.dash == "dot"] == [[0.25, 0.25]]
+    assert not [t for t in training_curves(make_metrics()).data if t.line.dash == "dot"]  # unknown: none drawn
+    with pytest.raises(ValueError, match="ways must be a whole number"):
+        training_curves(make_metrics(), ways=1)
+
+
+def test_training_curves_a_colour_per_series_and_height():
+    fig = training_curves(make_metrics(), twin_metrics=make_metrics(lam=0.0), height=520)
+    main = {t.name: t.line.color for t in fig.data if t.showlegend is not False and "λ" not in t.name}
+    series = ["meta loss", "discrimination loss", "meta accuracy", "discrimination accuracy",
+              "validation accuracy ± 95% CI"]
+    assert len({main[n] for n in series}) == len(series)  # no two series share a colour
+    assert main["meta loss"] != main["meta accuracy"]  # loss and accuracy not the same blue
+    twin = {t.name: t for t in fig.data if t.name and "(λ = 0)" in t.name and t.fill != "toself"}
+    assert twin["meta accuracy (λ = 0)"].line.dash == "dash"  # the twin: dashed, named in the legend
+    key = [t for t in fig.data if t.legendgroup == "twin" and t.showlegend is not False]
+    assert [t.name for t in key] == ["λ = 0 twin (dashed)"] and key[0].line.dash == "dash"  # one entry for the twin
+    assert all(t.legendgroup == "twin" for t in twin.values())  # a click on it shows or hides all its curves
+    assert fig.layout.height == 520
+    assert training_curves(make_metrics()).layout.height >= 440  # tall enough by default
 
 
 def test_training_curves_empty_and_bad():
@@ -680,4 +793,4 @@ def test_concept_map_and_replay_from_a_real_run():
     assert [s.label for s in anim.layout.sliders[0].steps] == ["0", "1", "2", "4", "8"]
     assert len(anim.to_json()) < 400_000  # frames stay small
     assert training_curves(metrics).layout.uirevision == "training-curves"
-    assert len(concept_map_pca(probe, snaps[-1]).data) == 3
+    assert len(points(concept_map_pca(probe, snaps[-1]))) == 3

@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 
 from engine.viz.project import ConceptProjector
-from engine.viz.regions import RegionGrid, discriminator_logits, neighbour_regions, pca_regions, regions_for, softmax
+from engine.viz.regions import (
+    RegionGrid,
+    discriminator_logits,
+    neighbour_regions,
+    pca_regions,
+    probe_external_classes,
+    regions_for,
+    softmax,
+)
 
 
 def linear_disc(d=8, classes=4, seed=0) -> dict[str, np.ndarray]:
@@ -147,3 +155,10 @@ def test_no_regions_for_an_untrained_discriminator():
     projector = ConceptProjector(method="pca").fit(concepts)
     assert regions_for(projector, snap, probe) is not None
     assert regions_for(projector, {**snap, "disc_trained": np.bool_(False)}, probe) is None
+
+
+def test_probe_external_classes_are_those_the_probe_shows():
+    probe = {"split": np.array([0, 2, 2, 1, 2, 2]), "label": np.array([7, 40, 3, 7, 40, 12]),
+             "external_classes": np.array([f"e{i}" for i in range(80)])}
+    assert probe_external_classes(probe).tolist() == [3, 12, 40]  # sorted, once each, external rows only
+    assert probe_external_classes({**probe, "split": np.array([0, 0, 1, 1, 0, 0])}).tolist() == []

@@ -26,6 +26,13 @@ class RegionGrid:
     class_names: list[str]  # external class names, indexed by pred
 
 
+def probe_external_classes(probe: Probe) -> np.ndarray:
+    """The external classes (indices into probe["external_classes"], D's classes) that the probe
+    shows images of, sorted: the classes whose regions a map draws (D knows many more)."""
+    split, label = np.asarray(probe["split"]), np.asarray(probe["label"])
+    return np.unique(label[split == 2]).astype(np.int64)
+
+
 def discriminator_logits(disc: dict[str, np.ndarray], concepts: np.ndarray) -> np.ndarray:
     """D's logits for concepts (M, D) -> (M, classes), from snapshot arrays (prefix "disc.")."""
     if "disc.net.weight" in disc:  # linear
@@ -44,8 +51,8 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 # Regions on a projector's map (engine.viz.project.ConceptProjector)
 # ----------------------------------------------------------------------------------------------
 GRID_MARGIN = 0.15  # fraction of the layout's extent added around it, for every region grid
-EXACT_METHOD = "exact: D applied to the PCA plane mapped back to concept space"
-APPROX_METHOD = "approximate: nearest probe points' predictions (UMAP/t-SNE have no cheap exact inverse)"
+EXACT_METHOD = "exact: D itself on the PCA plane"
+APPROX_METHOD = "approximate: D's answers at the nearest probe points (UMAP/t-SNE)"
 
 
 def grid_axes(xy: np.ndarray, bounds: tuple[float, float, float, float] | None = None,

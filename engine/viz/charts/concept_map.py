@@ -9,6 +9,8 @@ customdata starts with its probe row, so a lasso or box selection maps back to p
 """
 from __future__ import annotations
 
+import textwrap
+
 import numpy as np
 import plotly.graph_objects as go
 
@@ -16,7 +18,9 @@ from engine.records import Probe, Snapshot
 from engine.viz.charts.style import (
     CORRECT,
     MAP_MARGIN,
+    MUTED,
     NEUTRAL,
+    NOTE_WIDTH,
     SPLIT_COLORS,
     SPLIT_NAMES,
     SPLIT_SIZES,
@@ -27,20 +31,35 @@ from engine.viz.charts.style import (
     check_choice,
     check_regions,
     finish,
+    key_trace,
     map_axes,
+    map_ranges,
     note,
     palette,
+    region_caption,
     region_heatmap,
-    region_note,
 )
+from engine.viz.regions import probe_external_classes
 
 COLOR_BY = ("class", "split", "prediction", "correct")
 PROBE_KEYS = ("split", "label", "class_name", "image_index")
 
-# top right, on the title's row (the subtitle takes the left of the next rows)
-# right of the map, clear of plotly's toolbar (top right) and the replay's slider (bottom)
+# the replay's legend: right of the map, clear of plotly's toolbar (top right) and the slider (bottom)
 _LEGEND = dict(orientation="v", x=1.01, xanchor="left", xref="paper", y=1.0, yanchor="top", yref="paper",
-               title=dict(text="split"), font=dict(size=12))
+               title=dict(text="shape = split"), font=dict(size=12))
+# the live map's legends, under the map across its width (a legend at the side would take a narrow
+# screen's map; plotly grows the bottom margin to hold them and wraps their entries): the splits'
+# shapes under the plot, the regions' classes at the very bottom
+# (no legend titles: plotly 7 shifts a horizontal legend's entries right by its title and lets them
+# run off a narrow figure; the regions' key starts with an entry of its own that says what it is)
+MAP_LEGEND = dict(orientation="h", x=0.0, xanchor="left", xref="paper", y=-0.01, yanchor="top", yref="paper",
+                  font=dict(size=12))
+REGION_LEGEND = dict(orientation="h", x=0.0, xanchor="left", xref="paper", y=0.0, yanchor="bottom",
+                     yref="container", font=dict(size=12),
+                     traceorder="normal")  # one group: "normal" flows its entries in rows, not a column
+REGION_KEY_HEADER = "<b>D's regions:</b>"
+SPLIT_KEY_COLOR = MUTED  # a split's legend marker when colour means class or D (shape is the split)
+REGION_GROUP = "regions"
 
 
 def check_probe(probe) -> int:
@@ -161,7 +180,7 @@ def point_traces(xy: np.ndarray, probe: Probe, snapshot: Snapshot | None, color_
         color = SPLIT_COLORS[code] if color_by == "split" else fill[rows].tolist()
         traces.append(go.Scattergl(
             x=xy[rows, 0].astype(np.float32), y=xy[rows, 1].astype(np.float32), mode="markers",
-            name=SPLIT_NAMES[code], legendgroup=SPLIT_NAMES[code],
+            name=SPLIT_NAMES[code], legendgroup=SPLIT_NAMES[code], showlegend=False,
             marker=dict(symbol=SPLIT_SYMBOLS[code], size=SPLIT_SIZES[code], color=color, opacity=0.92,
                         line=dict(width=0.8, color="white")),
             customdata=custom, text=d_line[rows].tolist(), hovertemplate=HOVER))
@@ -209,30 +228,87 @@ def map_title(title: str | None, base: str, step) -> str:
     return base if step is None else f"{base} at step {int(step)}"
 
 
+def is_d_regions(probe, regions) -> bool:
+    """Whether `regions` are the concept discriminator D's (its classes are the probe's external classes)."""
+    ext = [str(n) for n in np.asarray(probe.get("external_classes", []))]
+    return list(map(str, regions.class_names)) == ext or not ext
+
+
 def region_colorer(probe, colors: ClassColors, regions):
     """Region class c -> colour. D's regions use the external classes' colours; other region grids
     (a task head's) use the palette in order."""
-    ext = [str(n) for n in np.asarray(probe.get("external_classes", []))]
-    if list(map(str, regions.class_names)) == ext or not ext:
+    if is_d_regions(probe, regions):
         return colors.external
     pal = palette(len(regions.class_names))
     return lambda c: pal[c]
 
 
+def shown_region_classes(probe, regions) -> np.ndarray | None:
+    """The region classes a map shades: for D's regions, the external classes the probe shows
+    (about ten of D's many); None (all) for other region grids."""
+    return probe_external_classes(probe) if is_d_regions(probe, regions) else None
+
+
+def region_layer(probe, colors: ClassColors, regions, *, hover: bool = True) -> go.Heatmap:
+    """D's regions for the probe's external classes, coloured like their points, others blank."""
+    return region_heatmap(regions, region_colorer(probe, colors, regions), hover=hover,
+                          shown=shown_region_classes(probe, regions), legendgroup=REGION_GROUP, legend="legend2")
+
+
+def region_text(probe, regions) -> str:
+    """The caption of a map with regions: what D is, what the shading means, exact or approximate."""
+    shown = shown_region_classes(probe, regions)
+    return region_caption(regions, None if shown is None else len(shown), len(regions.class_names))
+
+
+def region_keys(probe, colors: ClassColors, regions) -> list[go.Scatter]:
+    """Legend entries naming the shaded classes, in their colours, after a header entry saying what
+    they are (clicking one hides the regions)."""
+    shown = shown_region_classes(probe, regions)
+    classes = shown if shown is not None else np.unique(np.asarray(regions.pred))
+    color = region_colorer(probe, colors, regions)
+    names = list(map(str, regions.class_names))
+    header = key_trace(REGION_KEY_HEADER, "rgba(0,0,0,0)", "square", group=REGION_GROUP, legend="legend2")
+    header.marker.line.width = 0
+    return [header] + [key_trace(names[c] if 0 <= c < len(names) else f"class {c}", color(int(c)), "square",
+                                 group=REGION_GROUP, legend="legend2")
+                       for c in np.asarray(classes, dtype=np.int64).tolist()]
+
+
+def split_keys(present: list[int], color_by: str) -> list[go.Scatter]:
+    """One legend entry per split shown: its marker shape (in the split's colour when colour means
+    split, grey otherwise); clicking it shows or hides that split's points."""
+    return [key_trace(SPLIT_NAMES[c], SPLIT_COLORS[c] if color_by == "split" else SPLIT_KEY_COLOR,
+                      SPLIT_SYMBOLS[c], group=SPLIT_NAMES[c], size=SPLIT_SIZES[c] + 2) for c in present]
+
+
 def subtitle_lines(color_by: str, snapshot, method_note: str | None) -> str:
     lines = [describe_colors(color_by, snapshot)]
-    if method_note:
-        lines.append(f"<i>{method_note}</i>")
+    if method_note:  # wrapped: an annotation does not wrap itself, and the map may be narrow
+        lines += [f"<i>{line}</i>" for line in textwrap.wrap(str(method_note), NOTE_WIDTH, break_long_words=False)]
     return "<br>".join(lines)
+
+
+def top_notes(fig: go.Figure, subtitle: str, regions_text: str | None) -> int:
+    """The subtitle under the title and, between it and the plot, the regions' caption (nothing
+    is drawn over the plot area). Returns the top margin they need."""
+    sub_lines = subtitle.count("<br>") + 1
+    reg = (regions_text.count("<br>") + 1) * 15 + 6 if regions_text else 0
+    if regions_text:
+        fig.add_annotation(note(regions_text, y=1.0, yshift=6, size=11, name="regions"))
+    fig.add_annotation(note(subtitle, y=1.0, yshift=10 + reg, name="subtitle"))
+    return 60 + 17 * sub_lines + reg
 
 
 def concept_map(xy, probe: Probe, snapshot: Snapshot | None = None, color_by: str = "class", regions=None, title: str | None = None,
                 uirevision: str = "concept-map", method_note: str | None = None, height: int = 560) -> go.Figure:
     """The probe images at positions xy (P, 2), coloured by class, split, the discriminator's
-    prediction or whether it is right; marker shape = split (one trace per split). `regions` (a
-    RegionGrid of D's predictions on this plane) is drawn behind the points with a note in the figure
-    saying whether it is exact or approximate; `method_note` (e.g. "UMAP warming up: PCA shown")
-    goes under the title."""
+    prediction or whether it is right; marker shape = split (one trace per split, a legend entry
+    per split under the map). `regions` (a RegionGrid of D's predictions on this plane) is drawn
+    behind the points for the external classes the probe shows, with their names in the legend and
+    a caption over the plot saying what D is, what the shading means and whether it is exact or
+    approximate; `method_note` (e.g. "UMAP warming up: PCA shown") goes under the title. Equal
+    scale on x and y, ranges fitted to the points with a fixed margin; `height` in pixels."""
     check_choice(color_by, "color_by", COLOR_BY)
     rows = check_probe(probe)
     xy = as_points(xy, "xy", rows)
@@ -241,18 +317,23 @@ def concept_map(xy, probe: Probe, snapshot: Snapshot | None = None, color_by: st
     fig = go.Figure()
     if regions is not None:
         check_regions(regions)
-        fig.add_trace(region_heatmap(regions, region_colorer(probe, colors, regions)))
-    fig.add_traces(point_traces(xy, probe, snapshot, color_by, colors))
+        fig.add_trace(region_layer(probe, colors, regions))
+    split = np.asarray(probe["split"])
+    present = [c for c in SPLIT_NAMES if (split == c).any()]
+    fig.add_traces(point_traces(xy, probe, snapshot, color_by, colors, present))
+    fig.add_traces(split_keys(present, color_by))
+    if regions is not None:
+        fig.add_traces(region_keys(probe, colors, regions))
     step = snapshot.get("step") if snapshot is not None else None
     subtitle = subtitle_lines(color_by, snapshot, method_note)
-    top = 64 + 18 * (subtitle.count("<br>") + 1)
-    finish(fig, title=map_title(title, "Concept space", step), uirevision=uirevision, subtitle=subtitle,
+    top = top_notes(fig, subtitle, region_text(probe, regions) if regions is not None else None)
+    finish(fig, title=map_title(title, "Concept space", step), uirevision=uirevision,
            height=height, margin={**MAP_MARGIN, "t": top})
-    map_axes(fig)
+    xr, yr = map_ranges([xy])
+    map_axes(fig, xr, yr)
+    fig.update_layout(legend=MAP_LEGEND, hovermode="closest")
     if regions is not None:
-        fig.add_annotation(note(region_note(regions), x=0.005, y=0.005, xanchor="left", yanchor="bottom", yshift=0,
-                                size=11, name="regions", bgcolor="rgba(255,255,255,0.8)"))
-    fig.update_layout(legend=_LEGEND, hovermode="closest")
+        fig.update_layout(legend2=REGION_LEGEND)
     return fig
 
 

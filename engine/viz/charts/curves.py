@@ -25,13 +25,16 @@ from engine.viz.charts.style import (
     rgba,
 )
 
-SERIES = {  # key -> (legend name, subplot column, colour)
-    "meta_loss": ("meta loss", 1, "#3F6FB5"),
-    "disc_loss": ("discrimination loss", 1, "#8B5FBF"),
-    "meta_acc": ("meta accuracy", 2, "#3F6FB5"),
-    "disc_acc": ("discrimination accuracy", 2, "#8B5FBF"),
+SERIES = {  # key -> (legend name, subplot column, colour): a colour per series, none shared
+    "meta_loss": ("meta loss", 1, "#3F6FB5"),  # blue
+    "disc_loss": ("discrimination loss", 1, "#8B5FBF"),  # violet
+    "meta_acc": ("meta accuracy", 2, "#2A9D8F"),  # teal
+    "disc_acc": ("discrimination accuracy", 2, "#E8871E"),  # orange
 }
-VAL_COLOR = "#D7301F"
+VAL_COLOR = "#D7301F"  # red
+CHANCE_DASH = "dot"
+LOSS_TITLE, ACC_TITLE = "Loss (cross-entropy)", "Accuracy"
+DEFAULT_HEIGHT = 440  # the plot's own height, before the legend under it
 TWIN = "λ = 0"
 MAX_POINTS = 1500  # per drawn series; longer runs are thinned (smoothing sees every step)
 
@@ -102,58 +105,112 @@ def _add_run(fig: go.Figure, train: list[dict], val: list[dict], twin: bool, smo
         raw = np.asarray([_num(m.get(key)) for m in train], dtype=float)
         if not np.isfinite(raw).any():
             continue
-        group = name + suffix
+        group = "twin" if twin else name
         if not twin:  # the raw values, faint, behind (the twin's would only add noise)
             fig.add_trace(go.Scatter(x=steps[keep], y=raw[keep], mode="lines", name=f"{group} (raw)",
                                      line=dict(color=rgba(color, 0.22), width=1), hoverinfo="skip",
                                      showlegend=False, legendgroup=group), row=1, col=col)
         fmt = ".1%" if col == 2 else ".3f"
-        fig.add_trace(go.Scatter(x=steps[keep], y=smooth(raw, smooth_window)[keep], mode="lines", name=group,
-                                 legendgroup=group, line=dict(color=color, width=2.2 if not twin else 1.8, dash=dash),
-                                 hovertemplate=f"{group}: %{{y:{fmt}}}<extra></extra>"), row=1, col=col)
+        label = name + suffix
+        fig.add_trace(go.Scatter(x=steps[keep], y=smooth(raw, smooth_window)[keep], mode="lines", name=label,
+                                 legendgroup=group, showlegend=not twin,
+                                 line=dict(color=color, width=2.2 if not twin else 1.8, dash=dash),
+                                 hovertemplate=f"{label}: %{{y:{fmt}}}<extra></extra>"), row=1, col=col)
     if val:
         vx = [m["step"] for m in val]
         vy = [_num(m.get("val_acc")) for m in val]
         vci = [_num(m.get("val_ci95")) for m in val]
-        group = f"validation accuracy{suffix}"
+        label = f"validation accuracy{suffix}"
+        group = "twin" if twin else label
         band = _band(vx, vy, vci, VAL_COLOR, 0.08 if twin else 0.16, group)
         if band is not None:
             fig.add_trace(band, row=1, col=2)
         fig.add_trace(go.Scatter(
             x=vx, y=vy, mode="lines+markers", name=f"validation accuracy ± 95% CI{suffix}", legendgroup=group,
+            showlegend=not twin,
             line=dict(color=VAL_COLOR, width=2.4 if not twin else 1.8, dash=dash),
             marker=dict(size=6 if not twin else 5, symbol="circle" if not twin else "circle-open"),
             customdata=np.asarray(vci, dtype=float),
-            hovertemplate=f"{group}: %{{y:.1%}} ± %{{customdata:.1%}}<extra></extra>"), row=1, col=2)
+            hovertemplate=f"{label}: %{{y:.1%}} ± %{{customdata:.1%}}<extra></extra>"), row=1, col=2)
+    if twin:  # one legend entry for all of the twin's curves (a click shows or hides them together)
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=f"{TWIN} twin (dashed)", legendgroup="twin",
+                                 line=dict(color=MUTED, width=1.8, dash=dash), hoverinfo="skip"), row=1, col=1)
+
+
+def _count(value, name: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < 2:
+        raise ValueError(f"{name} must be a whole number of classes >= 2, got {value!r}")
+    return int(value)
+
+
+def _from_records(records: list[dict], key: str) -> int | None:
+    """The last whole value >= 2 of `key` in the records (a run may record its ways there)."""
+    for m in reversed(records):
+        v = m.get(key)
+        if isinstance(v, (int, np.integer)) and not isinstance(v, bool) and int(v) >= 2:
+            return int(v)
+    return None
+
+
+def _chance(fig: go.Figure, level: float, name: str, color: str, x0: float, x1: float) -> None:
+    """A dotted horizontal line at a chance accuracy over the steps drawn, in the accuracy panel."""
+    fig.add_trace(go.Scatter(x=[x0, x1], y=[level, level], mode="lines", name=name, legendgroup=name,
+                             line=dict(color=rgba(color, 0.85), width=1.6, dash=CHANCE_DASH),
+                             hoverinfo="skip"), row=1, col=2)
 
 
 def training_curves(metrics, twin_metrics=None, title: str = "Training", uirevision: str = "training-curves",
-                    smooth_window: int | None = None, height: int | None = None) -> go.Figure:
+                    smooth_window: int | None = None, height: int | None = None, ways: int | None = None,
+                    external_classes: int | None = None) -> go.Figure:
     """Loss (left) and accuracy (right) against the step: meta and discrimination loss/accuracy
     (moving average over the raw values drawn faintly behind) and validation accuracy with its
-    95% CI band. twin_metrics (the lambda = 0 twin's records) are overlaid dashed, "(λ = 0)"."""
+    95% CI band, each series its own colour. twin_metrics (the lambda = 0 twin's records) are
+    overlaid dashed, "(λ = 0)" in the legend. Chance levels are dotted lines: 1/ways for meta and
+    validation accuracy (`ways`, else a "ways" field of the records) and 1/external_classes for the
+    discriminator (`external_classes`, else an "external_classes" field; drawn only with a D curve).
+    `height`: the figure's height in pixels (default: DEFAULT_HEIGHT plus the legend)."""
     train, val = _check_metrics(metrics, "metrics")
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("Loss", "Accuracy"), horizontal_spacing=0.09)
+    ways = _count(ways, "ways") or _from_records(list(metrics), "ways")
+    external_classes = _count(external_classes, "external_classes") or _from_records(list(metrics), "external_classes")
+    fig = make_subplots(rows=1, cols=2, subplot_titles=(LOSS_TITLE, ACC_TITLE), horizontal_spacing=0.1)
     _add_run(fig, train, val, twin=False, smooth_window=smooth_window)
     if twin_metrics is not None:
         ttrain, tval = _check_metrics(twin_metrics, "twin_metrics")
         _add_run(fig, ttrain, tval, twin=True, smooth_window=smooth_window)
-    subtitle = "Training tasks: smoothed, raw values pale behind · validation: fixed held-out tasks"
+    steps = [m["step"] for m in train + val]
+    if steps:
+        x0, x1 = 0.0, float(max(steps))
+        if ways:
+            _chance(fig, 1.0 / ways, f"chance, {ways}-way (1/{ways})", SERIES["meta_acc"][2], x0, x1)
+        has_d = any(np.isfinite(_num(m.get("disc_acc"))) for m in train)
+        if external_classes and has_d:
+            _chance(fig, 1.0 / external_classes, f"D's chance (1/{external_classes} external classes)",
+                    SERIES["disc_acc"][2], x0, x1)
+    subtitle = "Smoothed (raw values pale) · validation: held-out tasks"  # short: the panel may be narrow
+    notes = []
     if twin_metrics is not None:
-        subtitle += f"<br>Dashed: the same run with {TWIN} (no discriminator)"
+        notes.append(f"dashed: the same run with {TWIN} (no D)")
+    if any(t.line.dash == CHANCE_DASH for t in fig.data if t.line is not None):
+        notes.append("dotted: chance")
+    if notes:
+        line = " · ".join(notes)
+        subtitle += "<br>" + line[0].upper() + line[1:]
     lines = subtitle.count("<br>") + 1
     finish(fig, title=title, uirevision=uirevision, subtitle=subtitle, height=height,
            margin=dict(l=56, r=20, t=74 + 18 * lines, b=40), subtitle_shift=30)
-    starts = {"Loss": fig.layout.xaxis.domain[0], "Accuracy": fig.layout.xaxis2.domain[0]}
+    starts = {LOSS_TITLE: fig.layout.xaxis.domain[0], ACC_TITLE: fig.layout.xaxis2.domain[0]}
     for ann in fig.layout.annotations:  # subplot titles: over each panel's left edge, bold
         if ann.text in starts:
-            ann.update(text=f"<b>{ann.text}</b>", x=starts[ann.text], xanchor="left", font=dict(size=13))
+            ann.update(text=f"<b>{ann.text}</b>", x=starts[ann.text], xanchor="left", font=dict(size=14))
     fig.update_xaxes(title_text="training step", rangemode="tozero")
-    fig.update_yaxes(title_text="cross-entropy", rangemode="tozero", row=1, col=1)
-    fig.update_yaxes(title_text="accuracy", range=[0, 1.02], tickformat=".0%", row=1, col=2)
+    # no y-axis titles: the panels' titles name them, and a title between narrow panels runs into the left one
+    fig.update_yaxes(rangemode="tozero", row=1, col=1)
+    fig.update_yaxes(range=[0, 1.02], tickformat=".0%", row=1, col=2)
     fig.update_layout(hovermode="x unified")
     extra = bottom_legend(fig, sum(1 for t in fig.data if t.showlegend is not False))
-    fig.update_layout(height=height or 340 + extra)
+    fig.update_layout(height=height or DEFAULT_HEIGHT + extra)
     if not train and not val:
         fig.add_annotation(text="no training records yet", xref="paper", yref="paper", x=0.5, y=0.5,
                            showarrow=False, font=dict(size=14, color=MUTED), name="empty")

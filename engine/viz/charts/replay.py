@@ -17,7 +17,10 @@ from engine.viz.charts.concept_map import (
     map_title,
     point_traces,
     point_updates,
-    region_colorer,
+    region_keys,
+    region_layer,
+    region_text,
+    split_keys,
     subtitle_lines,
 )
 from engine.viz.charts.style import (
@@ -29,21 +32,11 @@ from engine.viz.charts.style import (
     check_regions,
     finish,
     map_axes,
+    map_ranges,
     note,
-    region_heatmap,
-    region_note,
 )
 
 FRAME_MS = 450  # per frame while playing
-PAD = 0.06  # fraction of the extent added around all frames' points
-
-
-def _ranges(points: list[np.ndarray]) -> tuple[list[float], list[float]]:
-    allxy = np.concatenate(points)
-    lo, hi = allxy.min(0), allxy.max(0)
-    span = np.maximum(hi - lo, 1e-6)
-    pad = span * PAD
-    return [float(lo[0] - pad[0]), float(hi[0] + pad[0])], [float(lo[1] - pad[1]), float(hi[1] + pad[1])]
 
 
 def _empty_regions() -> go.Heatmap:
@@ -100,27 +93,32 @@ def replay(frames, probe, snapshots=None, color_by: str = "class", regions=None,
         data = []
         if regions is not None:
             r = regions[i]
-            data.append(_empty_regions() if r is None else
-                        region_heatmap(r, region_colorer(probe, colors, r), hover=False))
+            data.append(_empty_regions() if r is None else region_layer(probe, colors, r, hover=False))
         make = point_traces if full else point_updates
         data += make(points[i], probe, snap, color_by, colors, present)
         return data
 
     def frame_note(i: int) -> str:
         r = regions[i] if regions is not None else None
-        return region_note(r) if r is not None else ""
+        return region_text(probe, r) if r is not None else ""
 
     first = n - 1 if start == "last" else 0
     fig = go.Figure(data=frame_data(first, full=True))
+    animated = list(range(len(fig.data)))  # the legend's entries below never change
+    fig.add_traces(split_keys(present, color_by))
+    keyed = next((r for r in regions if r is not None), None) if regions is not None else None
+    if keyed is not None:
+        fig.add_traces(region_keys(probe, colors, keyed))
     snap0 = snapshots[first] if snapshots is not None else None
     subtitle = subtitle_lines(color_by, snap0,
                               f"{n} snapshots, steps {steps[0]}–{steps[-1]}: press Play or drag the slider")
+    captions = [frame_note(i) for i in range(n)]
+    room = max((c.count("<br>") + 1) * 15 + 6 if c else 0 for c in captions)  # over the plot: the longest caption
     finish(fig, title=map_title(title, "Concept space during training", None), uirevision=uirevision,
-           subtitle=subtitle, height=height, margin={**MAP_MARGIN, "t": 100, "b": 24})
-    map_axes(fig)
-    xr, yr = _ranges(points)
-    fig.update_xaxes(range=xr, autorange=False)
-    fig.update_yaxes(range=yr, autorange=False)
+           subtitle=subtitle, height=height, subtitle_shift=10 + room,
+           margin={**MAP_MARGIN, "t": 60 + 17 * (subtitle.count("<br>") + 1) + room, "b": 24})
+    xr, yr = map_ranges(points)  # over every frame: nothing jumps
+    map_axes(fig, xr, yr)
     base_notes = list(fig.layout.annotations)
 
     def frame_layout(i: int):
@@ -129,7 +127,7 @@ def replay(frames, probe, snapshots=None, color_by: str = "class", regions=None,
         text = frame_note(i)  # frames replace layout.annotations whole: repeat the subtitle
         return dict(annotations=base_notes + ([_region_annotation(text)] if text else []))
 
-    fig.frames = [go.Frame(name=str(s), data=frame_data(i, full=False), traces=list(range(len(fig.data))),
+    fig.frames = [go.Frame(name=str(s), data=frame_data(i, full=False), traces=animated,
                            layout=frame_layout(i)) for i, s in enumerate(steps)]
     if frame_note(first):
         fig.add_annotation(_region_annotation(frame_note(first)))
@@ -151,11 +149,14 @@ def replay(frames, probe, snapshots=None, color_by: str = "class", regions=None,
                                   args=[[str(s)], dict(mode="immediate", frame=dict(duration=0, redraw=True),
                                                        transition=dict(duration=0))]) for s in steps])],
     )
+    if keyed is not None:  # the regions' classes under the splits, right of the map
+        fig.update_layout(legend2=dict(orientation="v", x=1.01, xanchor="left", xref="paper", y=0.72, yanchor="top",
+                                       yref="paper", font=dict(size=12)))
     fig.update_layout(margin=dict(b=96))  # the slider and the buttons sit under the map
     return fig
 
 
 def _region_annotation(text: str) -> dict:
-    return note(text, x=0.005, y=0.005, xanchor="left", yanchor="bottom", yshift=0, size=11, name="regions",
-                bgcolor="rgba(255,255,255,0.8)")
+    """The regions' caption, between the subtitle and the plot (never over the points)."""
+    return note(text, y=1.0, yshift=6, size=11, name="regions")
 

@@ -134,12 +134,29 @@ def bottom_legend(fig: go.Figure, entries: int, per_row: int = 3, axis_room: int
     return 8 + 22 * rows
 
 
-def map_axes(fig: go.Figure, **kw) -> None:
-    """Axes of a 2-D map: no units, so no tick labels or grid; equal aspect; a light frame."""
+MAP_PAD = 0.06  # padding around a map's points, as a fraction of their larger extent (the same on every side)
+
+
+def map_ranges(points, pad: float = MAP_PAD) -> tuple[list[float], list[float]]:
+    """x and y ranges that hold every point of `points` ((N, 2) arrays) with the same padding on
+    every side (`pad` x the larger of the two extents): equal scale keeps that padding equal on screen."""
+    allxy = np.concatenate([np.asarray(p, dtype=float).reshape(-1, 2) for p in points])
+    lo, hi = allxy.min(0), allxy.max(0)
+    margin = max(float((hi - lo).max()), 1e-6) * pad
+    return [float(lo[0] - margin), float(hi[0] + margin)], [float(lo[1] - margin), float(hi[1] + margin)]
+
+
+def map_axes(fig: go.Figure, xrange=None, yrange=None, **kw) -> None:
+    """Axes of a 2-D map: no units, so no tick labels or grid; equal scale on x and y; a light
+    frame. The plot keeps the whole panel (constrain="range": plotly widens the shorter range to
+    the panel's shape instead of shrinking the plot into a strip); given ranges are fixed."""
     common = dict(showticklabels=False, showgrid=False, zeroline=False, ticks="", showline=True, mirror=True,
                   linecolor=AXIS_LINE, title=None)
-    fig.update_xaxes(**common, constrain="domain", **kw)
-    fig.update_yaxes(**common, scaleanchor="x", scaleratio=1, constrain="domain", **kw)
+    fig.update_xaxes(**common, constrain="range", **kw)
+    fig.update_yaxes(**common, scaleanchor="x", scaleratio=1, constrain="range", **kw)
+    if xrange is not None and yrange is not None:
+        fig.update_xaxes(range=list(xrange), autorange=False)
+        fig.update_yaxes(range=list(yrange), autorange=False)
 
 
 # --- input checks -------------------------------------------------------------------------------------
@@ -185,7 +202,7 @@ REGION_LEVELS = 5  # confidence bands: lightness steps of a region's class colou
 
 def region_strength(level: int) -> float:
     """How strongly band `level` (0 = least confident) shows its class colour over white."""
-    return 0.10 + 0.50 * (level + 0.5) / REGION_LEVELS
+    return 0.12 + 0.60 * (level + 0.5) / REGION_LEVELS
 
 
 def check_regions(regions, name: str = "regions") -> None:
@@ -206,17 +223,22 @@ def check_regions(regions, name: str = "regions") -> None:
                          f"but holds values in [{pred.min()}, {pred.max()}]")
 
 
-def region_heatmap(regions, class_color, *, hover: bool = True, label: str = "D predicts") -> go.Heatmap:
+def region_heatmap(regions, class_color, *, hover: bool = True, label: str = "D predicts",
+                   shown=None, legendgroup: str | None = None, legend: str | None = None) -> go.Heatmap:
     """The decision regions as one heatmap: hue = predicted class (class_color(c) -> '#RRGGBB'),
-    lightness = confidence (REGION_LEVELS bands). Classes are packed to those present, so the colour
-    scale stays short."""
+    strength over the white paper = confidence (REGION_LEVELS bands). Classes are packed to those
+    present, so the colour scale stays short. `shown` (class indices): only these classes are
+    shaded, cells answering any other class are left blank (a gap: no colour, no hover)."""
     check_regions(regions)
     pred = np.asarray(regions.pred, dtype=np.int64)
     conf = np.clip(np.nan_to_num(np.asarray(regions.conf, dtype=float)), 0.0, 1.0)
-    present = np.unique(pred)
-    packed = np.searchsorted(present, pred)  # (Gy, Gx) in 0..len(present)-1
+    keep = np.ones(pred.shape, bool) if shown is None else np.isin(pred, np.asarray(list(shown), dtype=np.int64))
+    present = np.unique(pred[keep])
+    if len(present) == 0:  # nothing to shade: an empty layer keeps the trace (and its index)
+        present = np.unique(pred)[:1]
+    packed = np.searchsorted(present, pred)  # (Gy, Gx) in 0..len(present)-1 where kept
     level = np.minimum((conf * REGION_LEVELS).astype(np.int64), REGION_LEVELS - 1)
-    z = packed * REGION_LEVELS + level
+    z = np.where(keep, packed * REGION_LEVELS + level, np.nan)
     bands = len(present) * REGION_LEVELS
     scale = []
     for i, c in enumerate(present):
@@ -228,12 +250,18 @@ def region_heatmap(regions, class_color, *, hover: bool = True, label: str = "D 
     # z = k lands at (k + 0.5) / bands on the scale: the middle of band k's two stops
     trace = dict(x=np.asarray(regions.x, dtype=float), y=np.asarray(regions.y, dtype=float), z=z,
                  zmin=-0.5, zmax=bands - 0.5, colorscale=scale, showscale=False, zsmooth=False,
-                 name="decision regions", showlegend=False)
+                 name="decision regions", showlegend=False, hoverongaps=False)
+    if legendgroup:
+        trace["legendgroup"] = legendgroup
+    if legend:
+        trace["legend"] = legend
+    if keep.all():  # plain integers (as before) when every cell is shaded
+        trace["z"] = z.astype(np.int64)
     if hover:
         names = np.asarray(regions.class_names, dtype=object)
         pct = np.char.mod("%.0f%%", conf * 100)
         trace.update(text=np.char.add(np.char.add(names[pred].astype(str), " · "), pct),
-                     hovertemplate=f"{label}: %{{text}}<extra>region</extra>")
+                     hovertemplate=f"{label}: %{{text}} confident<extra>region</extra>")
     else:
         trace.update(hoverinfo="skip")
     return go.Heatmap(**trace)
@@ -246,3 +274,35 @@ def region_note(regions, what: str = "the discriminator's prediction") -> str:
     how = method if method.lower().startswith(kind) else (f"{kind}: {method}" if method else kind)
     lines = textwrap.wrap(f"Regions {how}", NOTE_WIDTH, break_long_words=False) or [""]
     return "<br>".join([f"Shading: {what}, paler = less sure", *lines])
+
+
+REGION_CAPTION = ("Shading: the concept discriminator D's answer among the external classes — "
+                  "stronger colour = more confident")
+
+
+def region_method_line(regions, shown: int | None = None, total: int | None = None) -> str:
+    """Exact or approximate, and how (the words of RegionGrid.method), plus how many classes are shaded."""
+    kind = "exact" if bool(regions.exact) else "approximate"
+    method = str(regions.method or "").strip()
+    how = method if method.lower().startswith(kind) else (f"{kind}: {method}" if method else kind)
+    line = f"Regions {how}"
+    if shown is not None and total is not None and shown < total:
+        line += f" · the probe's {shown} of {total} classes shaded"
+    return line
+
+
+def region_caption(regions, shown: int | None = None, total: int | None = None, width: int = 68) -> str:
+    """The caption over a concept map with D's regions: what D is and what the shading means, then
+    whether the regions are exact or approximate (lines wrapped to `width` characters)."""
+    lines = textwrap.wrap(REGION_CAPTION, width, break_long_words=False)
+    lines += textwrap.wrap(region_method_line(regions, shown, total), width, break_long_words=False)
+    return "<br>".join(lines)
+
+
+def key_trace(name: str, color: str, symbol: str, *, group: str, legend: str = "legend",
+              size: int = 11) -> go.Scatter:
+    """A legend entry only (no data drawn): a marker of `symbol` and `color` named `name`, in legend
+    group `group` (clicking it shows or hides the group's traces) of the figure's legend `legend`."""
+    return go.Scatter(x=[None], y=[None], mode="markers", name=name, legendgroup=group, legend=legend,
+                      showlegend=True, hoverinfo="skip",
+                      marker=dict(symbol=symbol, color=color, size=size, line=dict(width=0.8, color="white")))
