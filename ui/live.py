@@ -15,18 +15,22 @@ Stable keys (browser tests and zoom that survives refreshes use them; `key` defa
   {key}_thumbs     the images of the selected points, or a clicked point and its nearest neighbours
   {key}_method     "Map" (UMAP / PCA / t-SNE)      {key}_color    "Colour by"
   {key}_regions    "Decision regions" toggle        {key}_replay   "Replay" slider (snapshot steps)
+  {key}_play     "▶ Play" (steps the replay through the snapshots, spaced by training step)
   {key}_pause, {key}_resume, {key}_stop, {key}_clear   buttons "Pause", "Resume", "Stop", "Clear selection"
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
 import streamlit as st
 
 from engine.errors import UserError
+from engine.learners import LEARNERS
 from engine.records import ACTIVE, PAUSABLE, RunState
-from engine.services.training import is_active, pause_runs, resume_runs, stop_runs
+from engine.runs import RunDir
+from engine.services.training import is_active, is_demo_dir, pause_runs, resume_runs, stop_runs
 from engine.viz import project
 from engine.viz.charts import (
     concept_map,
@@ -45,6 +49,9 @@ SESSION_KEY = "_conceptscape_live_map"  # st.session_state[SESSION_KEY]: this se
 MAX_THUMBS = 64
 NEIGHBOURS = 8
 REFRESH_S = 1.0
+PLAY_S = 10.0  # "▶ Play" replays from the first snapshot to the latest in this many seconds
+PLAY_TICK_S = 0.4  # the replay's frame interval
+PRESENTER_MAP_HEIGHT = 470  # px: headline, status and replay above it still fit a 768 px high screen
 
 
 def live_map() -> LiveMap:
@@ -59,17 +66,26 @@ def live_view(run_dir: str | None, *, key: str = "live", presenter: bool = False
     """Draw the live view of `run_dir` (None: only `empty_hint`). `presenter` hides the controls and
     enlarges the map and the curves."""
     project.start_umap_warmup()  # idempotent: UMAP is compiled on a background thread, PCA is shown meanwhile
-    polling = is_active(run_dir)
+    every = _interval(run_dir, key)
 
-    @st.fragment(run_every=REFRESH_S if polling else None)
+    @st.fragment(run_every=every)
     def _live() -> None:
         _render(run_dir, key, presenter, empty_hint)
-        if is_active(run_dir) != polling:
-            # the run started or ended since the page was drawn: one full rerun turns polling on or
-            # off. Only a fragment whose polling is now wrong asks, so the rerun cannot repeat.
+        if _interval(run_dir, key) != every:
+            # the run started or ended, or a replay started or ended, since the page was drawn: one full
+            # rerun sets the polling right. Only a fragment whose polling is now wrong asks, so the
+            # rerun cannot repeat.
             st.rerun(scope="app")
 
     _live()
+
+
+def _interval(run_dir: str | None, key: str) -> float | None:
+    """How often the live view redraws itself: quickly while a replay plays, every REFRESH_S while
+    the run trains, never otherwise."""
+    if st.session_state.get(f"_{key}_playing") is not None:
+        return PLAY_TICK_S
+    return REFRESH_S if is_active(run_dir) else None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -82,11 +98,16 @@ def _render(run_dir: str | None, key: str, presenter: bool, empty_hint: str | No
         elif empty_hint:
             st.caption(empty_hint)
         return
+    if presenter:
+        st.subheader(headline(view), anchor=False)
     _status(view, key, presenter)
     prefs = _settings(view, key, presenter)
-    if presenter:
-        _map_panel(lm, view, key, prefs, height=720)
-        _curves_panel(view, key, height=460)
+    if presenter:  # map and curves side by side, sized so both fit a 1366x768 screen with the headline
+        left, right = st.columns([3, 2], gap="small")
+        with left:
+            _map_panel(lm, view, key, prefs, height=PRESENTER_MAP_HEIGHT)
+        with right:
+            _curves_panel(view, key, height=PRESENTER_MAP_HEIGHT + 60)
     else:
         left, right = st.columns([3, 2], gap="medium")
         with left:
@@ -95,13 +116,28 @@ def _render(run_dir: str | None, key: str, presenter: bool, empty_hint: str | No
             _curves_panel(view, key, height=None)
 
 
+def headline(view) -> str:
+    """The run by its name, for presenter view: "Demo · ProtoNet DEML (λ = 1) · step 320/1500"."""
+    p = view.progress or {}
+    what = "Demo" if is_demo_dir(view.run_dir) else Path(view.run_dir).name
+    try:
+        learner = str(RunDir(view.run_dir).config().get("learner", ""))
+    except UserError:
+        learner = ""
+    name = LEARNERS[learner].display_name if learner in LEARNERS else learner
+    kind = "" if view.lam is None else ("vanilla (λ = 0)" if view.lam == 0 else f"DEML (λ = {view.lam:g})")
+    model = " ".join(x for x in (name, kind) if x)
+    return " · ".join(x for x in (what, model, f"step {p.get('step', 0)}/{p.get('steps', 0)}") if x)
+
+
 def _status(view, key: str, presenter: bool) -> None:
     p = view.progress or {}
     name = Path(view.run_dir).name
     eta = f", about {p['eta_seconds']:.0f} s left" if p.get("eta_seconds") is not None and view.active else ""
-    st.progress(min(1.0, float(p.get("fraction", 0.0))),
-                text=f"{name}: {view.state}, step {p.get('step', 0)}/{p.get('steps', 0)}{eta}")
-    if view.twin_progress is not None:
+    if not presenter:  # presenter view: the headline says the step
+        st.progress(min(1.0, float(p.get("fraction", 0.0))),
+                    text=f"{name}: {view.state}, step {p.get('step', 0)}/{p.get('steps', 0)}{eta}")
+    if view.twin_progress is not None and not presenter:
         tp = view.twin_progress
         st.progress(min(1.0, float(tp.get("fraction", 0.0))),
                     text=f"{_twin_label(view)}: {view.twin_state}, step {tp.get('step', 0)}/{tp.get('steps', 0)}")
@@ -177,16 +213,40 @@ def _settings(view, key: str, presenter: bool) -> dict:
 
 
 def _replay_step(view, key: str) -> int | None:
-    """The snapshot step the replay slider points at (None: the latest, i.e. live)."""
+    """The snapshot step the replay slider points at (None: the latest, i.e. live). "▶ Play" beside it
+    steps the slider through the snapshots in PLAY_S seconds, time spaced by training step."""
     steps = [int(s["step"]) for s in view.snapshots]
     if len(steps) < 2:
         return None
     options = steps[:-1] + [LATEST]
-    choice = st.select_slider(
-        "Replay", options=options, value=LATEST, key=f"{key}_replay",
+    slider, playing = f"{key}_replay", f"_{key}_playing"
+    if (play := st.session_state.get(playing)) is not None:
+        started, first, last = play
+        at = first + (time.monotonic() - started) / PLAY_S * (last - first)
+        reached = [s for s in steps if s <= at] or steps[:1]
+        if at >= steps[-1]:  # played to the end: the map is live again
+            st.session_state.pop(playing)
+        st.session_state[slider] = LATEST if at >= steps[-1] or reached[-1] == steps[-1] else reached[-1]
+    elif st.session_state.get(slider) not in options:
+        st.session_state[slider] = LATEST
+    c1, c2 = st.columns([5, 1], vertical_alignment="bottom")
+    choice = c1.select_slider(
+        "Replay", options=options, key=slider,
         format_func=lambda o: f"latest (step {steps[-1]})" if o == LATEST else f"step {o}",
         help="scrub through the snapshots of concept space taken during training")
+    on = playing in st.session_state
+    c2.button("■ Stop" if on else "▶ Play", key=f"{key}_play", width="stretch", on_click=_play,
+              args=(key, None if on else (steps[0], steps[-1])),
+              help="stop the replay" if on else f"replay training from step {steps[0]} in {PLAY_S:.0f} s")
     return None if choice == LATEST else int(choice)
+
+
+def _play(key: str, span: tuple[int, int] | None) -> None:
+    """Play's callback: start the replay over `span` (first, last step) now, or stop it (None)."""
+    if span is None:
+        st.session_state.pop(f"_{key}_playing", None)
+    else:
+        st.session_state[f"_{key}_playing"] = (time.monotonic(), *span)
 
 
 def _map_panel(lm: LiveMap, view, key: str, prefs: dict, height: int) -> None:
