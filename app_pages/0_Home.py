@@ -55,7 +55,7 @@ def demo_buttons(shown: str | None) -> None:
         st.button("Start another demo", key="start_another_demo", on_click=start_demo,
                   help="a second demo run beside this one (the two share the CPU cores)")
     else:
-        c1, c2, _ = st.columns([1, 1, 3])
+        c1, c2 = st.columns(2)
         c1.button("Show the running demo", type="primary", key="start_demo", width="stretch",
                   on_click=set_current_run, args=(running,), help="a demo is training on this server: show it")
         c2.button("Start another demo", key="start_another_demo", width="stretch", on_click=start_demo,
@@ -73,11 +73,14 @@ if not show_presenter:
     if run_dir is None:
         st.markdown(INTRO)
         st.graphviz_chart(DIAGRAM)
-    else:  # a run is shown: the introduction folds away so the live view is on screen
-        with st.expander("What DEML is"):
+        demo_buttons(run_dir)
+    else:  # a run is shown: the introduction folds away, beside the demo's buttons, so the live view is on screen
+        intro, buttons = st.columns([3, 2], vertical_alignment="center")
+        with intro.expander("What DEML is"):
             st.markdown(INTRO)
             st.graphviz_chart(DIAGRAM)
-    demo_buttons(run_dir)
+        with buttons:
+            demo_buttons(run_dir)
 
 live_view(run_dir, key="live", presenter=show_presenter,
           empty_hint="Press **Start demo** to train on built-in glyphs and watch concept space form.")

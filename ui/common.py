@@ -81,10 +81,13 @@ def presenter_from_url() -> bool:
     return st.query_params.get("presenter") == "1"
 
 
+# every page: less blank space above the title (Streamlit leaves 6rem), so a run's live view starts higher
+PAGE_CSS = """<style>[data-testid="stMainBlockContainer"] {padding-top: 3.5rem;}</style>"""
+
+
 def presenter_chrome(on: bool) -> None:
     """In presenter view, hide Streamlit's own chrome (the router calls this on every page)."""
-    if on:
-        st.html(KIOSK_CSS)
+    st.html(KIOSK_CSS if on else PAGE_CSS)
 
 
 ROUTED = "_presenter_routed"  # set by presenter_toggle(): the router draws the toggle for every page

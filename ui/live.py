@@ -51,6 +51,16 @@ NEIGHBOURS = 8
 REFRESH_S = 1.0
 PLAY_S = 10.0  # "▶ Play" replays from the first snapshot to the latest in this many seconds
 PLAY_TICK_S = 0.4  # the replay's frame interval
+SETTING_WIDTH = 200  # px, the map's settings' select boxes
+# map and curves side by side where both have room (3 : 2), else the curves below the map
+PANELS_CSS = """<style>
+[data-testid="stLayoutWrapper"]:has(> .st-key-KEY_mapcol) {flex: 3 1 480px !important; min-width: 0;}
+[data-testid="stLayoutWrapper"]:has(> .st-key-KEY_curvescol) {flex: 2 1 340px !important; min-width: 0;}
+</style>"""
+# the plot toolbars keep only the tools these charts need, so they stay clear of the titles on narrow screens
+_NOT_NEEDED = ["toImage", "zoomIn2d", "zoomOut2d", "autoScale2d"]
+MAP_TOOLS = {"displaylogo": False, "modeBarButtonsToRemove": _NOT_NEEDED}
+CURVE_TOOLS = {"displaylogo": False, "modeBarButtonsToRemove": _NOT_NEEDED + ["select2d", "lasso2d"]}
 PRESENTER_MAP_HEIGHT = 470  # px: headline, status and replay above it still fit a 768 px high screen
 
 
@@ -101,19 +111,22 @@ def _render(run_dir: str | None, key: str, presenter: bool, empty_hint: str | No
     if presenter:
         st.subheader(headline(view), anchor=False)
     _status(view, key, presenter)
-    prefs = _settings(view, key, presenter)
-    if presenter:  # map and curves side by side, sized so both fit a 1366x768 screen with the headline
-        left, right = st.columns([3, 2], gap="small")
-        with left:
-            _map_panel(lm, view, key, prefs, height=PRESENTER_MAP_HEIGHT)
-        with right:
-            _curves_panel(view, key, height=PRESENTER_MAP_HEIGHT + 60)
-    else:
-        left, right = st.columns([3, 2], gap="medium")
-        with left:
-            _map_panel(lm, view, key, prefs, height=560)
-        with right:
-            _curves_panel(view, key, height=None)
+    if presenter:
+        prefs = _settings(view, key, presenter)
+    else:  # the controls and the map's settings in one row, which wraps on a narrow screen
+        with st.container(horizontal=True, vertical_alignment="bottom", key=f"{key}_controls"):
+            _controls(view, key)
+            prefs = _settings(view, key, presenter)
+        if refused := st.session_state.pop(f"_{key}_resume_refused", None):
+            st.error(refused)
+    # map and curves side by side (in presenter view sized so both fit a 1366x768 screen with the
+    # headline); on a narrow screen the curves wrap below the map (PANELS_CSS) instead of squeezing it
+    st.html(PANELS_CSS.replace("KEY", key))
+    with st.container(horizontal=True, gap="medium", key=f"{key}_panels"):
+        with st.container(key=f"{key}_mapcol"):
+            _map_panel(lm, view, key, prefs, height=PRESENTER_MAP_HEIGHT if presenter else 560)
+        with st.container(key=f"{key}_curvescol"):
+            _curves_panel(view, key, height=PRESENTER_MAP_HEIGHT + 60 if presenter else None)
 
 
 def headline(view) -> str:
@@ -159,20 +172,17 @@ def _status(view, key: str, presenter: bool) -> None:
             st.caption("its λ = 0 twin is being trained by another process: Resume is off until that ends")
     elif view.state == RunState.STARTING:
         st.caption("preparing the data and the model…")
-    if presenter:
-        return
+
+
+def _controls(view, key: str) -> None:
     running = view.state in PAUSABLE or view.twin_state in PAUSABLE
     paused = RunState.PAUSED in (view.state, view.twin_state)
-    c1, c2, c3, _ = st.columns([1, 1, 1, 5])
-    c1.button("Pause", key=f"{key}_pause", on_click=_act, args=(pause_runs, view.run_dir), disabled=not running,
-              width="stretch")
-    c2.button("Resume", key=f"{key}_resume", on_click=_resume, args=(view.run_dir, key),
-              disabled=not (paused or view.resumable), width="stretch",
+    st.button("Pause", key=f"{key}_pause", on_click=_act, args=(pause_runs, view.run_dir), disabled=not running)
+    st.button("Resume", key=f"{key}_resume", on_click=_resume, args=(view.run_dir, key),
+              disabled=not (paused or view.resumable),
               help="continue a paused run, or a stopped one from its last checkpoint")
-    c3.button("Stop", key=f"{key}_stop", on_click=_act, args=(stop_runs, view.run_dir), disabled=not view.active,
-              width="stretch", help="stops after the current step and saves a checkpoint")
-    if refused := st.session_state.pop(f"_{key}_resume_refused", None):
-        st.error(refused)
+    st.button("Stop", key=f"{key}_stop", on_click=_act, args=(stop_runs, view.run_dir), disabled=not view.active,
+              help="stops after the current step and saves a checkpoint")
 
 
 def _resume(run_dir: str, key: str) -> None:
@@ -198,14 +208,13 @@ def _settings(view, key: str, presenter: bool) -> dict:
     colors = [c for c in COLOR_LABELS if has_d or c in ("class", "split")]
     if presenter:
         return {**saved, "color": saved["color"] if saved["color"] in colors else "class"}
-    c1, c2, c3 = st.columns([1, 1, 1])
     labels = list(METHODS)
-    method = c1.selectbox("Map", labels, index=labels.index(METHOD_LABELS[saved["method"]]), key=f"{key}_method",
+    method = st.selectbox("Map", labels, index=labels.index(METHOD_LABELS[saved["method"]]), key=f"{key}_method", width=SETTING_WIDTH,
                           help="UMAP keeps neighbourhoods; PCA is a linear view (exact decision regions); "
                                "t-SNE separates clusters most")
-    color = c2.selectbox("Colour by", colors, index=colors.index(saved["color"]) if saved["color"] in colors else 0,
-                         format_func=COLOR_LABELS.get, key=f"{key}_color")
-    regions = c3.toggle("Decision regions", value=saved["regions"], key=f"{key}_regions", disabled=not has_d,
+    color = st.selectbox("Colour by", colors, index=colors.index(saved["color"]) if saved["color"] in colors else 0,
+                         format_func=COLOR_LABELS.get, key=f"{key}_color", width=SETTING_WIDTH)
+    regions = st.toggle("Decision regions", value=saved["regions"], key=f"{key}_regions", disabled=not has_d,
                         help="what the concept discriminator predicts across the map (exact on PCA, "
                              "from the nearest points on UMAP / t-SNE)")
     saved.update(method=METHODS[method], color=color, regions=bool(regions))
@@ -219,22 +228,25 @@ def _replay_step(view, key: str) -> int | None:
     if len(steps) < 2:
         return None
     options = steps[:-1] + [LATEST]
-    slider, playing = f"{key}_replay", f"_{key}_playing"
+    playing = f"_{key}_playing"
+    frame = None  # while playing: the snapshot step on screen
     if (play := st.session_state.get(playing)) is not None:
         started, first, last = play
         at = first + (time.monotonic() - started) / PLAY_S * (last - first)
-        reached = [s for s in steps if s <= at] or steps[:1]
         if at >= steps[-1]:  # played to the end: the map is live again
             st.session_state.pop(playing)
-        st.session_state[slider] = LATEST if at >= steps[-1] or reached[-1] == steps[-1] else reached[-1]
-    elif st.session_state.get(slider) not in options:
-        st.session_state[slider] = LATEST
+        else:
+            frame = max([s for s in steps if s <= at] or steps[:1])
     c1, c2 = st.columns([5, 1], vertical_alignment="bottom")
-    choice = c1.select_slider(
-        "Replay", options=options, key=slider,
-        format_func=lambda o: f"latest (step {steps[-1]})" if o == LATEST else f"step {o}",
-        help="scrub through the snapshots of concept space taken during training")
-    on = playing in st.session_state
+    label = lambda o: f"latest (step {steps[-1]})" if o == LATEST else f"step {o}"  # noqa: E731
+    if frame is None:
+        choice = c1.select_slider("Replay", options=options, value=LATEST, key=f"{key}_replay", format_func=label,
+                                  help="scrub through the snapshots of concept space taken during training")
+    else:  # the slider follows the replay (a new one each frame: its value is the frame's step)
+        choice = frame if frame != steps[-1] else LATEST
+        c1.select_slider("Replay", options=options, value=choice, key=f"{key}_replay_at_{frame}",
+                         format_func=label, disabled=True, help="replaying: ■ Stop to scrub by hand")
+    on = frame is not None
     c2.button("■ Stop" if on else "▶ Play", key=f"{key}_play", width="stretch", on_click=_play,
               args=(key, None if on else (steps[0], steps[-1])),
               help="stop the replay" if on else f"replay training from step {steps[0]} in {PLAY_S:.0f} s")
@@ -279,7 +291,7 @@ def _map_panel(lm: LiveMap, view, key: str, prefs: dict, height: int) -> None:
     rows = [r for r in rows if r < n] if kept_run == run else []
     _highlight(fig, rows)
     event = st.plotly_chart(fig, key=f"{key}_map", on_select="rerun", selection_mode=("points", "box", "lasso"),
-                            width="stretch", theme=None)
+                            width="stretch", theme=None, config=MAP_TOOLS)
     picked = selected_rows(_selection(event))
     if picked and picked != st.session_state.get(f"_{key}_taken"):
         # the chart's own selection is reset whenever its figure changes (every new snapshot), and
@@ -358,4 +370,4 @@ def _curves_panel(view, key: str, height: int | None) -> None:
     except ValueError as e:
         st.warning(f"The training curves cannot be drawn: {e}")
         return
-    st.plotly_chart(fig, key=f"{key}_curves", width="stretch", theme=None)
+    st.plotly_chart(fig, key=f"{key}_curves", width="stretch", theme=None, config=CURVE_TOOLS)
