@@ -6,7 +6,7 @@ import streamlit as st
 from engine.config import preset, runs_root
 from engine.errors import UserError
 from engine.eval.twins import twin_dir_for
-from engine.services.training import new_run_dir, start_runs
+from engine.services.training import DEMO, new_run_dir, running_demo, start_runs
 from engine.train.job import REGISTRY
 from ui.common import current_run, presenter, set_current_run
 from ui.live import live_view
@@ -24,9 +24,7 @@ DIAGRAM = """digraph {
   L [label="one optimizer step\\nover G, D and M", shape=ellipse, fillcolor="#fdf1dc"];
 }"""
 
-st.title("Conceptscape")
-current_run()  # checks the link's ?run= first: one outside the runs folder is dropped, with a notice at the top
-st.markdown(
+INTRO = (
     "**Deep meta-learning in concept space** (DEML, Zhou, Wu & Li 2018) learns to learn from a few "
     "examples by working on *concepts* instead of pixels. A **concept generator** turns images into "
     "concept vectors; a **meta-learner** learns from many small N-way K-shot tasks how to classify "
@@ -35,23 +33,60 @@ st.markdown(
     "All three take one step together on `meta loss + λ · discrimination loss`; λ = 0 is the plain "
     "meta-learner it is compared against."
 )
-st.graphviz_chart(DIAGRAM)
 
-if st.button("Start demo", type="primary", key="start_demo",
-             help="trains the demo preset on built-in glyphs (a few minutes on CPU)"):
+
+def start_demo() -> None:
+    """A button's callback (it runs before the page is drawn again, so the page draws the new run)."""
     try:
-        out = new_run_dir(runs_root(), "demo")
-        start_runs(preset("demo"), out)
+        out = new_run_dir(runs_root(), DEMO)
+        start_runs(preset(DEMO), out)
         set_current_run(out)
     except UserError as e:
-        st.error(str(e))
+        st.session_state["_demo_refused"] = str(e)
 
-run_dir = current_run()
+
+def demo_buttons(shown: str | None) -> None:
+    """Start demo; while a demo trains, the button shows it, and starting another is a second button."""
+    running = running_demo()
+    if running is None:
+        st.button("Start demo", type="primary", key="start_demo", on_click=start_demo,
+                  help="trains the demo preset on built-in glyphs (a few minutes on CPU)")
+    elif running == shown:
+        st.button("Start another demo", key="start_another_demo", on_click=start_demo,
+                  help="a second demo run beside this one (the two share the CPU cores)")
+    else:
+        c1, c2 = st.columns(2)
+        c1.button("Show the running demo", type="primary", key="start_demo", width="stretch",
+                  on_click=set_current_run, args=(running,), help="a demo is training on this server: show it")
+        c2.button("Start another demo", key="start_another_demo", width="stretch", on_click=start_demo,
+                  help="a second demo run beside the one training (the two share the CPU cores)")
+    if refused := st.session_state.pop("_demo_refused", None):
+        st.error(refused)
+
+
+if not show_presenter:
+    st.title("Conceptscape")
+run_dir = current_run()  # checks the link's ?run= first: one outside the runs folder is dropped, with a notice
+if show_presenter and run_dir is None:
+    st.title("Conceptscape")  # presenter view titles a run by its name (ui.live); with none, the app's
+if not show_presenter:
+    if run_dir is None:
+        st.markdown(INTRO)
+        st.graphviz_chart(DIAGRAM)
+        demo_buttons(run_dir)
+    else:  # a run is shown: the introduction folds away, beside the demo's buttons, so the live view is on screen
+        intro, buttons = st.columns([3, 2], vertical_alignment="center")
+        with intro.expander("What DEML is"):
+            st.markdown(INTRO)
+            st.graphviz_chart(DIAGRAM)
+        with buttons:
+            demo_buttons(run_dir)
+
 live_view(run_dir, key="live", presenter=show_presenter,
           empty_hint="Press **Start demo** to train on built-in glyphs and watch concept space form.")
 
 active = [j for j in REGISTRY.active() if j.run_dir not in (run_dir, run_dir and twin_dir_for(run_dir))]
-if active:
+if active and not show_presenter:
     st.subheader("Other runs in progress")
     for other in active:
         p = other.progress()

@@ -18,7 +18,7 @@ from engine.services import catalog
 from engine.viz.charts import adaptation_curves
 from engine.viz.project import umap_status
 from engine.viz.report import build_report
-from ui.common import current_run, presenter, set_current_run
+from ui.common import clear_current_run, current_run, presenter, set_current_run
 
 st.title("Runs")
 current_run()  # checks the link's ?run= first: one outside the runs folder is dropped, with a notice at the top
@@ -177,7 +177,7 @@ def delete(path: str) -> None:
     st.session_state["runs_delete_confirm"] = False
     st.session_state.pop("runs_selected", None)
     if current_run() and os.path.realpath(current_run()) == done["deleted"]:
-        del st.query_params["run"]
+        clear_current_run()
     st.session_state["runs_flash"] = [("success", f"Deleted {os.path.basename(path)}"
                                        + (" (its training job was stopped first)" if done["stopped_job"] else ""))]
 

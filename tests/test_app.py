@@ -6,7 +6,9 @@ from streamlit.testing.v1 import AppTest
 
 from engine import config
 from engine.config import REPO
+from engine.services.training import is_demo_dir
 from engine.train.job import REGISTRY
+from ui.common import RUN_KEY
 
 TINY_DEMO = dict(dataset="glyphs:classes=60,drawings=8,seed=1", steps=8, width=8, meta_batch=2, ext_batch=8,
                  val_every=4, val_episodes=8, snapshot_every=4, checkpoint_every=8)
@@ -59,3 +61,63 @@ def test_router_serves_every_page_under_one_presenter_toggle(app, tmp_path, monk
         assert not app.exception, (path, app.exception)
         assert app.title[0].value == title
         assert len(app.sidebar.toggle) == 1 and app.toggle(key="presenter").value, path
+
+
+def test_run_kept_across_pages(app, tmp_path, monkeypatch):
+    """The sidebar's page links carry no ?run=: the router puts the session's run back in the URL."""
+    monkeypatch.setenv("CONCEPTSCAPE_RUNS", str(tmp_path / "runs"))
+    (tmp_path / "runs" / "kept").mkdir(parents=True)
+    run = str(tmp_path / "runs" / "kept")
+    app.query_params["run"] = run
+    app.switch_page("app_pages/2_Train.py").run()
+    assert not app.exception
+    for path in ("app_pages/1_Data.py", "app_pages/4_Runs.py", "app_pages/0_Home.py", "app_pages/2_Train.py"):
+        app.query_params.pop("run", None)  # what a sidebar link does
+        app.switch_page(path).run()
+        assert not app.exception, (path, app.exception)
+        assert app.query_params.get("run") == run, path
+
+
+def test_refused_run_is_not_kept(app, tmp_path, monkeypatch):
+    monkeypatch.setenv("CONCEPTSCAPE_RUNS", str(tmp_path / "runs"))
+    (tmp_path / "runs").mkdir()
+    app.query_params["run"] = str(tmp_path)  # the runs root's parent: refused
+    app.run()
+    assert "run" not in app.query_params
+    assert any("outside this app's runs folder" in w.value for w in app.warning)
+    app.switch_page("app_pages/1_Data.py").run()
+    assert "run" not in app.query_params and not app.warning
+
+
+def test_start_demo_twice_is_one_demo(app):
+    app.run()
+    app.button(key="start_demo").click().run()
+    assert not app.exception
+    first = app.query_params["run"]
+    job = REGISTRY.get(first)
+    job.pause()  # keep it training (paused counts) while the page is used again
+    try:
+        assert app.button[0].label == "Start another demo"  # the demo shown is the one training
+        app.query_params.pop("run")  # e.g. a fresh visitor: the page offers the running demo
+        app.session_state[RUN_KEY] = None
+        app.run()
+        assert [b.label for b in app.button][:2] == ["Show the running demo", "Start another demo"]
+        app.button(key="start_demo").click().run()
+        assert not app.exception
+        assert app.query_params["run"] == first
+        demos = [j.run_dir for j in REGISTRY.active() if is_demo_dir(j.run_dir)]
+        assert demos == [first]
+    finally:
+        job.stop()
+        job.resume()
+        job.join(60)
+
+
+def test_presenter_from_url(app, tmp_path, monkeypatch):
+    monkeypatch.setenv("CONCEPTSCAPE_RUNS", str(tmp_path / "runs"))
+    app.query_params["presenter"] = "1"
+    app.run()
+    assert not app.exception
+    assert app.toggle(key="presenter").value
+    assert not app.button  # no Start demo in presenter view
+    assert any("stToolbar" in h.proto.body for h in app.get("html"))

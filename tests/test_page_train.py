@@ -14,6 +14,7 @@ from engine.config import REPO
 from engine.eval.twins import find_twin, twin_dir_for
 from engine.train.job import REGISTRY
 from engine.viz import project
+from ui import live
 
 TINY_DEMO = dict(dataset="glyphs:classes=60,drawings=8,seed=1", steps=8, width=8, meta_batch=2, ext_batch=8,
                  val_every=4, val_episodes=8, snapshot_every=4, checkpoint_every=8, probe_classes=4,
@@ -110,9 +111,35 @@ def test_finished_short_run_shows_map_curves_and_replay(page):
     assert not page.exception
     page.toggle(key="presenter").set_value(True).run()  # presenter view: no controls, bigger charts
     assert not page.exception
-    assert not page.button and not page.selectbox  # no Start, Pause, Resume, Stop, no settings
+    # no Start, Pause, Resume, Stop, no settings: only the replay's Play
+    assert [b.key for b in page.button] == ["live_play"] and not page.selectbox
     figs = list(specs(page).values())
-    assert len(figs) == 3 and figs[0]["layout"]["height"] == 720
+    assert len(figs) == 3 and figs[0]["layout"]["height"] == live.PRESENTER_MAP_HEIGHT
+
+
+def test_play_steps_the_replay_through_the_snapshots(page, monkeypatch):
+    monkeypatch.setattr(live, "PLAY_S", 1.0)
+    page.run()
+    job = REGISTRY.get(start(page))
+    assert job.join(60) and job.state == "finished", job.error
+    page.run()
+    steps = [int(s["step"]) for s in job.snapshots()]
+    assert page.select_slider(key="live_replay").value == "latest"
+    page.button(key="live_play").click().run()
+    assert not page.exception
+    title = lambda: list(specs(page).values())[0]["layout"]["title"]["text"]  # noqa: E731
+    assert title() == f"<b>Concept space at step {steps[0]}</b>"  # from the first snapshot
+    assert page.button(key="live_play").label == "■ Stop"
+    seen = set()
+    deadline = time.monotonic() + 10
+    while page.button(key="live_play").label == "■ Stop" and time.monotonic() < deadline:
+        time.sleep(0.1)
+        page.run()  # AppTest does not fire the fragment's run_every: rerun by hand
+        seen.add(title())
+    assert title() == f"<b>Concept space at step {steps[-1]}</b>"  # played to the end: live again
+    assert page.select_slider(key="live_replay").value == "latest"
+    assert page.button(key="live_play").label == "▶ Play"
+    assert len(seen) >= 2  # it went through snapshots on the way
 
 
 def test_bad_settings_show_the_engines_message(page):

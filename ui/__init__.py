@@ -6,6 +6,9 @@ Session contract between pages:
       rotations...). The Train page starts runs from preset + these overrides; absent = built-in glyphs.
   st.query_params["run"]: the run directory being viewed, so a refresh comes back to it. Read only through
       ui.common.current_run(), which drops (with a notice) anything not strictly inside the runs root.
+      The session remembers it (st.session_state["_current_run"]) and the router (app.py, keep_run)
+      writes it back into the URL before each page, since the sidebar's page links carry no ?run=.
   st.session_state["presenter"]: presenter view on/off (also st.query_params["presenter"] == "1").
-      The router (app.py) draws its toggle for every page and sets st.session_state["_presenter_routed"].
+      The router (app.py) draws its toggle for every page and sets st.session_state["_presenter_routed"];
+      in presenter view it folds the sidebar and hides Streamlit's chrome (ui.common.KIOSK_CSS).
 """

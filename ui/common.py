@@ -21,6 +21,7 @@ def set_data_overrides(overrides: dict) -> None:
 
 
 RUN_REFUSED = "The link named a run outside this app's runs folder; it was ignored."
+RUN_KEY = "_current_run"  # the run this session views, so it survives links that drop ?run= (keep_run)
 
 
 def current_run() -> str | None:
@@ -35,14 +36,58 @@ def current_run() -> str | None:
         inside_runs_root(run)
     except UserError:
         del st.query_params["run"]
+        st.session_state.pop(RUN_KEY, None)
         st.warning(RUN_REFUSED)
         return None
+    st.session_state[RUN_KEY] = run
     return run
 
 
 def set_current_run(run_dir: str) -> None:
     inside_runs_root(run_dir)  # the pages pass runs of the catalog or new ones under the runs root
     st.query_params["run"] = run_dir
+    st.session_state[RUN_KEY] = run_dir
+
+
+def clear_current_run() -> None:
+    """View no run (e.g. the one viewed was deleted): from the URL and from this session."""
+    st.query_params.pop("run", None)
+    st.session_state.pop(RUN_KEY, None)
+
+
+def keep_run() -> None:
+    """The router (app.py) calls this before each page: the sidebar's page links carry no ?run=, so
+    the run this session last viewed is written back into the URL, and the page (and a refresh, and a
+    copied link) shows it again. The page still reads it through current_run(), which checks it."""
+    if "run" not in st.query_params and st.session_state.get(RUN_KEY):
+        st.query_params["run"] = st.session_state[RUN_KEY]
+
+
+# Presenter (kiosk) view: no Streamlit chrome (toolbar, Deploy, menu, the running-man status, the
+# coloured decoration line) and little padding, so the live view fills a projector's screen. The sidebar
+# starts folded (app.py); its small ">" stays at the top left, to fold it out and turn the view off.
+KIOSK_CSS = """<style>
+[data-testid="stToolbar"], [data-testid="stDecoration"], [data-testid="stStatusWidget"],
+[data-testid="stAppDeployButton"], [data-testid="stMainMenu"] {display: none !important;}
+[data-testid="stHeader"] {background: transparent; height: 2.25rem;}
+[data-testid="stMainBlockContainer"] {padding-top: 0.75rem; padding-bottom: 0.5rem;}
+</style>"""
+
+
+def presenter_from_url() -> bool:
+    """Presenter view as the session or the link (?presenter=1) has it, before the toggle is drawn."""
+    if "presenter" in st.session_state:
+        return bool(st.session_state["presenter"])
+    return st.query_params.get("presenter") == "1"
+
+
+# every page: less blank space above the title (Streamlit leaves 6rem), so a run's live view starts higher
+PAGE_CSS = """<style>[data-testid="stMainBlockContainer"] {padding-top: 3.5rem;}</style>"""
+
+
+def presenter_chrome(on: bool) -> None:
+    """In presenter view, hide Streamlit's own chrome (the router calls this on every page)."""
+    st.html(KIOSK_CSS if on else PAGE_CSS)
 
 
 ROUTED = "_presenter_routed"  # set by presenter_toggle(): the router draws the toggle for every page

@@ -16,18 +16,22 @@ Stable keys (browser tests and zoom that survives refreshes use them; `key` defa
   {key}_thumbs     the images of the selected points, or a clicked point and its nearest neighbours
   {key}_method     "Map" (UMAP / PCA / t-SNE)      {key}_color    "Colour by"
   {key}_regions    "Decision regions" toggle        {key}_replay   "Replay" slider (snapshot steps)
+  {key}_play     "▶ Play" (steps the replay through the snapshots, spaced by training step)
   {key}_pause, {key}_resume, {key}_stop, {key}_clear   buttons "Pause", "Resume", "Stop", "Clear selection"
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
 import streamlit as st
 
 from engine.errors import UserError
+from engine.learners import LEARNERS
 from engine.records import ACTIVE, PAUSABLE, RunState, adaptation_records
-from engine.services.training import is_active, pause_runs, resume_runs, stop_runs
+from engine.runs import RunDir
+from engine.services.training import is_active, is_demo_dir, pause_runs, resume_runs, stop_runs
 from engine.viz import project
 from engine.viz.charts import (
     concept_map,
@@ -47,6 +51,19 @@ SESSION_KEY = "_conceptscape_live_map"  # st.session_state[SESSION_KEY]: this se
 MAX_THUMBS = 64
 NEIGHBOURS = 8
 REFRESH_S = 1.0
+PLAY_S = 10.0  # "▶ Play" replays from the first snapshot to the latest in this many seconds
+PLAY_TICK_S = 0.4  # the replay's frame interval
+SETTING_WIDTH = 200  # px, the map's settings' select boxes
+# map and curves side by side where both have room (3 : 2), else the curves below the map
+PANELS_CSS = """<style>
+[data-testid="stLayoutWrapper"]:has(> .st-key-KEY_mapcol) {flex: 3 1 480px !important; min-width: 0;}
+[data-testid="stLayoutWrapper"]:has(> .st-key-KEY_curvescol) {flex: 2 1 340px !important; min-width: 0;}
+</style>"""
+# the plot toolbars keep only the tools these charts need, so they stay clear of the titles on narrow screens
+_NOT_NEEDED = ["toImage", "zoomIn2d", "zoomOut2d", "autoScale2d"]
+MAP_TOOLS = {"displaylogo": False, "modeBarButtonsToRemove": _NOT_NEEDED}
+CURVE_TOOLS = {"displaylogo": False, "modeBarButtonsToRemove": _NOT_NEEDED + ["select2d", "lasso2d"]}
+PRESENTER_MAP_HEIGHT = 470  # px: headline, status and replay above it still fit a 768 px high screen
 
 
 def live_map() -> LiveMap:
@@ -61,17 +78,26 @@ def live_view(run_dir: str | None, *, key: str = "live", presenter: bool = False
     """Draw the live view of `run_dir` (None: only `empty_hint`). `presenter` hides the controls and
     enlarges the map and the curves."""
     project.start_umap_warmup()  # idempotent: UMAP is compiled on a background thread, PCA is shown meanwhile
-    polling = is_active(run_dir)
+    every = _interval(run_dir, key)
 
-    @st.fragment(run_every=REFRESH_S if polling else None)
+    @st.fragment(run_every=every)
     def _live() -> None:
         _render(run_dir, key, presenter, empty_hint)
-        if is_active(run_dir) != polling:
-            # the run started or ended since the page was drawn: one full rerun turns polling on or
-            # off. Only a fragment whose polling is now wrong asks, so the rerun cannot repeat.
+        if _interval(run_dir, key) != every:
+            # the run started or ended, or a replay started or ended, since the page was drawn: one full
+            # rerun sets the polling right. Only a fragment whose polling is now wrong asks, so the
+            # rerun cannot repeat.
             st.rerun(scope="app")
 
     _live()
+
+
+def _interval(run_dir: str | None, key: str) -> float | None:
+    """How often the live view redraws itself: quickly while a replay plays, every REFRESH_S while
+    the run trains, never otherwise."""
+    if st.session_state.get(f"_{key}_playing") is not None:
+        return PLAY_TICK_S
+    return REFRESH_S if is_active(run_dir) else None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -84,26 +110,49 @@ def _render(run_dir: str | None, key: str, presenter: bool, empty_hint: str | No
         elif empty_hint:
             st.caption(empty_hint)
         return
-    _status(view, key, presenter)
-    prefs = _settings(view, key, presenter)
     if presenter:
-        _map_panel(lm, view, key, prefs, height=720)
-        _curves_panel(view, key, height=460)
-    else:
-        left, right = st.columns([3, 2], gap="medium")
-        with left:
-            _map_panel(lm, view, key, prefs, height=560)
-        with right:
-            _curves_panel(view, key, height=None)
+        st.subheader(headline(view), anchor=False)
+    _status(view, key, presenter)
+    if presenter:
+        prefs = _settings(view, key, presenter)
+    else:  # the controls and the map's settings in one row, which wraps on a narrow screen
+        with st.container(horizontal=True, vertical_alignment="bottom", key=f"{key}_controls"):
+            _controls(view, key)
+            prefs = _settings(view, key, presenter)
+        if refused := st.session_state.pop(f"_{key}_resume_refused", None):
+            st.error(refused)
+    # map and curves side by side (in presenter view sized so both fit a 1366x768 screen with the
+    # headline); on a narrow screen the curves wrap below the map (PANELS_CSS) instead of squeezing it
+    st.html(PANELS_CSS.replace("KEY", key))
+    with st.container(horizontal=True, gap="medium", key=f"{key}_panels"):
+        with st.container(key=f"{key}_mapcol"):
+            _map_panel(lm, view, key, prefs, height=PRESENTER_MAP_HEIGHT if presenter else 560)
+        with st.container(key=f"{key}_curvescol"):
+            _curves_panel(view, key, height=PRESENTER_MAP_HEIGHT + 60 if presenter else None)
+
+
+def headline(view) -> str:
+    """The run by its name, for presenter view: "Demo · ProtoNet DEML (λ = 1) · step 320/1500"."""
+    p = view.progress or {}
+    what = "Demo" if is_demo_dir(view.run_dir) else Path(view.run_dir).name
+    try:
+        learner = str(RunDir(view.run_dir).config().get("learner", ""))
+    except UserError:
+        learner = ""
+    name = LEARNERS[learner].display_name if learner in LEARNERS else learner
+    kind = "" if view.lam is None else ("vanilla (λ = 0)" if view.lam == 0 else f"DEML (λ = {view.lam:g})")
+    model = " ".join(x for x in (name, kind) if x)
+    return " · ".join(x for x in (what, model, f"step {p.get('step', 0)}/{p.get('steps', 0)}") if x)
 
 
 def _status(view, key: str, presenter: bool) -> None:
     p = view.progress or {}
     name = Path(view.run_dir).name
     eta = f", about {p['eta_seconds']:.0f} s left" if p.get("eta_seconds") is not None and view.active else ""
-    st.progress(min(1.0, float(p.get("fraction", 0.0))),
-                text=f"{name}: {view.state}, step {p.get('step', 0)}/{p.get('steps', 0)}{eta}")
-    if view.twin_progress is not None:
+    if not presenter:  # presenter view: the headline says the step
+        st.progress(min(1.0, float(p.get("fraction", 0.0))),
+                    text=f"{name}: {view.state}, step {p.get('step', 0)}/{p.get('steps', 0)}{eta}")
+    if view.twin_progress is not None and not presenter:
         tp = view.twin_progress
         st.progress(min(1.0, float(tp.get("fraction", 0.0))),
                     text=f"{_twin_label(view)}: {view.twin_state}, step {tp.get('step', 0)}/{tp.get('steps', 0)}")
@@ -125,20 +174,17 @@ def _status(view, key: str, presenter: bool) -> None:
             st.caption("its λ = 0 twin is being trained by another process: Resume is off until that ends")
     elif view.state == RunState.STARTING:
         st.caption("preparing the data and the model…")
-    if presenter:
-        return
+
+
+def _controls(view, key: str) -> None:
     running = view.state in PAUSABLE or view.twin_state in PAUSABLE
     paused = RunState.PAUSED in (view.state, view.twin_state)
-    c1, c2, c3, _ = st.columns([1, 1, 1, 5])
-    c1.button("Pause", key=f"{key}_pause", on_click=_act, args=(pause_runs, view.run_dir), disabled=not running,
-              width="stretch")
-    c2.button("Resume", key=f"{key}_resume", on_click=_resume, args=(view.run_dir, key),
-              disabled=not (paused or view.resumable), width="stretch",
+    st.button("Pause", key=f"{key}_pause", on_click=_act, args=(pause_runs, view.run_dir), disabled=not running)
+    st.button("Resume", key=f"{key}_resume", on_click=_resume, args=(view.run_dir, key),
+              disabled=not (paused or view.resumable),
               help="continue a paused run, or a stopped one from its last checkpoint")
-    c3.button("Stop", key=f"{key}_stop", on_click=_act, args=(stop_runs, view.run_dir), disabled=not view.active,
-              width="stretch", help="stops after the current step and saves a checkpoint")
-    if refused := st.session_state.pop(f"_{key}_resume_refused", None):
-        st.error(refused)
+    st.button("Stop", key=f"{key}_stop", on_click=_act, args=(stop_runs, view.run_dir), disabled=not view.active,
+              help="stops after the current step and saves a checkpoint")
 
 
 def _resume(run_dir: str, key: str) -> None:
@@ -164,14 +210,13 @@ def _settings(view, key: str, presenter: bool) -> dict:
     colors = [c for c in COLOR_LABELS if has_d or c in ("class", "split")]
     if presenter:
         return {**saved, "color": saved["color"] if saved["color"] in colors else "class"}
-    c1, c2, c3 = st.columns([1, 1, 1])
     labels = list(METHODS)
-    method = c1.selectbox("Map", labels, index=labels.index(METHOD_LABELS[saved["method"]]), key=f"{key}_method",
+    method = st.selectbox("Map", labels, index=labels.index(METHOD_LABELS[saved["method"]]), key=f"{key}_method", width=SETTING_WIDTH,
                           help="UMAP keeps neighbourhoods; PCA is a linear view (exact decision regions); "
                                "t-SNE separates clusters most")
-    color = c2.selectbox("Colour by", colors, index=colors.index(saved["color"]) if saved["color"] in colors else 0,
-                         format_func=COLOR_LABELS.get, key=f"{key}_color")
-    regions = c3.toggle("Decision regions", value=saved["regions"], key=f"{key}_regions", disabled=not has_d,
+    color = st.selectbox("Colour by", colors, index=colors.index(saved["color"]) if saved["color"] in colors else 0,
+                         format_func=COLOR_LABELS.get, key=f"{key}_color", width=SETTING_WIDTH)
+    regions = st.toggle("Decision regions", value=saved["regions"], key=f"{key}_regions", disabled=not has_d,
                         help="what the concept discriminator predicts across the map (exact on PCA, "
                              "from the nearest points on UMAP / t-SNE)")
     saved.update(method=METHODS[method], color=color, regions=bool(regions))
@@ -179,16 +224,43 @@ def _settings(view, key: str, presenter: bool) -> dict:
 
 
 def _replay_step(view, key: str) -> int | None:
-    """The snapshot step the replay slider points at (None: the latest, i.e. live)."""
+    """The snapshot step the replay slider points at (None: the latest, i.e. live). "▶ Play" beside it
+    steps the slider through the snapshots in PLAY_S seconds, time spaced by training step."""
     steps = [int(s["step"]) for s in view.snapshots]
     if len(steps) < 2:
         return None
     options = steps[:-1] + [LATEST]
-    choice = st.select_slider(
-        "Replay", options=options, value=LATEST, key=f"{key}_replay",
-        format_func=lambda o: f"latest (step {steps[-1]})" if o == LATEST else f"step {o}",
-        help="scrub through the snapshots of concept space taken during training")
+    playing = f"_{key}_playing"
+    frame = None  # while playing: the snapshot step on screen
+    if (play := st.session_state.get(playing)) is not None:
+        started, first, last = play
+        at = first + (time.monotonic() - started) / PLAY_S * (last - first)
+        if at >= steps[-1]:  # played to the end: the map is live again
+            st.session_state.pop(playing)
+        else:
+            frame = max([s for s in steps if s <= at] or steps[:1])
+    c1, c2 = st.columns([5, 1], vertical_alignment="bottom")
+    label = lambda o: f"latest (step {steps[-1]})" if o == LATEST else f"step {o}"  # noqa: E731
+    if frame is None:
+        choice = c1.select_slider("Replay", options=options, value=LATEST, key=f"{key}_replay", format_func=label,
+                                  help="scrub through the snapshots of concept space taken during training")
+    else:  # the slider follows the replay (a new one each frame: its value is the frame's step)
+        choice = frame if frame != steps[-1] else LATEST
+        c1.select_slider("Replay", options=options, value=choice, key=f"{key}_replay_at_{frame}",
+                         format_func=label, disabled=True, help="replaying: ■ Stop to scrub by hand")
+    on = frame is not None
+    c2.button("■ Stop" if on else "▶ Play", key=f"{key}_play", width="stretch", on_click=_play,
+              args=(key, None if on else (steps[0], steps[-1])),
+              help="stop the replay" if on else f"replay training from step {steps[0]} in {PLAY_S:.0f} s")
     return None if choice == LATEST else int(choice)
+
+
+def _play(key: str, span: tuple[int, int] | None) -> None:
+    """Play's callback: start the replay over `span` (first, last step) now, or stop it (None)."""
+    if span is None:
+        st.session_state.pop(f"_{key}_playing", None)
+    else:
+        st.session_state[f"_{key}_playing"] = (time.monotonic(), *span)
 
 
 def _map_panel(lm: LiveMap, view, key: str, prefs: dict, height: int) -> None:
@@ -221,7 +293,7 @@ def _map_panel(lm: LiveMap, view, key: str, prefs: dict, height: int) -> None:
     rows = [r for r in rows if r < n] if kept_run == run else []
     _highlight(fig, rows)
     event = st.plotly_chart(fig, key=f"{key}_map", on_select="rerun", selection_mode=("points", "box", "lasso"),
-                            width="stretch", theme=None)
+                            width="stretch", theme=None, config=MAP_TOOLS)
     picked = selected_rows(_selection(event))
     if picked and picked != st.session_state.get(f"_{key}_taken"):
         # the chart's own selection is reset whenever its figure changes (every new snapshot), and
@@ -296,11 +368,14 @@ def _curves_panel(view, key: str, height: int | None) -> None:
     if twin is not None and view.lam == 0:  # viewing the λ = 0 side: the DEML run is drawn solid
         main, twin, title = twin, main, "Training: this λ = 0 run dashed, its DEML run solid"
     try:
-        fig = training_curves(main, twin, title=title, uirevision=f"{key}-curves-{view.run_dir}", height=height)
+        curves = adaptation_records(main)  # they carry the task's ways: chance is 1/ways
+        externals = len(view.probe["external_classes"]) if view.probe is not None else 0
+        fig = training_curves(main, twin, title=title, uirevision=f"{key}-curves-{view.run_dir}", height=height,
+                              ways=curves[-1].get("ways") if curves else None, external_classes=externals or None)
     except ValueError as e:
         st.warning(f"The training curves cannot be drawn: {e}")
         return
-    st.plotly_chart(fig, key=f"{key}_curves", width="stretch", theme=None)
+    st.plotly_chart(fig, key=f"{key}_curves", width="stretch", theme=None, config=CURVE_TOOLS)
     _adaptation_panel(view, key)
 
 
@@ -320,4 +395,4 @@ def _adaptation_panel(view, key: str) -> None:
     except ValueError as e:
         st.warning(f"The adaptation curves cannot be drawn: {e}")
         return
-    st.plotly_chart(fig, key=f"{key}_adaptation", width="stretch", theme=None)
+    st.plotly_chart(fig, key=f"{key}_adaptation", width="stretch", theme=None, config=CURVE_TOOLS)

@@ -2,6 +2,7 @@
 started beside it move together. Jobs live in the process-wide registry (engine.train.job)."""
 from __future__ import annotations
 
+import re
 import threading
 from datetime import datetime
 from pathlib import Path
@@ -59,6 +60,22 @@ def new_run_dir(root: str | Path, name: str, now: datetime | None = None) -> str
         i += 1
         candidate = Path(f"{base}-{i}")
     return str(candidate)
+
+
+DEMO = "demo"  # the name new_run_dir gives the demo's run folders: STAMP-demo, STAMP-demo-2, ...
+_DEMO_NAME = re.compile(r"\d{8}-\d{6}-" + DEMO + r"(-\d+)?")
+
+
+def is_demo_dir(run_dir: str) -> bool:
+    """Is this the folder of a demo run (new_run_dir(root, DEMO)); its twin's folder is not."""
+    return bool(_DEMO_NAME.fullmatch(Path(str(run_dir).rstrip("/\\")).name))
+
+
+def running_demo(registry: JobRegistry = REGISTRY) -> str | None:
+    """The run folder of the demo this server trains now (running or paused; the newest if several),
+    or None: Start demo goes to it instead of starting a second one."""
+    demos = [j.run_dir for j in registry.active() if j.run_dir and is_demo_dir(j.run_dir)]
+    return demos[-1] if demos else None
 
 
 def start_runs(cfg, out: str, twin: bool = False, registry: JobRegistry = REGISTRY,
