@@ -119,7 +119,8 @@ def concept_map_points(page) -> list[float] | None:
     for traces in page.evaluate(PLOT_DATA):
         names = {t["name"] for t in traces}
         if "meta-train" in names:
-            return [v for t in traces if t["name"] in ("meta-train", "meta-test", "external") for v in t["x"] + t["y"]]
+            return [v for t in traces if t["name"] in ("meta-train", "meta-test", "external")
+                    for v in t["x"] + t["y"] if v is not None]  # legend-only entries hold no point
     return None
 
 
