@@ -146,7 +146,8 @@ class Progress:
 def cmd_train(args) -> dict | None:
     from engine.config import TrainConfig, preset
     from engine.train import distributed
-    from engine.train.trainer import Control, resume_run, start_run
+    from engine.train.launch import resume_run, start_run
+    from engine.train.trainer import Control
 
     if args.resume:
         changed = [f"--{f.name.replace('_', '-')}" for f in fields(TrainConfig)

@@ -12,23 +12,20 @@
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
 import socket
 import tempfile
 import threading
-import time
 import zipfile
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from engine import run_lock
 from engine.config import runs_root
 from engine.errors import UserError
 from engine.records import (
@@ -40,12 +37,11 @@ from engine.records import (
     read_evaluation_records,
     read_metric_records,
 )
+from engine.run_lock import LOCK_NAME, LockHolder
 
 FORMAT_VERSION = 1
 KEEP_CHECKPOINTS = 2  # the newest plus one to fall back on if the newest is damaged
 MAX_RUN_PATH_CHARS = 1000  # a run path handed to the app (a link, a widget) longer than this is refused unread
-LOCK_NAME = ".lock"  # the trainer's lock file inside the run folder
-LOCK_WAIT_S = 1.0  # how long taking the lock retries: a probe (locked_by) holds it for microseconds
 _UMASK_LOCK = threading.Lock()
 
 
@@ -95,44 +91,6 @@ def read_lines(path: Path) -> list[str]:
     return path.read_text(encoding="utf-8", errors="replace").splitlines() if path.is_file() else []
 
 
-@dataclass(frozen=True)
-class LockHolder:
-    """The process that holds a run's lock, as it wrote itself into the lock file (any field None
-    when the file could not be read, e.g. in the moment between its lock and its write)."""
-
-    pid: int | None = None
-    host: str | None = None
-    started: str | None = None  # local time, ISO format, seconds
-
-    def __str__(self) -> str:
-        if self.pid is None:
-            return "another process"
-        text = f"process {self.pid}" + (f" on {self.host}" if self.host else "")
-        return text + (f" (started {self.started.replace('T', ' ')})" if self.started else "")
-
-    @classmethod
-    def read(cls, fd: int) -> LockHolder:
-        try:
-            data = json.loads(os.pread(fd, 4096, 0).decode("utf-8"))
-            pid, host, started = data.get("pid"), data.get("host"), data.get("started")
-            return cls(pid if type(pid) is int else None, host if isinstance(host, str) else None,
-                       started if isinstance(started, str) else None)
-        except (OSError, ValueError, AttributeError):
-            return cls()
-
-
-def _open_lock_file(path: Path, create: bool) -> int:
-    """The lock file's descriptor, never through a symlink (a planted link cannot make the lock
-    write elsewhere). FileNotFoundError when it (or, with create, the folder) does not exist."""
-    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_CREAT if create else 0)
-    return os.open(path, flags, 0o666)
-
-
-def locked_message(path, holder: LockHolder) -> str:
-    return (f"{path} is being trained by {holder}: one run folder takes one trainer at a time; "
-            "wait until that training ends (or stop it there), then try again")
-
-
 class RunDir:
     """One run folder. Open it once per command or page and pass the object down: its config is
     parsed once (and again only when config.json changes on disk, e.g. a resume that adds steps)."""
@@ -144,59 +102,25 @@ class RunDir:
         self.skipped_metrics = 0  # damaged lines of metrics.jsonl the last read_metrics() skipped
         self.skipped_evaluations = 0  # the same for read_evaluations()
 
-    # --- the trainer's lock ------------------------------------------------------------------
+    # --- the trainer's lock (engine.run_lock) --------------------------------------------------
     @property
     def holds_lock(self) -> bool:
         return self._lock_fd is not None
 
     def acquire_lock(self) -> None:
-        """Take the run's exclusive lock for this process (no-op if this object holds it already).
-        The OS releases it when the process ends however it ends, so a killed run resumes with no
-        cleanup. UserError naming the holder when another trainer has it; the folder must exist."""
-        if self._lock_fd is not None:
-            return
-        path = self.path / LOCK_NAME
-        try:
-            fd = _open_lock_file(path, create=True)
-        except OSError as e:
-            raise UserError(f"cannot open the lock file {path}: {e.strerror or e}") from e
-        deadline = time.monotonic() + LOCK_WAIT_S
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() < deadline:  # perhaps only a probe; a trainer keeps it
-                    time.sleep(0.02)
-                    continue
-                holder = LockHolder.read(fd)
-                os.close(fd)
-                raise UserError(locked_message(self.path, holder)) from None
-            except OSError as e:
-                os.close(fd)
-                raise UserError(f"cannot lock {path}: {e.strerror or e}") from e
-        me = {"pid": os.getpid(), "host": socket.gethostname(),
-              "started": datetime.now().isoformat(timespec="seconds")}
-        try:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
-        except OSError:
-            pass  # the lock holds without the note; the refusal then says "another process"
-        self._lock_fd = fd
+        """Take the run's exclusive lock for this process (no-op if this object holds it already)."""
+        if self._lock_fd is None:
+            self._lock_fd = run_lock.take(self.path)
 
     def release_lock(self) -> None:
         """Let the run go (no-op when this object does not hold it)."""
         fd, self._lock_fd = self._lock_fd, None
         if fd is not None:
-            try:
-                os.ftruncate(fd, 0)  # no stale name left behind
-            except OSError:
-                pass
-            os.close(fd)  # closing the last descriptor drops the flock
+            run_lock.let_go(fd)
 
     @contextmanager
     def lock(self):
-        """Hold the run's lock for the block (see acquire_lock); released after it however it ends."""
+        """Hold the run's lock for the block; released after it however it ends."""
         held = self.holds_lock
         self.acquire_lock()
         try:
@@ -206,25 +130,10 @@ class RunDir:
                 self.release_lock()
 
     def locked_by(self) -> LockHolder | None:
-        """Who trains this run now, or None: a non-blocking probe (a shared lock taken and dropped
-        at once). Any process counts, this one too (its own job included)."""
+        """Who trains this run now, or None. Any process counts, this one too (its own job included)."""
         if self._lock_fd is not None:
             return LockHolder(os.getpid(), socket.gethostname())
-        try:
-            fd = _open_lock_file(self.path / LOCK_NAME, create=False)
-        except (OSError, ValueError):  # no lock file (never trained here, not a run, no path): nobody
-            return None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return LockHolder.read(fd)
-        except OSError:
-            return None
-        else:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            return None
-        finally:
-            os.close(fd)
+        return run_lock.holder_of(self.path)
 
     def __del__(self):
         if getattr(self, "_lock_fd", None) is not None:

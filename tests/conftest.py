@@ -51,7 +51,7 @@ def twin_runs_built(tmp_path_factory) -> Path:
     """Two finished tiny runs, built once: deml/ (lambda = 1) and deml-lam0/ (its lambda = 0 twin).
     Read-only: take `twin_runs` for a copy a test may change."""
     from engine.config import preset
-    from engine.train.trainer import start_run
+    from engine.train.launch import start_run
 
     root = tmp_path_factory.mktemp("twins")
     for name, lam in (("deml", 1.0), ("deml-lam0", 0.0)):

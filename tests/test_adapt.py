@@ -15,7 +15,7 @@ from engine.eval.evaluate import adaptation_curve, episode_accuracies, query_pre
 from engine.eval.twins import compare_held_out, index_digest
 from engine.learners.base import CURVE_SHOTS
 from engine.services import adapt
-from engine.train.trainer import start_run
+from engine.train.launch import start_run
 from engine.viz.charts import episode_view
 from engine.viz.episode import episode_detail
 

@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 
 from engine.config import REPO, preset
-from engine.train.trainer import start_run
+from engine.train.launch import start_run
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 CHROMIUM = "/usr/bin/chromium"

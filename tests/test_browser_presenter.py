@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from engine.config import preset
-from engine.train.trainer import start_run
+from engine.train.launch import start_run
 from tests.test_browser import browser, server, settle  # noqa: F401 (fixtures)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]

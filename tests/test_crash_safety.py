@@ -28,7 +28,8 @@ from engine.config import TrainConfig, preset
 from engine.runs import RunDir
 from engine.services import catalog
 from engine.train.job import TrainingJob
-from engine.train.trainer import Trainer, resume_run, start_run
+from engine.train.launch import resume_run, start_run
+from engine.train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_DATA = "glyphs:classes=60,drawings=8,seed=1"

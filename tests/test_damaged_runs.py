@@ -27,7 +27,7 @@ from engine.eval.twins import find_twin
 from engine.records import RunState, read_evaluation_records
 from engine.runs import RunDir
 from engine.services import catalog
-from engine.train.trainer import start_run
+from engine.train.launch import start_run
 from engine.viz.live import LiveMap
 
 TINY = dict(dataset="glyphs:classes=60,drawings=8,seed=1", steps=8, width=8, concept_dim=16, meta_batch=2,

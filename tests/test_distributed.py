@@ -24,7 +24,8 @@ from engine import cli
 from engine.config import TrainConfig, preset
 from engine.runs import RunDir
 from engine.train import distributed
-from engine.train.trainer import Control, Trainer, resume_run, start_run
+from engine.train.launch import resume_run, start_run
+from engine.train.trainer import Control, Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 

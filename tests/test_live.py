@@ -10,8 +10,9 @@ from engine.eval.twins import twin_dir_for
 from engine.services.training import is_active, new_run_dir
 from engine.train.job import JobRegistry, TrainingJob
 from engine.viz import project
-from engine.viz.live import LiveMap, selected_rows, val_summary
+from engine.viz.live import LiveMap, selected_rows
 from engine.viz.project import frame_displacement
+from engine.viz.run_view import val_summary
 
 P_SPLIT, CLASSES, PER_CLASS, DIM, EXT = 3, 3, 4, 8, 3
 

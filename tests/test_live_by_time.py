@@ -10,7 +10,8 @@ import pytest
 import engine.train.trainer as trainer_module
 from engine.config import TrainConfig, preset
 from engine.errors import UserError
-from engine.train.trainer import Control, Trainer, resume_run, start_run
+from engine.train.launch import resume_run, start_run
+from engine.train.trainer import Control, Trainer
 from engine.viz import project
 from engine.viz.live import LiveMap
 from engine.viz.project import ConceptProjector, frame_displacement, procrustes_transform

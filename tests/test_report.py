@@ -9,7 +9,7 @@ import pytest
 from engine import cli
 from engine.config import preset
 from engine.runs import RunDir
-from engine.train.trainer import start_run
+from engine.train.launch import start_run
 from engine.viz.report import build_report
 
 TINY = dict(dataset="glyphs:classes=60,drawings=8,seed=1", steps=8, width=8, concept_dim=16, meta_batch=2,

@@ -20,10 +20,11 @@ from conftest import TINY_RUN
 from engine.config import preset
 from engine.errors import UserError
 from engine.records import RunState
-from engine.runs import LOCK_NAME, RunDir, atomic_write
+from engine.run_lock import LOCK_NAME
+from engine.runs import RunDir, atomic_write
 from engine.services import catalog, training
 from engine.train.job import JobRegistry, TrainingJob
-from engine.train.trainer import resume_run, start_run
+from engine.train.launch import resume_run, start_run
 from engine.viz.live import LiveMap
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,7 +9,8 @@ import torch
 from engine.config import preset
 from engine.learners import LEARNERS
 from engine.records import adaptation_records
-from engine.train.trainer import Control, Trainer, resume_run, start_run
+from engine.train.launch import resume_run, start_run
+from engine.train.trainer import Control, Trainer
 
 TINY_DATA = "glyphs:classes=60,drawings=8,seed=1"  # 6 meta-val classes: enough for 5-way
 TIMING_KEYS = {"step_seconds", "images_per_s", "seconds"}

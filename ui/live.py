@@ -40,7 +40,8 @@ from engine.viz.charts import (
     thumbnail_grid,
     training_curves,
 )
-from engine.viz.live import LiveMap, selected_rows, val_summary
+from engine.viz.live import LiveMap, selected_rows
+from engine.viz.run_view import val_summary
 
 METHODS = {"UMAP": "umap", "PCA": "pca", "t-SNE": "tsne"}
 METHOD_LABELS = {v: k for k, v in METHODS.items()}

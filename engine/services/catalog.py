@@ -28,7 +28,8 @@ from engine.errors import UserError
 from engine.eval.evaluate import is_test_record
 from engine.eval.twins import run_label
 from engine.records import RunState, read_metric_records, train_records, val_records
-from engine.runs import CHECKPOINT_NAME, RunDir, inside_runs_root, locked_message
+from engine.run_lock import locked_message
+from engine.runs import CHECKPOINT_NAME, RunDir, inside_runs_root
 from engine.train.job import REGISTRY
 
 STOP_TIMEOUT = 60.0  # seconds to wait for a running job to checkpoint and end before deleting its run

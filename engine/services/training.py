@@ -11,7 +11,8 @@ from engine.errors import UserError
 from engine.eval.twins import twin_dir_for
 from engine.models.deml import resolve_device
 from engine.records import RunState, train_records
-from engine.runs import RunDir, inside_runs_root, locked_message
+from engine.run_lock import locked_message
+from engine.runs import RunDir, inside_runs_root
 from engine.train.budget import check_step_memory
 from engine.train.job import REGISTRY, JobRegistry, TrainingJob
 

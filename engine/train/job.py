@@ -23,7 +23,8 @@ from typing import Generic, TypeVar
 from engine.config import TrainConfig
 from engine.errors import UserError
 from engine.records import DONE, KINDS, MetricRecord, RunState, Snapshot
-from engine.train.trainer import Control, Trainer, resume_run, start_run
+from engine.train.launch import resume_run, start_run
+from engine.train.trainer import Control, Trainer
 
 MAX_SNAPSHOTS = 200  # ~2.5 MB each at the demo's probe: a 1,000,000-step run kept 4 GB of them
 MAX_TRAIN_RECORDS = 5_000  # one per step; charts need a few thousand points at most
