@@ -21,7 +21,7 @@ from engine.data.imageset import Preprocess
 from engine.data.sources import clear_cache, load_imageset
 from engine.errors import UserError
 from engine.services import catalog, training, uploads
-from engine.train import budget, trainer
+from engine.train import budget, launch, trainer
 from engine.train import job as job_module
 from engine.train.job import MAX_SNAPSHOTS, JobRegistry, Thinned, TrainingJob
 
@@ -136,7 +136,7 @@ def test_the_exact_check_after_the_data_uses_its_image_size(tmp_path, monkeypatc
     big = cfg.with_overrides(image_size=84)
     assert budget.step_bytes(big) > small * 2
     with pytest.raises(UserError, match="84x84x1"):
-        trainer.start_run(big, str(tmp_path / "run"))
+        launch.start_run(big, str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()
 
 
