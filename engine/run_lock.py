@@ -47,8 +47,10 @@ class LockHolder:
 
 def _open_lock_file(path: Path, create: bool) -> int:
     """The lock file's descriptor, never through a symlink (a planted link cannot make the lock
-    write elsewhere). FileNotFoundError when it (or, with create, the folder) does not exist."""
-    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_CREAT if create else 0)
+    write elsewhere). With `create`, read-write (the trainer writes its name); without, read-only:
+    a probe of another user's run (its .lock is 0644) must still see the lock. FileNotFoundError
+    when it (or, with create, the folder) does not exist."""
+    flags = (os.O_RDWR | os.O_CREAT if create else os.O_RDONLY) | os.O_NOFOLLOW | os.O_CLOEXEC
     return os.open(path, flags, 0o666)
 
 

@@ -114,6 +114,16 @@ def test_replay_frames_one_per_snapshot_on_the_live_map():
     assert late.frames(snaps, run="r", method="pca")[0][1] is frames[0][1]  # laid out once
 
 
+def test_a_run_that_goes_back_in_time_starts_its_map_again():
+    """Resumed from an earlier checkpoint, a run drops its later snapshots: the map starts again
+    from what is there instead of failing on a step that is gone."""
+    lm, probe, snaps = LiveMap(warm_up=False), make_probe(), make_snapshots(6)
+    lm.refresh(snaps, probe, run="r", method="pca")
+    xy, _, _ = lm.refresh(snaps[:3], probe, run="r", method="pca")
+    assert xy.shape == (len(probe["split"]), 2)
+    assert [s for s, _ in lm.frames(snaps[:3], run="r", method="pca")] == [int(s["step"]) for s in snaps[:3]]
+
+
 def test_replay_of_a_finished_run_is_the_stable_layouts_sequence():
     """A map opened on a finished run lays out backwards from the latest snapshot: the same moving
     picture as project.stable_layouts (what bench projection measures), up to one rotation."""

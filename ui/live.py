@@ -236,7 +236,7 @@ def _replay_step(view, key: str) -> int | None:
     if (play := st.session_state.get(playing)) is not None:
         started, first, last = play
         at = first + (time.monotonic() - started) / PLAY_S * (last - first)
-        if at >= steps[-1]:  # played to the end: the map is live again
+        if at >= last:  # played to the end of its span (training may have gone on): the map is live again
             st.session_state.pop(playing)
         else:
             frame = max([s for s in steps if s <= at] or steps[:1])

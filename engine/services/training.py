@@ -115,8 +115,6 @@ def is_active(run_dir: str | None, registry: JobRegistry = REGISTRY) -> bool:
     return bool(run_dir) and jobs[0] is None and RunDir(run_dir).locked_by() is not None
 
 
-
-
 def confined(run_dir: str, root=None) -> list[str]:
     """The run and its twin's folder, each checked to lie strictly inside the runs root (UserError
     otherwise): the app acts only on runs there, however a path reached it."""

@@ -94,7 +94,8 @@ def check_step_memory(cfg: TrainConfig, device: str = "cpu", runs: int = 1, proc
     memory available on `device`; with data parallelism each of `processes` takes its share.
     `words` names the settings (default: their command-line flags)."""
     words = {**FLAG_WORDS, **(words or {})}
-    need = step_bytes(cfg) * runs // max(1, processes)
+    # several GPUs each hold their own share; CPU processes on one host share its memory
+    need = step_bytes(cfg) * runs // (max(1, processes) if str(device).startswith("cuda") else 1)
     have = available_bytes(str(device))
     if have is None or need <= MARGIN * have:
         return
@@ -102,7 +103,8 @@ def check_step_memory(cfg: TrainConfig, device: str = "cpu", runs: int = 1, proc
     ext = f" + {cfg.ext_batch} external" if cfg.lam > 0 else ""
     where = "the GPU has" if str(device).startswith("cuda") else "this machine has"
     both = f" for {runs} runs side by side" if runs > 1 else ""
-    lower = ", ".join(words[n] for n in SIZE_SETTINGS[:-1]) + f" or {words['ext_batch']}"
+    sizes = [words[n] for n in SIZE_SETTINGS[:-1]] + ([words["ext_batch"]] if cfg.lam > 0 else [])  # λ = 0: no external batch
+    lower = ", ".join(sizes[:-1]) + f" or {sizes[-1]}"
     raise UserError(
         f"one training step needs about {_gib(need)} of memory{both} ({step_images(cfg):,} images of "
         f"{side}x{side}x{channels}: {cfg.meta_batch} tasks x {cfg.ways} ways x ({cfg.shots} shots + "

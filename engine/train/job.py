@@ -64,13 +64,6 @@ class Thinned(Generic[T]):
             out.append(self._newest[1])
         return out
 
-    def replace(self, change) -> None:
-        """Swap every kept item for change(item) (e.g. a snapshot's step for the loaded snapshot)."""
-        self._kept = [(i, (seq, change(item))) for i, (seq, item) in self._kept]
-        if self._newest is not None:
-            i, (seq, item) = self._newest
-            self._newest = (i, (seq, self._kept[-1][1][1] if self._kept and self._kept[-1][0] == i else change(item)))
-
     def items(self) -> list[T]:
         return [item for _, item in self.entries()]
 

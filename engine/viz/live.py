@@ -105,7 +105,12 @@ class _Track:
     system; regions per step where they were computed."""
 
     def __init__(self, method: str, seed: int):
-        self.projector = ConceptProjector(method, seed=seed)
+        self.method, self.seed = method, seed
+        self.reset()
+
+    def reset(self) -> None:
+        """An empty map (a new one, or a run that went back in time)."""
+        self.projector = ConceptProjector(self.method, seed=self.seed)
         self.frames: dict[int, np.ndarray] = {}
         self.frame_method: dict[int, str] = {}
         self.regions: dict[tuple[int, int], RegionGrid | None] = {}  # (step, grid) -> regions
@@ -223,6 +228,9 @@ class LiveMap:
         if not snapshots:
             return
         latest = snapshots[-1]
+        if track.last_step is not None and not any(_step(s) == track.last_step for s in snapshots):
+            # the run went back (resumed from an earlier checkpoint, later snapshots dropped): start again
+            track.reset()
         if track.last_step is None:  # a new map: the latest snapshot first (earlier ones: see frames())
             track.projector.fit(latest["concepts"])
             self.layouts += 1

@@ -32,10 +32,11 @@ def replay_frames(run: RunDir, method: str = "umap", seed: int = 0):
         probe = run.load_probe()
     except UserError as e:
         return [], [], None, [], method, [str(e)]
-    snapshots, skipped = run.load_snapshots(rows=len(probe["images"]))
-    if len(snapshots) > MAX_REPLAY_FRAMES:
-        keep = np.unique(np.linspace(0, len(snapshots) - 1, MAX_REPLAY_FRAMES).round().astype(int))
-        snapshots = [snapshots[i] for i in keep]
+    steps = run.snapshot_steps()
+    if len(steps) > MAX_REPLAY_FRAMES:  # chosen before loading: a long run holds thousands of snapshots
+        keep = np.unique(np.linspace(0, len(steps) - 1, MAX_REPLAY_FRAMES).round().astype(int))
+        steps = [steps[i] for i in keep]
+    snapshots, skipped = run.load_snapshots(steps, rows=len(probe["images"]))
     steps = [int(s["step"]) for s in snapshots]
     live = LiveMap(seed=seed, warm_up=False, threads=None)
     frames, regions = [], []

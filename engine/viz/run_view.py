@@ -41,7 +41,10 @@ class DiskRun:
         only when its file changes."""
         probe = self.probe()
         rows = len(probe["images"]) if probe is not None else None
-        for s in self.run.snapshot_steps():
+        present = self.run.snapshot_steps()
+        for gone in set(self._snapshots) - set(present):  # dropped by a resume from an earlier checkpoint
+            del self._snapshots[gone]
+        for s in present:
             if s in self._snapshots:
                 continue
             name = f"step_{s:07d}.npz"

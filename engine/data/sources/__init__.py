@@ -146,13 +146,14 @@ def _cached(key, load: Callable[[], ImageSet]) -> ImageSet:
                         _cache.popitem(last=False)
             finally:
                 with _cache_lock:
-                    _loading.pop(key, None)
+                    if _loading.get(key) is loading:  # never another load's lock
+                        del _loading[key]
     return hit
 
 
 def prefetch(spec: str, prep: Preprocess = Preprocess()) -> threading.Thread:
-    """Load SPEC into the in-process cache on a daemon thread and return the thread (the app calls
-    it at server start for the demo's data, so Start demo finds it loaded). Errors are left for the
+    """Load SPEC into the in-process cache on a daemon thread and return the thread (engine.services.training.prepare_demo calls
+    it for the demo's data when the app starts, so Start demo finds it loaded). Errors are left for the
     load that needs the data to report."""
     def work():
         try:

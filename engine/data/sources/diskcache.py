@@ -44,9 +44,13 @@ def generator_version() -> str:
     """A hash of the code that draws glyph sets: any change to it is a new version."""
     global _version
     if _version is None:
+        import numpy
+        import PIL
+
         from engine.data import glyphs, imageset
 
-        h = hashlib.sha256(f"format {FORMAT}".encode())
+        # the pixels also depend on the libraries that draw and resize them
+        h = hashlib.sha256(f"format {FORMAT} numpy {numpy.__version__} Pillow {PIL.__version__}".encode())
         for module in (glyphs, imageset):
             h.update(Path(module.__file__).read_bytes())
         _version = h.hexdigest()[:16]
