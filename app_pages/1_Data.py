@@ -113,7 +113,10 @@ def browser_classes() -> str | None:
                 if shot is not None:
                     photos.setdefault(shot.file_id, shot.getvalue())
             # sizes and count checked before a file's bytes are read (uploads.read_uploaded)
-            items, left_out = read_uploaded(files, LIMITS, budget=budget, max_files=room, what="these classes")
+            items, left_out = read_uploaded(
+                files, LIMITS, budget=budget, max_files=room,
+                count_words=f"over the {LIMITS.max_files:,}-image limit of classes built in the browser",
+                budget_words=f"would take these classes past their {size_text(LIMITS.max_upload_bytes)} limit")
             items += [(f"camera-{n}.jpg", data) for n, data in enumerate(photos.values(), 1)]
             budget -= sum(len(data) for _, data in items)
             room -= len(items)

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import streamlit as st
 
-from engine.data.images import MiB
+from engine.data.images import MiB, size_text
 from engine.errors import UserError
 from engine.eval import checkpoints
 from engine.eval.twins import compare_held_out, find_twin
@@ -128,10 +128,12 @@ else:
                                     key="adapt_n_classes"))
     mb = max(1, lim.max_file_bytes // MiB)  # Streamlit takes the per-file limit in MiB
     budget, left_out = [lim.max_upload_bytes], []  # bytes the task may still take, files refused
+    queries_words = f"over the {lim.max_queries} query images of a task"
 
-    def take(files, most: int) -> list[adapt.Upload]:
+    def take(files, most: int, count_words: str) -> list[adapt.Upload]:
         """An uploader's files, sizes and count checked before any bytes are read (uploads.read_uploaded)."""
-        kept, refused = read_uploaded(files, lim, budget=budget[0], max_files=most, what="the task")
+        kept, refused = read_uploaded(files, lim, budget=budget[0], max_files=most, count_words=count_words,
+                                      budget_words=f"would take the task past its {size_text(lim.max_upload_bytes)} limit")
         budget[0] -= sum(len(data) for _, data in kept)
         left_out.extend(refused)
         return [adapt.Upload(name, data) for name, data in kept]
@@ -152,11 +154,11 @@ else:
             lab = c.file_uploader(f"Query images of class {i + 1} (optional: answers are then marked right or wrong)",
                                   type=list(adapt.IMAGE_TYPES), accept_multiple_files=True,
                                   key=f"adapt_labelled_{i}", max_upload_size=mb)
-            support = take(sup, lim.max_support)
-            classes.append(adapt.NewClass(name, support, take(lab, lim.max_queries)))
+            support = take(sup, lim.max_support, f"over the {lim.max_support} support images of a class")
+            classes.append(adapt.NewClass(name, support, take(lab, lim.max_queries, queries_words)))
     unlabelled = st.file_uploader("Query images (class unknown)", type=list(adapt.IMAGE_TYPES),
                                   accept_multiple_files=True, key="adapt_queries_upload", max_upload_size=mb)
-    extra = take(unlabelled, lim.max_queries)
+    extra = take(unlabelled, lim.max_queries, queries_words)
     show_problems(left_out)
     if st.toggle("Add a camera photo as a query", key="adapt_camera_on"):
         photo = st.camera_input("Take a query photo", key="adapt_camera")

@@ -406,3 +406,15 @@ def test_resume_over_the_job_cap_starts_neither_run_nor_twin(tmp_path, monkeypat
     assert registry.active() == [busy]
     busy.end.set()
     busy.join(10)
+
+
+def test_a_refusal_names_the_limit_not_what_is_left_of_it():
+    """A page passing what is left of a limit (room, bytes) has the refusal say the limit itself."""
+    files = [Sent(f"{i}.png", 10) for i in range(3)]
+    _, problems = uploads.read_uploaded(files, uploads.LIMITS, max_files=1, count_words="over the 5 support images of a class")
+    assert problems == ["1.png: over the 5 support images of a class, left out",
+                        "2.png: over the 5 support images of a class, left out"]
+    _, problems = uploads.read_uploaded(files, uploads.LIMITS, budget=15, budget_words="would take the task past its 40 MiB limit")
+    assert problems[0] == "1.png: would take the task past its 40 MiB limit, left out"
+    kept, problems = uploads.read_uploaded(files, uploads.LIMITS, max_files=-2)  # camera photos used the room up
+    assert kept == [] and len(problems) == 3

@@ -67,13 +67,15 @@ def safe_name(name: str, limits: UploadLimits = LIMITS) -> str | None:
 
 
 def check_limits(entries: Sequence[tuple[str, int]], limits: UploadLimits = LIMITS, budget: int | None = None,
-                 screen: Callable[[int], str | None] | None = None,
-                 what: str = "the upload") -> tuple[list[int], list[str]]:
+                 screen: Callable[[int], str | None] | None = None, what: str = "the upload",
+                 count_words: str | None = None, budget_words: str | None = None) -> tuple[list[int], list[str]]:
     """Files (name, size in bytes) in upload order -> (indices kept, one problem line per file refused).
 
     In order, a file is refused when it alone is over the per-image size, when `screen(index)`
     gives a reason (e.g. unreadable, too many pixels), or when keeping it would pass the image count
     or the total size (`budget`, default: the upload limit); later files that still fit are kept.
+    `count_words` / `budget_words` say those two refusals in the words of the caller's limit (a
+    caller passing what is LEFT of a limit as the limit would otherwise print a limit nobody set).
     """
     budget = limits.max_upload_bytes if budget is None else budget
     kept: list[int] = []
@@ -86,9 +88,9 @@ def check_limits(entries: Sequence[tuple[str, int]], limits: UploadLimits = LIMI
         elif screen is not None and (reason := screen(i)):
             pass
         elif len(kept) >= limits.max_files:
-            reason = f"over the {limits.max_files:,}-image limit per upload"
+            reason = count_words or f"over the {limits.max_files:,}-image limit per upload"
         elif total + size > budget:
-            reason = f"would take {what} past {size_text(budget)} in all"
+            reason = budget_words or f"would take {what} past {size_text(budget)} in all"
         if reason:
             problems.append(f"{name}: {reason}, left out")
         else:
@@ -98,17 +100,20 @@ def check_limits(entries: Sequence[tuple[str, int]], limits: UploadLimits = LIMI
 
 
 def read_uploaded(files: Sequence, limits: UploadLimits = LIMITS, budget: int | None = None,
-                  max_files: int | None = None, what: str = "the upload") -> tuple[list[tuple[str, bytes]], list[str]]:
+                  max_files: int | None = None, what: str = "the upload", count_words: str | None = None,
+                  budget_words: str | None = None) -> tuple[list[tuple[str, bytes]], list[str]]:
     """Files a browser sent (objects with .name, .size and .getvalue(), e.g. Streamlit's
     UploadedFile) -> ((name, bytes) of those kept, one problem line per file left out).
 
     Each file's size, and the count, are checked (check_limits: per image, at most `max_files`,
     default limits.max_files, and `budget` bytes together, default the upload limit) before its
-    bytes are read: a file left out is never copied into memory."""
+    bytes are read: a file left out is never copied into memory. With `max_files` or `budget` set to
+    what is left of a limit, pass `count_words` / `budget_words` naming the limit itself."""
     files = list(files or [])
     if max_files is not None:
-        limits = dataclasses.replace(limits, max_files=max_files)
-    kept, problems = check_limits([(str(f.name), int(f.size)) for f in files], limits, budget, what=what)
+        limits = dataclasses.replace(limits, max_files=max(0, max_files))
+    kept, problems = check_limits([(str(f.name), int(f.size)) for f in files], limits, budget, what=what,
+                                  count_words=count_words, budget_words=budget_words)
     return [(str(files[i].name), files[i].getvalue()) for i in kept], problems
 
 
