@@ -16,7 +16,8 @@ from engine.services.datasets import (
     spec_kind,
     split_preview,
 )
-from engine.services.uploads import IMAGE_TYPES, LIMITS, read_uploaded, save_browser_classes, save_zip
+from engine.services.uploads import LIMITS, save_zip
+from ui.class_builder import class_builder
 from ui.common import current_run, data_overrides, set_data_overrides
 
 SOURCES = {"glyphs": "Built-in glyphs", "digits": "Built-in digits", "zip": "Upload a zip",
@@ -92,52 +93,6 @@ def show_record(record: dict | None, what: str) -> str | None:
     return record["spec"]
 
 
-def remove_class(i: int) -> None:
-    st.session_state["bc_count"] = i
-    st.session_state.pop(f"bc_photos_{i}", None)  # a class added again later starts empty
-
-
-def browser_classes() -> str | None:
-    """Teachable-Machine style: name each class and drop its images (or take photos)."""
-    count = st.session_state.setdefault("bc_count", 2)
-    classes, cols = [], st.columns(2)
-    budget, room = LIMITS.max_upload_bytes, LIMITS.max_files  # what the classes may still take, together
-    for i in range(count):
-        with cols[i % 2].container(border=True):
-            name = st.text_input(f"Name of class {i + 1}", value=f"class {i + 1}", key=f"bc_name_{i}")
-            files = st.file_uploader(f"Images of class {i + 1}", type=IMAGE_TYPES, accept_multiple_files=True,
-                                     key=f"bc_files_{i}", max_upload_size=LIMITS.max_file_bytes // MiB)
-            photos = st.session_state.setdefault(f"bc_photos_{i}", {})
-            if st.toggle("Use the camera", key=f"bc_camera_on_{i}"):
-                shot = st.camera_input(f"Photo for class {i + 1}", key=f"bc_camera_{i}")
-                if shot is not None:
-                    photos.setdefault(shot.file_id, shot.getvalue())
-            # sizes and count checked before a file's bytes are read (uploads.read_uploaded)
-            items, left_out = read_uploaded(
-                files, LIMITS, budget=budget, max_files=room,
-                count_words=f"over the {LIMITS.max_files:,}-image limit of classes built in the browser",
-                budget_words=f"would take these classes past their {size_text(LIMITS.max_upload_bytes)} limit")
-            items += [(f"camera-{n}.jpg", data) for n, data in enumerate(photos.values(), 1)]
-            budget -= sum(len(data) for _, data in items)
-            room -= len(items)
-            show_problems(left_out, "Files left out")
-            st.caption(f"{len(items)} images" + (f" ({len(photos)} from the camera)" if photos else ""))
-            classes.append((name, items))
-    left, mid, right = st.columns(3)
-    left.button("Add a class", on_click=lambda: st.session_state.update(bc_count=count + 1),
-                disabled=count >= LIMITS.max_classes)
-    mid.button("Remove the last class", on_click=remove_class, args=(count - 1,), disabled=count <= 2)
-    if right.button("Save these classes", type="primary", key="bc_save"):
-        record = {"file_id": None, "name": "browser classes", "spec": None, "problems": [], "error": None}
-        try:
-            path, record["problems"] = save_browser_classes(classes)
-            record["spec"] = str(path)
-        except (UserError, OSError) as e:
-            record["error"] = str(e)
-        st.session_state[RECORDS["browser"]] = record
-    return show_record(st.session_state.get(RECORDS["browser"]), "The classes were")
-
-
 st.title("Data")
 current_run()  # checks the link's ?run= first: one outside the runs folder is dropped, with a notice at the top
 stored = stored_choice()
@@ -158,7 +113,7 @@ elif kind == "zip":
                                 max_upload_size=LIMITS.max_upload_bytes // MiB)
     spec = show_record(handle_zip(uploaded, RECORDS["zip"]), "The zip was")
 elif kind == "browser":
-    spec = browser_classes()
+    spec = class_builder()
 else:
     spec = st.text_input("Folder path on the server", stored["folder"], key="data_folder",
                          help="a folder of class folders, or a .zip / .npz file on the machine running the app").strip()

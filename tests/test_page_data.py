@@ -149,18 +149,21 @@ def test_the_stored_choice_is_shown_when_the_page_opens(uploads):
 
 
 def test_classes_built_in_the_browser(page, uploads):
+    """The builder itself is tests/test_page_class_builder.py's; here: the page previews what it saves."""
     use_source(page, "Build classes in the browser")
-    page.text_input(key="bc_name_0").set_value("dots")
-    page.file_uploader(key="bc_files_0").set_value([(f"{i}.png", png(i), "image/png") for i in range(3)])
-    page.text_input(key="bc_name_1").set_value("../lines")
-    page.file_uploader(key="bc_files_1").set_value([("a.png", png(9), "image/png"), ("bad.png", b"nope", "image/png")])
+    page.text_input(key="bc_name_c1").input("dots").run()
+    page.file_uploader(key="bc_files_c1_0").set_value([(f"{i}.png", png(i), "image/png") for i in range(3)]).run()
+    page.text_input(key="bc_name_c2").input("../lines").run()
+    assert "saved as 'lines'" in page.info[0].value
+    page.file_uploader(key="bc_files_c2_1").set_value([("a.png", png(9), "image/png"),
+                                                      ("bad.png", b"nope", "image/png")]).run()
     page.button(key="bc_save").click().run()
     assert not page.exception
     spec = page.session_state["data_browser_saved"]["spec"]
     assert Path(spec).parent.resolve() == uploads.resolve()
     assert sorted(p.name for p in Path(spec).iterdir()) == ["dots", "lines"]
     problems = warnings_text(page)
-    assert "lines/bad.png" in problems and "saved as 'lines'" in problems
-    assert captions(page) == ["dots: 3 images", "lines: 1 images"]
+    assert "bad.png: not a readable image" in problems
+    assert captions(page)[-2:] == ["dots: 3 images", "lines: 1 images"]
     assert "cannot be split" in page.error[0].value  # two classes: too few for a split, said plainly
     assert page.button(key="data_use").disabled
