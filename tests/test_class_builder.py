@@ -124,7 +124,7 @@ def test_the_draft_survives_a_new_builder_and_refuses_foreign_names(builder, roo
 
 def test_save_writes_a_dataset_once_per_version(builder, root):
     first, second = (c.key for c in builder.classes())
-    with pytest.raises(UserError, match="at least two classes"):
+    with pytest.raises(UserError, match=r"Add images to at least 2 classes .*; 'class 1', 'class 2' have none yet"):
         builder.save()
     builder.rename_class(first, "dots")
     builder.add_images(first, [("a.png", png(1)), ("b.jpg", png(2, fmt="JPEG"))])

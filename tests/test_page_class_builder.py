@@ -104,7 +104,8 @@ def test_saving_too_few_classes_says_what_to_do(page):
     drop(page, "c1", [("a.png", png(1))])
     page.button(key="bc_adapt").click().run()
     assert not page.exception
-    assert "build at least two classes with usable images" in page.error[0].value
+    assert "Add images to at least 2 classes (a few-shot task tells classes apart); 'class 2' has none yet" \
+        == page.error[0].value
 
 
 def test_use_as_an_adapt_task_opens_adapt_with_the_saved_set(uploads, tmp_path, monkeypatch):

@@ -8,7 +8,7 @@ import time
 
 import streamlit as st
 
-from engine.data.images import MiB
+from engine.data.images import MiB, size_text
 from engine.errors import UserError
 from engine.services.class_builder import THUMB_PX, BuiltClass, ClassBuilder, new_session
 from engine.services.datasets import spec_kind
@@ -104,8 +104,9 @@ def _draw_class(c: BuiltClass, n: int, can_remove: bool) -> None:
     _problems(c.problems, "Files left out")
     st.markdown(f"**{c.count} image{'' if c.count == 1 else 's'}**")
     if c.images:
-        st.image([str(i.thumb) for i in c.images], caption=[i.source for i in c.images], width=THUMB_PX,
-                 output_format="PNG")
+        st.container(key=f"bc_thumbs_{c.key}").image(
+            [str(i.thumb) for i in c.images], caption=[i.source for i in c.images], width=THUMB_PX,
+            output_format="PNG")
         names = {i.file: i.source for i in c.images}
         left, right = st.columns([3, 1], vertical_alignment="bottom")
         pick = f"bc_pick_{c.key}"
@@ -137,7 +138,7 @@ def class_builder() -> str | None:
     _restore_saved(b)
     classes = b.classes()
     count, used = b.totals()
-    st.caption(f"{count:,} of {LIMITS.max_files:,} images, {used / MiB:.1f} of {LIMITS.max_upload_bytes // MiB} MiB, "
+    st.caption(f"{count:,} of {LIMITS.max_files:,} images, {size_text(used)} of {size_text(LIMITS.max_upload_bytes)}, "
                f"{len(classes)} of {LIMITS.max_classes} classes. Each image is decoded when dropped; "
                "the counts are of images that decoded.")
     cols = st.columns(2)
@@ -171,6 +172,9 @@ def class_builder() -> str | None:
     if spec is None:
         if record and record.get("spec"):
             st.info("The classes changed since they were saved: press **Save these classes** again.")
+        else:
+            st.caption("**Save these classes** to see what they hold and train on them (**Use this data**, below); "
+                       "**Use as an Adapt task** opens the Adapt page with them as a task.")
         return None
     st.success(f"The classes were saved as `{spec}`")
     if record and record.get("spec") == spec:

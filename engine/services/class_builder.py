@@ -222,7 +222,13 @@ class ClassBuilder:
         spec again while the draft is unchanged. Raises UserError when fewer than two classes have images."""
         if (spec := self.saved_spec()) is not None:
             return spec, []
-        pairs = [(c.name, [(i.file, i.path.read_bytes()) for i in c.images]) for c in self.classes()]
+        classes = self.classes()
+        if sum(1 for c in classes if c.count) < self.limits.min_classes:
+            empty = [repr(c.name) for c in classes if not c.count]
+            raise UserError(f"Add images to at least {self.limits.min_classes} classes (a few-shot task tells classes "
+                            f"apart)" + (f"; {', '.join(empty)} {'has' if len(empty) == 1 else 'have'} none yet"
+                                         if empty else "; add a class and drop its images"))
+        pairs = [(c.name, [(i.file, i.path.read_bytes()) for i in c.images]) for c in classes if c.count]
         folder, problems = save_browser_classes(pairs, self.limits)
         self._state["saved"] = {"version": self._state["version"], "spec": str(folder)}
         self._commit(change=False)
