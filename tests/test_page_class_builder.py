@@ -127,3 +127,31 @@ def test_use_as_an_adapt_task_opens_adapt_with_the_saved_set(uploads, tmp_path, 
     app.button(key="bc_adapt").click().run()
     assert app.query_params["task"] == spec
     assert len([p for p in uploads.iterdir() if p.name.endswith("-browser")]) == 1
+
+
+def test_a_large_class_shows_its_latest_thumbnails_until_asked_for_all(page, monkeypatch):
+    monkeypatch.setattr("ui.class_builder.SHOWN_THUMBS", 2)
+    drop(page, "c1", [(f"{i}.png", png(i)) for i in range(3)])
+    assert thumbnails(page) == [["1.png", "2.png"]] and counts(page)[0] == "**3 images**"
+    page.toggle(key="bc_all_c1").set_value(True).run()
+    assert thumbnails(page) == [["0.png", "1.png", "2.png"]]
+
+
+def jpeg(seed: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (16, 16, 3), dtype=np.uint8), "RGB").save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def test_camera_photos_join_the_class_and_the_camera_is_ready_for_the_next(page):
+    page.toggle(key="bc_camera_on_c2").set_value(True).run()
+    camera = next(c for c in page.get("camera_input") if c.key.startswith("bc_camera_c2_"))
+    camera.set_value(("photo.jpg", jpeg(1), "image/jpeg")).run()
+    assert not page.exception
+    assert counts(page) == ["**0 images**", "**1 image**"]
+    assert thumbnails(page)[0][0].startswith("camera photo ")
+    camera = next(c for c in page.get("camera_input") if c.key.startswith("bc_camera_c2_"))
+    assert camera.value is None  # a new, empty camera: the next photo is one click away
+    camera.set_value(("photo.jpg", b"not a jpeg", "image/jpeg")).run()
+    assert counts(page) == ["**0 images**", "**1 image**"]
+    assert "not a readable image" in page.warning[0].value

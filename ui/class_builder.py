@@ -17,6 +17,7 @@ from engine.services.uploads import IMAGE_TYPES, LIMITS
 SESSION_KEY = "bc_session"  # this browser session's draft (engine.services.class_builder)
 SAVED_KEY = "data_browser_saved"  # the Data page's record of the saved set (its RECORDS["browser"])
 ADAPT_PAGE = "app_pages/3_Adapt.py"
+SHOWN_THUMBS = 40  # thumbnails per class shown unless "Show all" is on
 
 
 def _md(text: str) -> str:
@@ -104,9 +105,11 @@ def _draw_class(c: BuiltClass, n: int, can_remove: bool) -> None:
     _problems(c.problems, "Files left out")
     st.markdown(f"**{c.count} image{'' if c.count == 1 else 's'}**")
     if c.images:
+        shown = c.images
+        if len(shown) > SHOWN_THUMBS and not st.toggle(f"Show all {c.count} images", key=f"bc_all_{c.key}"):
+            shown = shown[-SHOWN_THUMBS:]  # the latest: what was just dropped
         st.container(key=f"bc_thumbs_{c.key}").image(
-            [str(i.thumb) for i in c.images], caption=[i.source for i in c.images], width=THUMB_PX,
-            output_format="PNG")
+            [str(i.thumb) for i in shown], caption=[i.source for i in shown], width=THUMB_PX, output_format="PNG")
         names = {i.file: i.source for i in c.images}
         left, right = st.columns([3, 1], vertical_alignment="bottom")
         pick = f"bc_pick_{c.key}"
