@@ -4,6 +4,8 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import os
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -154,3 +156,14 @@ def test_load_fills_the_draft_with_a_saved_set(builder, root):
         other.load(outside)
     state = json.loads((other.root / "draft.json").read_text())
     assert state["saved"]["spec"] == spec
+
+
+def test_drafts_untouched_for_a_week_are_removed_when_a_new_one_starts(builder, root):
+    old = builder.root
+    week_ago = time.time() - 8 * 86400
+    os.utime(old, (week_ago, week_ago))
+    stray = root / "drafts" / "not-a-draft"
+    stray.mkdir()
+    os.utime(stray, (week_ago, week_ago))
+    ClassBuilder(new_session())
+    assert not old.exists() and stray.is_dir()  # only the app's own drafts are touched
