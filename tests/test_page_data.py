@@ -155,7 +155,7 @@ def test_classes_built_in_the_browser(page, uploads):
     page.file_uploader(key="bc_files_c1_0").set_value([(f"{i}.png", png(i), "image/png") for i in range(3)]).run()
     page.text_input(key="bc_name_c2").input("../lines").run()
     assert "saved as 'lines'" in page.info[0].value
-    page.file_uploader(key="bc_files_c2_1").set_value([("a.png", png(9), "image/png"),
+    page.file_uploader(key="bc_files_c2_0").set_value([("a.png", png(9), "image/png"),
                                                       ("bad.png", b"nope", "image/png")]).run()
     page.button(key="bc_save").click().run()
     assert not page.exception

@@ -58,17 +58,23 @@ def _renamed(key: str, old: str) -> None:
         _note(key, "error", str(e))
 
 
+def _renew(key: str) -> None:
+    """A new, empty uploader and camera for this class (its files are kept in the draft now). Only this
+    class's: a drop into another class while this one's rerun runs still lands."""
+    st.session_state[f"bc_gen_{key}"] = st.session_state.get(f"bc_gen_{key}", 0) + 1
+
+
 def _dropped(key: str, field: str) -> None:
     files = st.session_state.get(field) or []
     _act(key, "add_files", key, files)
-    st.session_state["bc_gen"] = st.session_state.get("bc_gen", 0) + 1  # a new, empty uploader
+    _renew(key)
 
 
 def _photo(key: str, field: str) -> None:
     shot = st.session_state.get(field)
     if shot is not None:
         _act(key, "add_images", key, [(f"camera photo {time.strftime('%H:%M:%S')}.jpg", shot.getvalue())])
-        st.session_state["bc_gen"] = st.session_state.get("bc_gen", 0) + 1
+        _renew(key)
 
 
 def _removed(key: str, field: str) -> None:
@@ -90,7 +96,7 @@ def _problems(lines: list[str], title: str) -> None:
 
 
 def _draw_class(c: BuiltClass, n: int, can_remove: bool) -> None:
-    gen = st.session_state.get("bc_gen", 0)
+    gen = st.session_state.get(f"bc_gen_{c.key}", 0)
     st.session_state.setdefault(f"bc_name_{c.key}", c.name)  # not value=: the callbacks set it too
     st.text_input(f"Name of class {n}", key=f"bc_name_{c.key}", on_change=_renamed,
                   args=(c.key, c.name), max_chars=LIMITS.max_name_chars)
