@@ -6,7 +6,7 @@ import streamlit as st
 from engine.config import preset, runs_root
 from engine.errors import UserError
 from engine.learners import LEARNERS, build_learner
-from engine.models import BACKBONES
+from engine.models import BACKBONES, head_start
 from engine.services.training import new_run_dir, start_runs
 from ui.common import current_run, data_overrides, presenter, set_current_run
 from ui.live import live_view
@@ -16,6 +16,7 @@ GRADIENT_LEARNERS = ", ".join(_gradient[:-1]) + " and " + _gradient[-1]  # "MAML
 # the form's labels for the settings a memory refusal names (engine.train.budget)
 FORM_WORDS = {"meta_batch": "Meta-batch", "ways": "N (ways)", "shots": "K (shots)", "queries": "Q (queries)",
               "ext_batch": "External batch"}
+HEAD_START_MEASURED = "MEASURED"
 
 
 def defaults():
@@ -67,12 +68,20 @@ def settings_form(base) -> tuple[dict, bool] | None:
                            help="a second run with λ = 0 and every other setting the same, beside this one, so the "
                                 "curves compare DEML with the vanilla meta-learner (the two share the CPU cores, "
                                 "so each trains at about half speed)")
+        # grayscale uploads: start from the built-in generator ("auto": engine.models.head_start decides it fits)
+        built_in = (st.checkbox("Start from the built-in generator (trained on Omniglot characters)", value=True,
+                                key="train_head_start", help="a conv4 trained on Omniglot alphabets (assets/README.md);"
+                                " color sets and other generator settings train from scratch")
+                    if head_start.offered(base.dataset) else None)
+        if built_in is not None:
+            st.caption(HEAD_START_MEASURED)
         start = st.form_submit_button("Start", type="primary", key="train_start")
     if not start:
         return None
     return dict(backbone=backbone, learner=learner, steps=int(steps), lam=float(lam), ways=int(ways),
                 shots=int(shots), queries=int(queries), meta_batch=int(meta_batch), ext_batch=int(ext_batch),
-                lr=float(lr), inner_lr=float(inner_lr), inner_steps=int(inner_steps), seed=int(seed)), twin
+                lr=float(lr), inner_lr=float(inner_lr), inner_steps=int(inner_steps), seed=int(seed),
+                **({} if built_in is None else {"head_start": "auto" if built_in else "off"})), twin
 
 
 def start(base, settings: dict, twin: bool) -> None:

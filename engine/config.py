@@ -60,6 +60,7 @@ class TrainConfig:
     rotations: bool = False  # each 90-degree turn of a meta-train class is a new class (Omniglot)
     pool_external: bool = False  # control for DEML: external classes join meta-train episodes instead
     split_seed: int = 0  # separate from seed so runs with different seeds share test classes
+    exclude_groups: str = ""  # comma-separated groups (alphabets) left out of the data before it is split
     # tasks
     ways: int = 5
     shots: int = 1
@@ -73,6 +74,10 @@ class TrainConfig:
     width: int = 64  # channels of the generator's hidden layers
     norm: str = "batch"
     disc_hidden: int = 0  # 0: linear discriminator (exact decision regions on a PCA map)
+    # start the generator from the built-in one (assets/head_start_gray28.pt, engine/models/head_start.py).
+    # auto: on for 1-channel folders and zips (what people upload) whose generator fits it; off for the
+    # built-in data and .npz arrays. A run records what auto chose ("on" or "off") in config.json
+    head_start: str = "auto"  # auto | on | off (off: from scratch)
     # meta-learner
     learner: str = "protonet"
     inner_steps: int = 5
@@ -129,6 +134,8 @@ class TrainConfig:
                             f"so use at least {MIN_IMAGE_SIZE} px")
         if self.lr_schedule not in ("cosine", "constant"):
             raise UserError(f"--lr-schedule must be cosine or constant, not {self.lr_schedule!r}")
+        if self.head_start not in ("auto", "on", "off"):
+            raise UserError(f"--head-start must be auto, on or off, not {self.head_start!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise UserError(f"--device must be auto, cpu or cuda, not {self.device!r}")
         self.preprocess()  # validates size/channels/polarity
@@ -178,7 +185,7 @@ class TrainConfig:
 
 _NAMES = {  # settings whose value is one of a known set of names (None: looked up when checked)
     "polarity": ("auto", "keep"), "norm": ("batch", "group", "none"), "lr_schedule": ("cosine", "constant"),
-    "device": ("auto", "cpu", "cuda"), "learner": None, "backbone": None,
+    "device": ("auto", "cpu", "cuda"), "head_start": ("auto", "on", "off"), "learner": None, "backbone": None,
 }
 
 
@@ -224,6 +231,11 @@ def _omniglot_npz() -> str:
 
 _FIELD_TYPES = {f.name: str(f.type) for f in fields(TrainConfig)}  # "int", "int | None", "float", "str"...
 
+# the alphabets of Omniglot's images_background_small1.zip and small2.zip (their member paths'
+# <Alphabet>/ folders; tests/test_head_start.py reads them back): the head-start generator never sees them
+HEAD_START_UNSEEN = ("Balinese", "Early_Aramaic", "Greek", "Korean", "Latin",
+                     "Japanese_(katakana)", "Sanskrit", "Tagalog")
+
 # Each preset is a set of overrides on the defaults; the command line's flags override it again.
 PRESETS = {
     # finishes in well under 30 s on 2 CPU cores and clearly beats chance
@@ -236,6 +248,12 @@ PRESETS = {
     # Omniglot background set, alphabets split into meta-train/val/test/external groups
     "omniglot": dict(dataset="@omniglot", steps=6000, ways=20, shots=1, queries=5, meta_batch=2,
                      val_every=500, val_episodes=200, snapshot_every=100, checkpoint_every=500),
+    # the built-in generator behind --head-start (assets/README.md): Omniglot background alphabets except
+    # the 8 of images_background_small1/2.zip, kept unseen so the head start can be measured on them
+    "head-start": dict(dataset="@omniglot", exclude_groups=",".join(HEAD_START_UNSEEN), head_start="off",
+                       rotations=True, steps=500, ways=10, shots=1, queries=3, meta_batch=2, ext_batch=32,
+                       val_split=2, test_split=2, external_split=4, val_every=250, val_episodes=50,
+                       snapshot_every=500, checkpoint_every=250, probe_classes=4, probe_per_class=3),
 }
 
 

@@ -15,7 +15,7 @@ from engine.cli import main
 from engine.config import preset
 from engine.errors import UserError
 
-NEEDS_OMNIGLOT = {"omniglot", "deml"}  # their --smoke still trains on the Omniglot background set
+NEEDS_OMNIGLOT = {"omniglot", "deml", "headstart"}  # their --smoke still trains on Omniglot (headstart: small2.zip)
 SLOW = {"projection", "live", "omniglot", "deml", "cost"}
 
 

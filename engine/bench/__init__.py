@@ -47,6 +47,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "omniglot": Benchmark("omniglot", "5w1s/5w5s/20w1s/20w5s on unseen Omniglot alphabets, over training time"),
     "deml": Benchmark("deml", "what the discriminator adds: vanilla, pooled, cross-domain, lambda sweep"),
     "cost": Benchmark("cost", "CPU settings, vmap against the loop, cost growth, peak memory"),
+    "headstart": Benchmark("headstart", "the built-in generator against training from scratch, on small uploads"),
     "summary": Benchmark("summary", "markdown tables (and an accuracy-against-time plot) of omniglot / deml results"),
 }
 

@@ -101,6 +101,18 @@ class ImageSet:
             inverted=self.inverted,
         )
 
+    def without_groups(self, names: str, flag: str = "--exclude-groups") -> ImageSet:
+        """This set less every class of the comma-separated groups `names` ("" keeps it whole)."""
+        drop = {n.strip() for n in names.split(",") if n.strip()}
+        if not drop:
+            return self
+        if self.groups is None:
+            raise UserError(f"{flag}: {self.source} has no groups (alphabets) to leave out; remove {flag}")
+        if unknown := sorted(drop - set(self.groups)):
+            raise UserError(f"{flag}: {', '.join(unknown)} is not a group of {self.source}; "
+                            f"its groups are {', '.join(sorted(set(self.groups)))}")
+        return self.subset([c for c, g in enumerate(self.groups) if g not in drop])
+
     def summary(self) -> dict:
         counts = self.counts()
         return {

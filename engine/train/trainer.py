@@ -41,6 +41,7 @@ from engine.eval.evaluate import (
     mean_ci95,
     shared_concepts,
 )
+from engine.models import head_start
 from engine.models.deml import eval_mode, resolve_device, seeded_model
 from engine.records import AdaptationRecord, Probe, Snapshot, TrainRecord, ValRecord
 from engine.runs import RunDir
@@ -56,7 +57,7 @@ CURVE_EPISODES = 20  # episodes of the adaptation curve measured at each validat
 def load_data(cfg: TrainConfig) -> tuple[TrainConfig, Splits]:
     """Read the dataset and external set, split them, and pin the resolved image size and
     channels into the config (so evaluation prepares other data the same way)."""
-    data = load_imageset(cfg.dataset, cfg.preprocess())
+    data = load_imageset(cfg.dataset, cfg.preprocess()).without_groups(cfg.exclude_groups)
     cfg = cfg.with_overrides(image_size=data.image_size, channels=data.channels)
     if cfg.external in ("auto", "none"):
         external: ImageSet | str | None = "auto" if cfg.external == "auto" else None
@@ -87,6 +88,7 @@ class Trainer:
             check_step_memory(cfg, device, processes=distributed.world_size())  # before the data is read: the smallest images it can have
             cfg, splits = load_data(cfg)
         check_step_memory(cfg, device, processes=distributed.world_size())  # the data's own size and channels, before the model exists
+        cfg = head_start.resolve(cfg, splits.train.channels)  # "auto" becomes on/off: config.json says how it started
         self.cfg, self.splits = cfg, splits
         self.device = device
         if cfg.amp and self.device.type != "cuda":
@@ -104,6 +106,7 @@ class Trainer:
         self.ext_labels = torch.tensor(ext.labels) if ext is not None else None
         self.model = seeded_model(cfg, splits.train.channels, ext.num_classes if ext is not None else 0,
                                   cfg.seed).to(self.device)
+        head_start.apply(self.model.generator, cfg)  # --head-start on: the built-in generator's weights
         if distributed.world_size() > 1 and self.device.type == "cuda":
             # batch statistics over the whole step's batch, as one process has them (NCCL only: with
             # gloo on CPU each rank normalises by its own share; norm "group" does not depend on it)
