@@ -122,3 +122,30 @@ def test_a_generator_of_other_settings_is_refused_when_loading():
     with pytest.raises(UserError, match="--head-start must be auto, on or off"):
         TrainConfig(head_start="yes")
     assert TrainConfig.from_dict({"head_start": "on"}).head_start == "on"
+
+
+def test_the_train_page_offers_the_head_start_for_an_upload_only(tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from engine.config import REPO
+    from engine.services import training
+
+    monkeypatch.chdir(tmp_path)
+    sent = []
+
+    def refuse(cfg, out, **kwargs):  # record what Start sends, train nothing
+        sent.append(cfg)
+        raise UserError("recorded")
+
+    monkeypatch.setattr(training, "start_runs", refuse)
+    at = AppTest.from_file(str(REPO / "app_pages" / "2_Train.py"), default_timeout=60)
+    at.run()
+    assert not at.exception and not [c for c in at.checkbox if c.key == "train_head_start"]  # built-in glyphs
+    at.session_state["data_overrides"] = {"dataset": _upload(tmp_path / "up")}
+    at.run()
+    box = at.checkbox(key="train_head_start")
+    assert box.value is True and "Omniglot" in box.label
+    assert any("from scratch" in c.value for c in at.caption)
+    box.set_value(False)
+    at.button(key="train_start").click().run()
+    assert sent and sent[-1].head_start == "off"
