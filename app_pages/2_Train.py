@@ -16,7 +16,9 @@ GRADIENT_LEARNERS = ", ".join(_gradient[:-1]) + " and " + _gradient[-1]  # "MAML
 # the form's labels for the settings a memory refusal names (engine.train.budget)
 FORM_WORDS = {"meta_batch": "Meta-batch", "ways": "N (ways)", "shots": "K (shots)", "queries": "Q (queries)",
               "ext_batch": "External batch"}
-HEAD_START_MEASURED = "MEASURED"
+HEAD_START_MEASURED = ("On 6-class uploads of Omniglot alphabets it never saw (6 images a class, 3 held out), after 60 "
+                       "steps: 96 % vs 89 % from scratch on the held-out images, and 78 % vs 59 % on 5-way 1-shot "
+                       "tasks of new characters (`python -m engine bench headstart`, BENCHMARKS.md).")
 
 
 def defaults():
