@@ -36,6 +36,7 @@ from engine.data.images import TASK_UPLOAD, Refused, UploadLimits, decode, size_
 from engine.data.images import limits_text as limits_text
 from engine.data.imageset import is_gray, normalise_polarity, to_pixels
 from engine.errors import UserError
+from engine.eval.calibration import Calibration
 from engine.eval.checkpoints import held_out_classes, load_model
 from engine.models.deml import DEMLModel, eval_mode
 from engine.runs import inside_runs_root
@@ -244,21 +245,30 @@ def _tensors(task: Task) -> tuple[torch.Tensor, torch.Tensor]:
     return channels_first(task.support).float().div_(255.0), channels_first(task.query).float().div_(255.0)
 
 
-def classify(model: DEMLModel, task: Task, device, steps: int | None = None) -> dict:
+def classify(model: DEMLModel, task: Task, device, steps: int | None = None,
+             calibration: Calibration | None = None) -> dict:
     """Each query's predicted class and confidence. pred (M,), confidence (M,), probs (M, N);
-    correct (M,) bool (False where the label is unknown); accuracy over the labelled queries (None
-    when none is labelled)."""
+    score (M,) the learner's largest logit; correct (M,) bool (False where the label is unknown);
+    accuracy over the labelled queries (None when none is labelled).
+    With a `calibration` (engine.eval.calibration): probs are softmax(logits / its temperature), and
+    unknown (M,) marks the queries scoring below its threshold: they are answered "none of these",
+    so they count as not right. Without one, unknown is all False."""
     xs, xq = _tensors(task)
     with eval_mode(model):
         z = model.concepts(torch.cat([xs, xq]).to(device))  # one pass, as engine.eval.evaluate computes them
         zs, zq = z[: len(xs)], z[len(xs):]
         labels = torch.as_tensor(task.support_labels, device=device)[None]
         logits = model.learner.logits(zs[None], labels, zq[None], task.ways, steps=steps, training=False)
-        probs = torch.softmax(logits.detach()[0].float(), -1).cpu().numpy()
+        raw = logits.detach()[0].float().cpu()
+    t = calibration.temperature if calibration is not None else 1.0
+    probs = torch.softmax(raw / t, -1).numpy()
+    score = raw.max(-1).values.numpy()
+    unknown = score < calibration.unknown_below if calibration is not None else np.zeros(len(score), bool)
     pred = probs.argmax(-1)
     known = task.labelled
-    correct = (pred == task.query_labels) & known
-    return {"pred": pred, "confidence": probs.max(-1), "probs": probs, "correct": correct,
+    correct = (pred == task.query_labels) & known & ~unknown
+    return {"pred": pred, "confidence": probs.max(-1), "probs": probs, "correct": correct, "score": score,
+            "unknown": unknown,
             "labelled": int(known.sum()),
             "accuracy": float(correct[known].mean()) if known.any() else None}
 
