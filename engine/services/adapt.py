@@ -223,6 +223,21 @@ def prepare_upload(cfg: TrainConfig, classes: list[NewClass], queries: list[Uplo
         query_names=[f for _, f, _ in found], source="uploaded images", problems=problems, inverted=inverted)
 
 
+def photo_task(task: Task, photo: Upload, limits: UploadLimits = LIMITS) -> Task:
+    """The task with one photo (the webcam's) as its only query, prepared like the task's images: its
+    size and channels, and flipped when the task was. UserError when the photo cannot be read."""
+    problems: list[str] = []
+    img = _decode(photo, limits, problems)
+    if img is None:
+        raise UserError("; ".join(problems) or f"{photo.name}: not a readable image")
+    pixels = to_pixels(img, task.support.shape[-1], task.support.shape[1])
+    pixels = 255 - pixels if task.inverted else pixels
+    return Task(support=task.support, support_labels=task.support_labels, query=pixels[None],
+                query_labels=np.asarray([UNKNOWN], np.int64), class_names=task.class_names,
+                support_names=task.support_names, query_names=[photo.name], source=task.source,
+                problems=problems, inverted=task.inverted)
+
+
 def _bright_borders(images: np.ndarray) -> np.ndarray:
     """Per image: are its borders mostly bright (the test normalise_polarity applies to a set)?"""
     border = np.concatenate([images[:, 0], images[:, -1], images[:, :, 0], images[:, :, -1]], axis=1)

@@ -42,10 +42,12 @@ def _folder_files(path: str, limits: UploadLimits) -> list[tuple[tuple[str, ...]
     return out
 
 
-def read_task_classes(path: str, limits: UploadLimits = TASK_UPLOAD) -> list[NewClass]:
+def read_task_classes(path: str, limits: UploadLimits = TASK_UPLOAD, split: bool = False) -> list[NewClass]:
     """Classes (folder path -> support and labelled query files) of a folder or .zip of class folders.
-    A zip's single top folder (the zip of one folder) is not a class level. UserError when it holds
-    fewer than 2 classes or more than the task limit."""
+    A zip's single top folder (the zip of one folder) is not a class level. The support set is each
+    class's first `max_support` images, or with `split` its first half (at least 1, at most
+    max_support), so the rest can be asked as queries. UserError when it holds fewer than 2 classes
+    or more than the task limit."""
     p = Path(path)
     if p.is_dir():
         files = _folder_files(str(p), limits)
@@ -61,7 +63,9 @@ def read_task_classes(path: str, limits: UploadLimits = TASK_UPLOAD) -> list[New
     if not limits.min_classes <= len(by_class) <= limits.max_classes:
         raise UserError(f"{path} holds {len(by_class)} class folder(s) with images; a task needs "
                         f"{limits.min_classes} to {limits.max_classes} (one folder of images per class)")
-    return [NewClass(name, files[: limits.max_support], files[limits.max_support:]) for name, files in by_class.items()]
+    def cut(n: int) -> int:
+        return min(limits.max_support, max(1, n // 2) if split else n)
+    return [NewClass(name, files[: cut(len(files))], files[cut(len(files)):]) for name, files in by_class.items()]
 
 
 def confined_task_spec(spec: str) -> str:
