@@ -252,6 +252,8 @@ if task is not None:
     if result["accuracy"] is not None:
         right_n = int(result["correct"].sum())
         line = f"**{right_n}/{result['labelled']} labelled queries answered right ({result['accuracy']:.0%})**"
+        if (n_unknown := int((result["unknown"] & known).sum())):
+            line += f" ({n_unknown} of them answered \"{parts.NONE_OF_THESE}\", which counts as not right)"
         if twin_result is not None:
             line += (f" · {twin_name}: {int(twin_result['correct'].sum())}/{twin_result['labelled']} "
                      f"({twin_result['accuracy']:.0%}) on the same task")

@@ -67,8 +67,10 @@ m = torch.jit.load(sys.argv[1])
 x = torch.load(sys.argv[2])
 probs = m(x)
 rgb = m(x[..., None].expand(-1, -1, -1, 3).contiguous())
+pixels = (m.prepare(x) * 255).round().to(torch.uint8)[:, 0]
 print(json.dumps({"classes": list(m.classes), "unknown_below": m.unknown_below, "probs": probs.tolist(),
-                  "predict": m.predict(x).tolist(), "rgb": rgb.tolist(), "shape": list(probs.shape)}))
+                  "predict": m.predict(x).tolist(), "rgb": rgb.tolist(), "shape": list(probs.shape),
+                  "pixels": pixels.tolist()}))
 """
 
 
@@ -96,6 +98,7 @@ def test_exported_file_answers_as_the_app_does(runs, omniglot, learner, tmp_path
     assert got["classes"] == task.class_names == ["character01", "character02", "character03"]
     assert got["shape"] == [30, 3]
     assert got["unknown_below"] == pytest.approx(cal.unknown_below)
+    np.testing.assert_array_equal(np.asarray(got["pixels"], np.uint8), task.query[..., 0])  # Pillow's resize, flip
     np.testing.assert_allclose(np.asarray(got["probs"]), app["probs"], atol=1e-5)  # temperature applied
     np.testing.assert_allclose(np.asarray(got["rgb"]), app["probs"], atol=1e-5)  # (N, H, W, 3) too
     np.testing.assert_array_equal(got["predict"], np.where(app["unknown"], -1, app["pred"]))
@@ -109,4 +112,14 @@ def test_export_refuses_what_it_cannot_use(runs, tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("error:") and "class folder" in err[0]
     assert cli.main(["export", runs["protonet"], "--support", str(tmp_path / "one"), "-o", str(tmp_path / "m.zip")]) == 2
     assert ".pt" in capsys.readouterr().err
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_a_learner_without_centres_or_head_is_refused_with_the_reason(tmp_path, omniglot, capsys):
+    trainer, run = start_run(preset("smoke").with_overrides(**{**TINY, "steps": 1, "checkpoint_every": 1}, learner="matching"),
+                             str(tmp_path / "matching"))
+    trainer.run(run)
+    assert cli.main(["export", str(run.path), "--support", omniglot[0], "-o", str(tmp_path / "m.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "Matching networks" in err and "no class centres or task head" in err
     assert not (tmp_path / "m.pt").exists()

@@ -183,3 +183,19 @@ def test_a_task_link_outside_the_uploads_folder_is_refused(page, built, tmp_path
     assert not page.exception
     assert any("not a set under the uploads folder" in e.value for e in page.error)
     assert page.radio(key="adapt_source").value == "Held-out classes"
+
+
+def test_webcam_shot_is_classified_against_the_support_set(page, built):
+    page.run()
+    page.toggle(key="adapt_webcam_on").set_value(True).run()
+    assert not page.exception
+    assert any("camera" in c.value and "permission" in c.value for c in page.caption)  # why it may be unavailable
+    cfg, _, _ = checkpoints.load_model(str(built / "deml"))
+    held = adapt.sample_task(cfg, 5, 1, 4, seed=0)  # the page's task (seed 0, the run's shape)
+    photo = io.BytesIO()
+    Image.fromarray(np.repeat(255 - held.support[0], 3, axis=2)).save(photo, format="JPEG")  # a support image, on paper
+    page.camera_input(key="adapt_webcam").set_value(("shot.jpg", photo.getvalue(), "image/jpeg")).run()
+    assert not page.exception, page.exception
+    bars = page.get("progress")
+    assert len(bars) == 5 and all(":" in b.proto.text and "%" in b.proto.text for b in bars)
+    assert any(m.value.startswith("**") and ("·" in m.value or "none of these" in m.value) for m in page.markdown)
