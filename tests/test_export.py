@@ -123,3 +123,26 @@ def test_a_learner_without_centres_or_head_is_refused_with_the_reason(tmp_path, 
     err = capsys.readouterr().err
     assert "Matching networks" in err and "no class centres or task head" in err
     assert not (tmp_path / "m.pt").exists()
+
+
+@pytest.mark.parametrize("channels,size", [(1, 28), (3, 64)])
+def test_the_files_preprocessing_is_the_apps_within_two_gray_levels(channels, size):
+    """Colour, transparency and photos larger than the decoder's reduce step, prepared in TorchScript
+    and by the app (engine.data.images.decode + engine.data.imageset.to_pixels)."""
+    from engine.data.images import TASK_UPLOAD, decode
+    from engine.data.imageset import to_pixels
+    from engine.eval.export import Exported
+
+    m = torch.jit.script(Exported(torch.nn.Identity(), size, channels, False, 0, {"centres": torch.zeros(2, 2)},
+                                  ["a", "b"], 1.0, 0.0))
+    rng = np.random.default_rng(0)
+    for h, w, c in ((105, 105, 1), (120, 90, 3), (48, 64, 4), (600, 800, 3)):
+        coarse = (rng.random((h // 8 + 2, w // 8 + 2, c)) * 255).astype(np.uint8).squeeze()
+        arr = np.asarray(Image.fromarray(coarse).resize((w, h), Image.Resampling.BICUBIC))
+        png = io.BytesIO()
+        Image.fromarray(arr).save(png, format="PNG")
+        app = to_pixels(decode(png.getvalue(), TASK_UPLOAD, reduce_to=adapt.REDUCE_TO), channels, size)
+        x = torch.from_numpy(np.ascontiguousarray(arr if arr.ndim == 3 else arr[..., None]))[None]
+        got = (m.prepare(x) * 255).round().to(torch.uint8)[0].permute(1, 2, 0).numpy()
+        assert got.shape == app.shape
+        assert np.abs(got.astype(int) - app.astype(int)).max() <= 2, (h, w, c)

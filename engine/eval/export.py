@@ -5,7 +5,8 @@
     answer = m.predict(images)  # (N,) class index, -1 where the score is below m.unknown_below ("none of these")
 
 The file holds
-- the run's preprocessing, as engine.data.imageset prepares images: RGBA composited on white paper,
+- the run's preprocessing, as the Adapt page prepares uploads: images over 2 x 256 px a side box-reduced
+  by an integer factor (engine.data.images.decode's reduce_to), RGBA composited on white paper,
   gray as Pillow's "L" conversion (or gray repeated to RGB), a Lanczos resize to the run's square size
   written out as Pillow's (separable, horizontal pass first, each pass rounded to 8 bits), and the
   support task's polarity flip (bright ink on dark paper) applied to every image;
@@ -38,7 +39,7 @@ from engine.eval.checkpoints import load_model
 from engine.learners.head import head_logits
 from engine.models.deml import DEMLModel, eval_mode
 from engine.runs import RunDir
-from engine.services.adapt import Task, Upload, prepare_upload
+from engine.services.adapt import REDUCE_TO, Task, Upload, prepare_upload
 from engine.services.task_files import read_task_classes
 
 CENTRES, HEAD = 0, 1  # how the file scores a query's concept
@@ -69,10 +70,20 @@ class Exported(nn.Module):
         super().__init__()
         self.generator = generator
         self.image_size, self.channels, self.invert, self.kind = size, channels, invert, kind
+        self.reduce_to = REDUCE_TO
         self.classes = list(classes)
         self.temperature, self.unknown_below = float(temperature), float(unknown_below)
         self.centres = params.get("centres", torch.zeros(0))
         self.head = {k: v for k, v in params.items() if k != "centres"}
+
+    def reduce(self, x: torch.Tensor) -> torch.Tensor:
+        """Images much larger than needed shrunk by an integer box filter to at least REDUCE_TO px a side,
+        as engine.data.images.decode does for the app (Pillow's Image.reduce, rounded to 8 bits)."""
+        kx, ky = max(1, x.shape[2] // self.reduce_to), max(1, x.shape[1] // self.reduce_to)
+        if kx == 1 and ky == 1:
+            return x
+        y = torch.nn.functional.avg_pool2d(x.permute(0, 3, 1, 2), [ky, kx], [ky, kx], ceil_mode=True)
+        return torch.floor(y + 0.5).permute(0, 2, 3, 1)
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (N, H, W) or (N, H, W, C) -> float (N, channels, size, size) in [0, 1], as the app prepares images."""
@@ -81,6 +92,7 @@ class Exported(nn.Module):
             x = x.unsqueeze(-1)
         if x.dim() != 4 or x.shape[-1] not in (1, 3, 4):
             raise ValueError("images must be uint8 (N, H, W) or (N, H, W, C) with C = 1, 3 or 4")
+        x = self.reduce(x)
         if x.shape[-1] == 4:  # transparent pixels become white paper
             alpha = x[..., 3:] / 255.0
             x = torch.round(x[..., :3] * alpha + 255.0 * (1.0 - alpha))

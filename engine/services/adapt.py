@@ -47,6 +47,7 @@ from engine.viz.episode import task_detail as lay_out_task
 # Upload limits: engine.data.images' TASK_UPLOAD (with IMAGE_TYPES, limits_text), re-exported for the Adapt page
 # ----------------------------------------------------------------------------------------------
 LIMITS = TASK_UPLOAD
+REDUCE_TO = 256  # px: larger uploads are box-reduced to at least this per side while decoding (decode's reduce_to)
 
 
 @dataclass
@@ -129,7 +130,7 @@ def _decode(up: Upload, limits: UploadLimits, problems: list[str]) -> Image.Imag
     where = up.name or "unnamed file"
     notes: list[str] = []
     try:
-        img = decode(up.data, limits, reduce_to=256, notes=notes)
+        img = decode(up.data, limits, reduce_to=REDUCE_TO, notes=notes)
     except Refused as e:
         problems.append(f"{where}: {e}, left out")
         return None
