@@ -278,7 +278,9 @@ def cmd_export(args) -> dict:
     for line in made.problems:
         print(f"warning: {line}", file=sys.stderr)
     return {"out": args.out, "classes": made.classes, "holds": made.kind, "temperature": made.temperature,
-            "unknown_below": made.unknown_below, "bytes": len(made.data)}
+            "unknown_below": made.unknown_below, "bytes": len(made.data),
+            "ece_before": made.calibration.ece_before if made.calibration else None,
+            "ece_after": made.calibration.ece_after if made.calibration else None}
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "curve": cmd_curve, "inspect": cmd_inspect,

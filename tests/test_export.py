@@ -75,10 +75,12 @@ print(json.dumps({"classes": list(m.classes), "unknown_below": m.unknown_below, 
 
 
 @pytest.mark.parametrize("learner", ["protonet", "maml"])
-def test_exported_file_answers_as_the_app_does(runs, omniglot, learner, tmp_path):
+def test_exported_file_answers_as_the_app_does(runs, omniglot, learner, tmp_path, capsys):
     support, queries = omniglot
     out = tmp_path / "model.pt"
     assert cli.main(["export", runs[learner], "--support", support, "-o", str(out)]) == 0
+    said = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert said["classes"] == ["character01", "character02", "character03"] and said["ece_after"] <= said["ece_before"]
     # the app's path: the same files uploaded on the Adapt page
     cfg, model, dev = load_model(runs[learner])
     cal = run_calibration(runs[learner])

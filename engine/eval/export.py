@@ -148,6 +148,7 @@ class ExportFile:
     temperature: float
     unknown_below: float
     problems: list[str] = field(default_factory=list)
+    calibration: Calibration | None = None  # what the temperature and threshold came from
 
 
 def representation(model: DEMLModel, task: Task, device, steps: int | None) -> tuple[int, dict, torch.Tensor]:
@@ -193,7 +194,7 @@ def export_task(model: DEMLModel, task: Task, size: int, channels: int, device, 
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.jit.save(module, buf)
     return ExportFile(buf.getvalue(), list(task.class_names), "class centres" if kind == CENTRES else "adapted head",
-                     t, below, list(task.problems))
+                     t, below, list(task.problems), calibration)
 
 
 def export_run(run_dir: str, support: str, out: str, steps: int | None = None, device: str = "auto") -> ExportFile:
