@@ -113,14 +113,16 @@ parts.restore_settings(run_dir, dict(adapt_ways=cfg.ways, adapt_shots=cfg.shots,
                                      adapt_steps=cfg.inner_steps))
 for key, value in (("adapt_seed", 0), ("adapt_episodes", 100), ("adapt_n_classes", 2)):
     st.session_state.setdefault(key, value)
-task_spec, task_path = st.query_params.get("task"), None
-if task_spec:
+task_spec, task_path = st.query_params.get("task") or st.session_state.get("adapt_task_spec"), None
+if task_spec:  # a link's ?task= (or the one this session followed: the sidebar's links drop it)
     try:
         task_path = confined_task_spec(task_spec)
     except UserError as e:
         st.error(str(e))
     if task_path and st.session_state.get("adapt_task_spec") != task_spec:  # a new link: its set, pre-selected
         st.session_state.update(adapt_source=FROM_DATA, adapt_task_spec=task_spec)
+    if task_path:
+        st.query_params["task"] = task_spec
 sources = [HELD_OUT, UPLOAD] + ([FROM_DATA] if task_path else [])
 if st.session_state.get("adapt_source") not in sources:
     st.session_state["adapt_source"] = HELD_OUT

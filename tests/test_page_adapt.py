@@ -158,6 +158,9 @@ def test_a_data_page_set_in_the_link_is_the_task_and_unknowns_are_said(page, bui
     assert page.radio(key="adapt_source").value == "Set from the Data page"
     assert {"**ka**", "**ga**", "**na**"} <= {m.value for m in page.markdown}
     assert len(page.image[-1].value) == 3 * 2  # half of each class asked as queries
+    page.query_params.pop("task")  # what the sidebar's links do: the session still has the set
+    page.run()
+    assert page.radio(key="adapt_source").value == "Set from the Data page" and page.query_params["task"]
     text = " ".join(c.value for c in page.caption)
     assert "Calibrated on" in text and "expected calibration error" in text and "none of these" in text.lower()
     # a threshold above every score in the run's calibration.json: every answer is "none of these"
