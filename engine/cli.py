@@ -115,7 +115,17 @@ def build_parser() -> argparse.ArgumentParser:
     ins = sub.add_parser("inspect", help="summarise a dataset and the problems found in it")
     ins.add_argument("spec", metavar="SPEC")
     ins.add_argument("--image-size", type=int)
+    _add_export(sub)
     return parser
+
+
+def _add_export(sub):
+    exp = sub.add_parser("export", help="one TorchScript file: the run's generator and preprocessing and a support set")
+    exp.add_argument("run_dir", metavar="RUN_DIR")
+    exp.add_argument("--support", required=True, metavar="DIR_OR_ZIP",
+                     help="a folder or .zip of class folders; each folder's name is a class (its first 5 images are used)")
+    exp.add_argument("-o", "--out", required=True, metavar="FILE.pt")
+    exp.add_argument("--steps", type=int, help="inner steps for gradient learners (default: the run's)")
 
 
 # --- train ------------------------------------------------------------------------------------
@@ -257,8 +267,24 @@ def cmd_bench(args) -> dict | None:
     return BENCHMARKS[args.benchmark].run(args)  # None: it printed something other than JSON (summary)
 
 
+def cmd_export(args) -> dict:
+    from engine.eval.export import export_run
+
+    if not args.out.endswith(".pt"):
+        raise UserError(f"the export is a TorchScript file: give -o a name ending in .pt (got {args.out})")
+    if args.steps is not None and args.steps < 0:
+        raise UserError(f"--steps must be 0 or more (got {args.steps})")
+    made = export_run(args.run_dir, args.support, args.out, args.steps)
+    for line in made.problems:
+        print(f"warning: {line}", file=sys.stderr)
+    return {"out": args.out, "classes": made.classes, "holds": made.kind, "temperature": made.temperature,
+            "unknown_below": made.unknown_below, "bytes": len(made.data),
+            "ece_before": made.calibration.ece_before if made.calibration else None,
+            "ece_after": made.calibration.ece_after if made.calibration else None}
+
+
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "curve": cmd_curve, "inspect": cmd_inspect,
-            "bench": cmd_bench, "report": cmd_report}
+            "bench": cmd_bench, "report": cmd_report, "export": cmd_export}
 
 
 def _strict_json(value):
