@@ -196,7 +196,7 @@ def test_the_shares_of_the_ranks_make_up_one_process_batch(monkeypatch):
 
     def parts(b):
         n = b["tasks"]
-        return b["x"][: n * nk], b["x"][n * nk: n * (nk + nq)], b["x"][n * (nk + nq):]
+        return b["x"][: n * nk], b["x"][n * nk: n * (nk + nq)], b["x_ext"]
     for i, name in enumerate(("support", "query", "external")):
         assert torch.equal(torch.cat([parts(s)[i] for s in shares]), parts(whole)[i]), name
     for key in ("support_labels", "query_labels", "ext_labels"):

@@ -20,7 +20,7 @@ from engine.learners import LEARNERS, LearnerConfig, build_learner
 from engine.learners.base import cross_entropy
 from engine.learners.head import head_logits, support_loss
 from engine.learners.protonet import prototypes
-from engine.models.deml import DEMLModel
+from engine.models.deml import DEMLModel, external_pass
 
 ALL = sorted(LEARNERS)
 STEP_LEARNERS = ["maml", "metasgd", "reptile"]  # the gradient learners sharing MAML's inner loop
@@ -287,18 +287,20 @@ def test_metric_learners_ignore_inner_steps_but_not_negative_ones(name):
 
 
 def deml_backward(model: DEMLModel, cfg: TrainConfig, lam: float, seed: int = 0):
-    """One DEML loss as engine/train/trainer.py forms it: one G pass over support, query and external
-    images; meta loss + lam * CE(D(G(x_ext))); the D term is left out entirely when lam == 0."""
+    """One DEML loss as engine/train/trainer.py forms it: a G pass over support and query images,
+    another over the external images; meta loss + lam * CE(D(G(x_ext))); the D term is left out
+    entirely when lam == 0."""
     g = torch.Generator().manual_seed(seed)
     t, n, k, q, b = 2, cfg.ways, cfg.shots, cfg.queries, 6
-    x = torch.rand(t * n * (k + q) + b, 1, 28, 28, generator=g)
+    x = torch.rand(t * n * (k + q), 1, 28, 28, generator=g)
+    x_ext = torch.rand(b, 1, 28, 28, generator=g)
     ext_labels = torch.randint(0, model.external_classes, (b,), generator=g)
     model.zero_grad(set_to_none=True)
     z = model.generator(x)
-    zs, zq = z[: t * n * k].view(t, n * k, -1), z[t * n * k: t * n * (k + q)].view(t, n * q, -1)
+    zs, zq = z[: t * n * k].view(t, n * k, -1), z[t * n * k:].view(t, n * q, -1)
     loss = model.learner.meta_loss(zs, labels(t, n, k), zq, labels(t, n, q), n).loss
     if lam > 0:
-        loss = loss + lam * F.cross_entropy(model.discriminator(z[t * n * (k + q):]), ext_labels)
+        loss = loss + lam * F.cross_entropy(model.discriminator(external_pass(model.generator, x_ext)), ext_labels)
     loss.backward()
     return {name: p.grad for name, p in model.named_parameters()}
 
