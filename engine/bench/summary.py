@@ -120,9 +120,10 @@ def deml_table(result: dict) -> str:
             cells += [pct(e["validation"]["equal_steps"])] if with_val else []
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     seeds = len(result.get("seeds", []))
-    lines.append(f"\n{seeds} seeds per cell; ± is the Student-t 95% interval over seeds ({max(seeds - 1, 0)} degrees "
-                 f"of freedom); {len(result['summary'])} variants, each compared with vanilla: overlapping intervals "
-                 "do not order two variants.")
+    compared = len([n for n in result["summary"] if n != "vanilla"])
+    lines.append(f"\n{seeds} seed{'s' * (seeds != 1)} per cell; ± is the Student-t 95% interval over seeds "
+                 f"({max(seeds - 1, 0)} degrees of freedom); {compared} variants each compared with vanilla, with no "
+                 "correction for that many comparisons; overlapping intervals do not order two variants.")
     for s, c in (deml_selection(result) or {}).items():
         lines.append(f"\n{s}: lambda chosen on meta-validation among {c['compared']} variants: {c['variant']} "
                      f"(lambda {c['lam']:g}, val {100 * c['val_accuracy']:.1f}); its meta-test accuracy "
