@@ -17,7 +17,7 @@ from engine.eval.checkpoints import load_trained
 from engine.eval.evaluate import run_evaluation
 from engine.eval.select import select
 from engine.runs import RunDir
-from engine.train.launch import start_run
+from engine.train.launch import resume_run, start_run
 from tests.test_trainer import tiny
 
 
@@ -87,5 +87,7 @@ def test_old_checkpoints_with_the_zero_head_are_refused_clearly(runs, tmp_path):
     state["model"]["learner.head.shared.row_bias"] = torch.zeros(())
     torch.save(state, ckpt)
     with pytest.raises(UserError, match="earlier maml head.*train the run again"):
-        load_trained(old)
+        load_trained(old)  # evaluate, curve, select, the Adapt page
+    with pytest.raises(UserError, match="earlier maml head.*train the run again"):
+        resume_run(str(old))  # train --resume, Resume on the Train page
     load_trained(runs[1.0])  # today's checkpoints load

@@ -22,6 +22,15 @@ MODEL_CACHE = 4  # models kept loaded (shared by every session)
 OLD_HEAD_KEYS = {"learner.head.shared.row_weight", "learner.head.shared.row_bias"}
 
 
+def refuse_old_head(run: RunDir, cfg: TrainConfig, state: dict) -> None:
+    """A UserError for a checkpoint of a gradient learner trained before the prototype head."""
+    if OLD_HEAD_KEYS & set(state.get("model", {})):
+        raise UserError(f"{run.path} was trained with the earlier {cfg.learner} head, which started every task from "
+                        "zero (a learned shared row that never learned); the head now starts from the support "
+                        "prototypes and sums its inner loss over classes, so these weights would adapt differently "
+                        "from how they were trained: train the run again with the same settings")
+
+
 def load_trained(run: RunDir | str, device: str = "auto") -> tuple[TrainConfig, DEMLModel, torch.device]:
     """The run's config and its model at the last good checkpoint (weights only, no code)."""
     run = as_run(run)
@@ -30,11 +39,7 @@ def load_trained(run: RunDir | str, device: str = "auto") -> tuple[TrainConfig, 
         raise UserError(f"{run.path / 'config.json'} does not say how many channels the images have; "
                         "the run cannot be rebuilt")
     state, _ = run.load_checkpoint()
-    if OLD_HEAD_KEYS & set(state.get("model", {})):
-        raise UserError(f"{run.path} was trained with the earlier {cfg.learner} head, which started every task from "
-                        "zero (a learned shared row that never learned); the head now starts from the support "
-                        "prototypes and sums its inner loss over classes, so these weights would adapt differently "
-                        "from how they were trained: train the run again with the same settings")
+    refuse_old_head(run, cfg, state)
     dev = resolve_device(device)
     try:
         model = seeded_model(cfg, cfg.channels, state["external_classes"], cfg.seed)  # weights replaced just below
