@@ -20,6 +20,8 @@ import time
 import traceback
 from typing import Generic, TypeVar
 
+import torch
+
 from engine.config import TrainConfig
 from engine.errors import UserError
 from engine.records import DONE, KINDS, MetricRecord, RunState, Snapshot
@@ -90,12 +92,14 @@ def max_finished() -> int:
 
 
 class TrainingJob:
-    def __init__(self, cfg: TrainConfig | None = None, out: str | None = None, resume_from: str | None = None):
+    def __init__(self, cfg: TrainConfig | None = None, out: str | None = None, resume_from: str | None = None,
+                 threads: int | None = None):
         if (cfg is None) == (resume_from is None):
             raise ValueError("give either cfg (with out) for a new run, or resume_from")
         if cfg is not None and not out:
             raise ValueError("a new run needs out, the run directory to write")
         self._cfg, self._out, self._resume_from = cfg, out, resume_from
+        self.threads = threads  # torch's intra-op threads for this job's thread (None: torch's default)
         self._control = Control()
         self._lock = threading.Lock()
         self._seq = 0  # position of the next train/val record, so the two kinds merge in order
@@ -185,6 +189,8 @@ class TrainingJob:
 
     def _main(self) -> None:
         run = None
+        if self.threads:  # per calling thread: jobs sharing the cores do not oversubscribe them
+            torch.set_num_threads(self.threads)
         try:
             try:
                 if self._resume_from:
