@@ -14,7 +14,7 @@ from engine.config import REPO
 from engine.eval.twins import find_twin, twin_dir_for
 from engine.train.job import REGISTRY
 from engine.viz import project
-from ui import live
+from ui import live, live_maps
 
 TINY_DEMO = dict(dataset="glyphs:classes=60,drawings=8,seed=1", steps=8, width=8, meta_batch=2, ext_batch=8,
                  val_every=4, val_episodes=8, snapshot_every=4, checkpoint_every=8, probe_classes=4,
@@ -118,7 +118,7 @@ def test_finished_short_run_shows_map_curves_and_replay(page):
 
 
 def test_play_steps_the_replay_through_the_snapshots(page, monkeypatch):
-    monkeypatch.setattr(live, "PLAY_S", 1.0)
+    monkeypatch.setattr(live_maps, "PLAY_S", 1.0)
     page.run()
     job = REGISTRY.get(start(page))
     assert job.join(60) and job.state == "finished", job.error
