@@ -35,20 +35,27 @@ from engine.viz import project
 from engine.viz.charts import live_adaptation_curves, training_curves
 from engine.viz.live import LiveMap
 from engine.viz.run_view import val_summary
-from ui.live_maps import CURVE_TOOLS, METHOD_LABELS, METHODS, map_pair
+from ui.live_maps import CURVE_TOOLS, METHOD_LABELS, METHODS, cached_figure, has_twin_map, map_pair
 
 COLOR_LABELS = {"class": "class", "split": "split", "prediction": "discriminator's prediction",
                 "correct": "discriminator right / wrong"}
 SESSION_KEY = "_conceptscape_live_map"  # st.session_state[SESSION_KEY]: this session's LiveMap
 REFRESH_S = 1.0
+CURVES_S = 2.0  # while training, the training curves are drawn again at most this often (each step adds to them)
 PLAY_TICK_S = 0.4  # the replay's frame interval
 SETTING_WIDTH = 200  # px, the map's settings' select boxes
 # map and curves side by side where both have room (3 : 2), else the curves below the map
 PANELS_CSS = """<style>
-[data-testid="stLayoutWrapper"]:has(> .st-key-KEY_mapcol) {flex: 3 1 480px !important; min-width: 0;}
+[data-testid="stLayoutWrapper"]:has(> .st-key-KEY_mapcol) {flex: MAPFLEX !important; min-width: 0;}
 [data-testid="stLayoutWrapper"]:has(> .st-key-KEY_curvescol) {flex: 2 1 340px !important; min-width: 0;}
 </style>"""
+MAP_FLEX = "3 1 480px"  # one map
+PAIR_FLEX = {True: "4 1 720px",  # presenter view: the two maps and the curves in one row on a 1366 px screen
+             False: "1 1 100%"}  # beside the controls: the two maps take the row, the curves go below them
 PRESENTER_MAP_HEIGHT = 470  # px: headline, status and replay above it still fit a 768 px high screen
+PRESENTER_PAIR_HEIGHT = 400  # px, each of the two maps (D's key adds its rows below the DEML one) on 768 px
+MAP_HEIGHT = 560  # px, outside presenter view (one map)
+PAIR_HEIGHT = 520  # px, outside presenter view, each of the two maps side by side
 
 
 def live_map() -> LiveMap:
@@ -109,12 +116,15 @@ def _render(run_dir: str | None, key: str, presenter: bool, empty_hint: str | No
             st.error(refused)
     # map and curves side by side (in presenter view sized so both fit a 1366x768 screen with the
     # headline); on a narrow screen the curves wrap below the map (PANELS_CSS) instead of squeezing it
-    st.html(PANELS_CSS.replace("KEY", key))
+    pair = has_twin_map(view)
+    st.html(PANELS_CSS.replace("KEY", key).replace("MAPFLEX", PAIR_FLEX[presenter] if pair else MAP_FLEX))
     with st.container(horizontal=True, gap="medium", key=f"{key}_panels"):
         with st.container(key=f"{key}_mapcol"):
-            map_pair(lm, view, key, prefs, height=PRESENTER_MAP_HEIGHT if presenter else 560)
+            heights = (PRESENTER_PAIR_HEIGHT, PAIR_HEIGHT) if pair else (PRESENTER_MAP_HEIGHT, MAP_HEIGHT)
+            map_pair(lm, view, key, prefs, height=heights[0] if presenter else heights[1], presenter=presenter)
         with st.container(key=f"{key}_curvescol"):
-            _curves_panel(view, key, height=PRESENTER_MAP_HEIGHT + 60 if presenter else None)
+            _curves_panel(view, key, height=(PRESENTER_PAIR_HEIGHT + 100 if pair else PRESENTER_MAP_HEIGHT + 60)
+                          if presenter else None, metric=not (presenter and pair))
 
 
 def headline(view) -> str:
@@ -160,7 +170,7 @@ def _status(view, key: str, presenter: bool) -> None:
         st.error(view.error)
     for w in view.warnings[-3:]:
         st.warning(w)
-    if view.device:
+    if view.device and not presenter:
         extra = " · the λ = 0 twin trains beside it (two runs share the cores)" \
             if view.twin_state in ACTIVE and view.twin_state != RunState.STOPPING else ""
         st.caption(f"{'training' if view.active else 'trained'} on {view.device}{extra}")
@@ -228,8 +238,10 @@ def _twin_label(view) -> str:
     return "its DEML run (λ > 0)" if view.lam == 0 else "λ = 0 twin"
 
 
-def _curves_panel(view, key: str, height: int | None) -> None:
-    summary = val_summary(view.metrics, view.twin_metrics)
+def _curves_panel(view, key: str, height: int | None, metric: bool = True) -> None:
+    """The validation accuracy (`metric`; presenter view with the pair has the headline instead), the
+    training curves and the adaptation curves."""
+    summary = val_summary(view.metrics, view.twin_metrics) if metric else None
     if summary is not None:
         vs = "DEML" if view.lam == 0 else "λ = 0"
         delta = f"{summary['delta'] * 100:+.1f} pts vs {vs}" if summary["delta"] is not None else None
@@ -245,8 +257,11 @@ def _curves_panel(view, key: str, height: int | None) -> None:
     try:
         curves = adaptation_records(main)  # they carry the task's ways: chance is 1/ways
         externals = len(view.probe["external_classes"]) if view.probe is not None else 0
-        fig = training_curves(main, twin, title=title, uirevision=f"{key}-curves-{view.run_dir}", height=height,
-                              ways=curves[-1].get("ways") if curves else None, external_classes=externals or None)
+        version = (view.run_dir, len(main), main[-1].get("step"), len(twin or []), title, height, externals)
+        fig = cached_figure(f"{key}_curves", version, lambda: training_curves(
+            main, twin, title=title, uirevision=f"{key}-curves-{view.run_dir}", height=height,
+            ways=curves[-1].get("ways") if curves else None, external_classes=externals or None),
+            min_interval=CURVES_S if view.active else 0.0)
     except ValueError as e:
         st.warning(f"The training curves cannot be drawn: {e}")
         return
@@ -265,8 +280,9 @@ def _adaptation_panel(view, key: str) -> None:
             st.caption("The adaptation curve appears with the first validation.")
         return
     try:
-        fig = live_adaptation_curves(main, twin, name="DEML" if twin is not None else "this run",
-                                     uirevision=f"{key}-adaptation-{view.run_dir}")
+        version = (view.run_dir, len(adaptation_records(main)), len(adaptation_records(twin or [])), twin is None)
+        fig = cached_figure(f"{key}_adaptation", version, lambda: live_adaptation_curves(
+            main, twin, name="DEML" if twin is not None else "this run", uirevision=f"{key}-adaptation-{view.run_dir}"))
     except ValueError as e:
         st.warning(f"The adaptation curves cannot be drawn: {e}")
         return

@@ -17,11 +17,27 @@ METHOD_LABELS = {v: k for k, v in METHODS.items()}
 LATEST = "latest"
 MAX_THUMBS = 64
 NEIGHBOURS = 8
+FIGURES_KEY = "_conceptscape_live_figures"  # st.session_state: name -> (version, figure, built at)
 PLAY_S = 10.0  # "▶ Play" replays from the first snapshot to the latest in this many seconds
 # the plot toolbars keep only the tools these charts need, so they stay clear of the titles on narrow screens
 _NOT_NEEDED = ["toImage", "zoomIn2d", "zoomOut2d", "autoScale2d"]
 MAP_TOOLS = {"displaylogo": False, "modeBarButtonsToRemove": _NOT_NEEDED}
 CURVE_TOOLS = {"displaylogo": False, "modeBarButtonsToRemove": _NOT_NEEDED + ["select2d", "lasso2d"]}
+
+
+def cached_figure(name: str, version: tuple, build, min_interval: float = 0.0):
+    """`build()`'s figure, built again only when `version` (what it is drawn from) changed, and then
+    at most every `min_interval` seconds. A refresh with nothing new re-sends the same figure: building
+    plotly figures in the server holds the GIL against the training threads (py-spy on a watched demo:
+    figure building was the largest part of a refresh), so a refresh that changes nothing builds nothing."""
+    store = st.session_state.setdefault(FIGURES_KEY, {})
+    kept = store.get(name)
+    now = time.monotonic()
+    if kept is not None and (kept[0] == version or now - kept[2] < min_interval):
+        return kept[1]
+    fig = build()
+    store[name] = (version, fig, now)
+    return fig
 
 
 def has_twin_map(view) -> bool:
@@ -30,7 +46,7 @@ def has_twin_map(view) -> bool:
         and len(view.twin_probe["split"]) == len(view.probe["split"])
 
 
-def map_pair(lm: LiveMap, view, key: str, prefs: dict, height: int) -> None:
+def map_pair(lm: LiveMap, view, key: str, prefs: dict, height: int, presenter: bool = False) -> None:
     """The replay slider, then the run's map, and the twin's beside it (same method, same step,
     aligned onto the run's map) when it has one."""
     if not view.snapshots or view.probe is None:
@@ -39,11 +55,11 @@ def map_pair(lm: LiveMap, view, key: str, prefs: dict, height: int) -> None:
         return
     step = _replay_step(view, key)
     if not has_twin_map(view):
-        _map_panel(lm, view, key, prefs, height, step)
+        _map_panel(lm, view, key, prefs, height, step, presenter=presenter)
         return
     left, right = st.columns(2, gap="small")
     with left:
-        ref, snap = _map_panel(lm, view, key, prefs, height, step, title=_side_title(view.lam))
+        ref, snap = _map_panel(lm, view, key, prefs, height, step, title=_side_title(view.lam), presenter=presenter)
     with right:
         _twin_map(lm, view, key, prefs, height, ref, int(snap["step"]) if snap is not None else 0)
 
@@ -65,9 +81,12 @@ def _twin_map(lm: LiveMap, view, key: str, prefs: dict, height: int, ref_xy, ste
         color = prefs["color"] if prefs["color"] in ("class", "split") or "disc_pred" in snap else "class"
         note = f"{METHOD_LABELS.get(shown, shown)}, turned to match the map beside it"
         name = "its DEML run" if view.lam == 0 else method_label(0.0)
-        fig = concept_map(xy, view.twin_probe, snap, color_by=color, regions=regions, method_note=note,
+        fig = cached_figure(f"{key}_twin_map", (twin, int(snap["step"]), lm.layout_version(twin, method),
+                                                lm.layout_version(view.run_dir, method), note, color,
+                                                name, height, regions is not None), lambda: concept_map(
+                          xy, view.twin_probe, snap, color_by=color, regions=regions, method_note=note,
                           title=f"{name} · step {int(snap['step'])}",
-                          uirevision=f"{key}-twinmap-{twin}-{method}", height=height)
+                          uirevision=f"{key}-twinmap-{twin}-{method}", height=height))
     except ValueError as e:
         st.warning(f"The twin's concept map cannot be drawn: {e}")
         return
@@ -115,7 +134,7 @@ def _play(key: str, span: tuple[int, int] | None) -> None:
 
 
 def _map_panel(lm: LiveMap, view, key: str, prefs: dict, height: int, step: int | None,
-               title: str | None = None) -> tuple[np.ndarray | None, dict | None]:
+               title: str | None = None, presenter: bool = False) -> tuple[np.ndarray | None, dict | None]:
     """The run's map at replay `step` (None: live); returns (xy, snapshot) shown, for the twin's beside it."""
     run, method, want_regions = view.run_dir, prefs["method"], prefs["regions"]
     try:
@@ -131,15 +150,22 @@ def _map_panel(lm: LiveMap, view, key: str, prefs: dict, height: int, step: int 
         n = len(view.probe["split"])
         method_note = note or f"{METHOD_LABELS.get(shown, shown)} of {n} probe images' concepts"
         color = prefs["color"] if prefs["color"] in ("class", "split") or "disc_pred" in snap else "class"
-        fig = concept_map(xy, view.probe, snap, color_by=color, regions=regions, method_note=method_note,
-                          title=title and f"{title} · step {int(snap['step'])}", uirevision=f"{key}-map-{run}-{method}", height=height)
+        rows_key = f"_{key}_rows"
+        kept_run, rows = st.session_state.get(rows_key, (None, []))
+        rows = [r for r in rows if r < n] if kept_run == run else []
+
+        def build():
+            fig = concept_map(xy, view.probe, snap, color_by=color, regions=regions, method_note=method_note,
+                              title=title and f"{title} · step {int(snap['step'])}",
+                              uirevision=f"{key}-map-{run}-{method}", height=height)
+            _highlight(fig, rows)
+            return fig
+
+        fig = cached_figure(f"{key}_map", (run, int(snap["step"]), lm.layout_version(run, method), regions is not None, method_note,
+                                           color, title, height, tuple(rows)), build)
     except ValueError as e:  # e.g. concepts went NaN: say so, keep the page
         st.warning(f"The concept map cannot be drawn: {e}")
         return None, None
-    rows_key = f"_{key}_rows"
-    kept_run, rows = st.session_state.get(rows_key, (None, []))
-    rows = [r for r in rows if r < n] if kept_run == run else []
-    _highlight(fig, rows)
     event = st.plotly_chart(fig, key=f"{key}_map", on_select="rerun", selection_mode=("points", "box", "lasso"),
                             width="stretch", theme=None, config=MAP_TOOLS)
     picked = selected_rows(_selection(event))
@@ -151,7 +177,7 @@ def _map_panel(lm: LiveMap, view, key: str, prefs: dict, height: int, step: int 
         st.session_state[f"_{key}_taken"] = rows = picked
     if rows:
         _selection_panel(view, snap, rows, key)
-    else:
+    elif not presenter:  # a room watches presenter view: no how-to under the map
         st.caption("Lasso or box-select points (tools at the top right of the map) to see their images; "
                    "click one point to see its nearest neighbours in concept space.")
     return xy, snap

@@ -128,6 +128,7 @@ class _Track:
         self.back: ConceptProjector | None = None  # a second projector walking back in time from first_step
         self.back_affine = (np.eye(2), 1.0, np.zeros(2))  # back's coordinates -> this map's
         self.back_step: int | None = None  # the step of `back`'s current layout
+        self.version = getattr(self, "version", 0) + 1  # grows with every frame laid out (a view redraws on it)
         self.note = ""
         self.note_at = 0.0  # when the note was made (a note about a switch is shown for NOTE_S only)
 
@@ -281,6 +282,7 @@ class LiveMap:
         track.frame_method[step] = p.method_
         track.regions = {k: v for k, v in track.regions.items() if k[0] != step}  # relaid: old regions are off
         track.last_step = step
+        track.version += 1
         track.note, track.note_at = p.note_, time.monotonic()
 
     def refresh(self, snapshots: list[Snapshot], probe: Probe | None, run: str = "", method: str = "umap",
@@ -345,6 +347,7 @@ class LiveMap:
                 track.frames[s] = (scale * track.back.embedding_.astype(np.float64) @ R + t).astype(np.float32)
                 track.frame_method[s] = track.back.method_
                 track.back_step = s
+                track.version += 1
             return [(_step(s), track.frames[_step(s)]) for s in snapshots
                     if _step(s) >= lo and _step(s) in track.frames]
 
@@ -391,6 +394,11 @@ class LiveMap:
                 reg = regions_for(SimpleNamespace(method_=f"replay-{self.method_shown(run, method)}", embedding_=xy),
                                   snap, probe, grid=grid or self.grid)
         return xy, reg, snap
+
+    def layout_version(self, run: str, method: str) -> int:
+        """A number that changes whenever the (run, method) map lays out a frame (0 before any)."""
+        track = self._tracks.get((run, method))
+        return track.version if track else 0
 
     def method_shown(self, run: str, method: str) -> str | None:
         """What the (run, method) map actually uses now ("pca" while UMAP warms up), None before a layout."""
