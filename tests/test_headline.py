@@ -126,3 +126,19 @@ def test_start_demo_starts_the_run_and_its_twin_once(tmp_path, monkeypatch):
     np.testing.assert_array_equal(deml.trainer.probe["images"], twin.trainer.probe["images"])  # same probe images
     h = paired_headline(deml.metrics(), twin.metrics())  # both validated on the same episodes
     assert h is not None and h.step == 6 and h.episodes == 6
+
+
+def test_training_jobs_lower_the_gil_switch_interval_only():
+    import sys
+
+    from engine.train.job import SWITCH_INTERVAL_S, share_gil
+    before = sys.getswitchinterval()
+    try:
+        sys.setswitchinterval(0.005)
+        share_gil()
+        assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL_S)
+        sys.setswitchinterval(0.0002)  # set lower by someone else: kept
+        share_gil()
+        assert sys.getswitchinterval() == pytest.approx(0.0002)
+    finally:
+        sys.setswitchinterval(before)
