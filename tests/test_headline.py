@@ -136,9 +136,9 @@ def test_training_jobs_lower_the_gil_switch_interval_only():
     try:
         sys.setswitchinterval(0.005)
         share_gil()
-        assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL_S)
+        assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL_S, rel=0.01)
         sys.setswitchinterval(0.0002)  # set lower by someone else: kept
         share_gil()
-        assert sys.getswitchinterval() == pytest.approx(0.0002)
+        assert sys.getswitchinterval() == pytest.approx(0.0002, rel=0.01)
     finally:
         sys.setswitchinterval(before)
