@@ -18,6 +18,7 @@ LATEST = "latest"
 MAX_THUMBS = 64
 NEIGHBOURS = 8
 FIGURES_KEY = "_conceptscape_live_figures"  # st.session_state: name -> (version, figure, built at)
+TWIN_MAP_S = 1.5  # while training, the twin's map is drawn again at most this often (snapshots come every ~2 s)
 PLAY_S = 10.0  # "▶ Play" replays from the first snapshot to the latest in this many seconds
 # the plot toolbars keep only the tools these charts need, so they stay clear of the titles on narrow screens
 _NOT_NEEDED = ["toImage", "zoomIn2d", "zoomOut2d", "autoScale2d"]
@@ -61,15 +62,18 @@ def map_pair(lm: LiveMap, view, key: str, prefs: dict, height: int, presenter: b
     with left:
         ref, snap = _map_panel(lm, view, key, prefs, height, step, title=_side_title(view.lam), presenter=presenter)
     with right:
-        _twin_map(lm, view, key, prefs, height, ref, int(snap["step"]) if snap is not None else 0)
+        _twin_map(lm, view, key, prefs, height, ref, int(snap["step"]) if snap is not None else 0,
+                  live=step is None and view.active)
 
 
 def _side_title(lam) -> str:
     return "Concept space" if lam is None else method_label(lam)
 
 
-def _twin_map(lm: LiveMap, view, key: str, prefs: dict, height: int, ref_xy, step: int) -> None:
-    """The twin's map: its snapshot at (or just before) the step on the run's map, aligned onto it."""
+def _twin_map(lm: LiveMap, view, key: str, prefs: dict, height: int, ref_xy, step: int, live: bool = False) -> None:
+    """The twin's map: its snapshot at (or just before) the step on the run's map, aligned onto it.
+    `live` (training, no replay): drawn again at most every TWIN_MAP_S (each run's snapshots would
+    otherwise redraw it: twice as often as either map changes)."""
     twin, method = view.twin_dir, prefs["method"]
     try:
         xy, regions, snap = lm.twin_frame(view.twin_snapshots, view.twin_probe, ref_xy, step, run=twin,
@@ -86,7 +90,8 @@ def _twin_map(lm: LiveMap, view, key: str, prefs: dict, height: int, ref_xy, ste
                                                 name, height, regions is not None), lambda: concept_map(
                           xy, view.twin_probe, snap, color_by=color, regions=regions, method_note=note,
                           title=f"{name} · step {int(snap['step'])}",
-                          uirevision=f"{key}-twinmap-{twin}-{method}", height=height))
+                          uirevision=f"{key}-twinmap-{twin}-{method}", height=height),
+                            min_interval=TWIN_MAP_S if live else 0.0)
     except ValueError as e:
         st.warning(f"The twin's concept map cannot be drawn: {e}")
         return
