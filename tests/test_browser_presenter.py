@@ -60,6 +60,7 @@ def test_presenter_view_fits_the_screen(browser, server, workdir, tmp_path, widt
         settle(page)
         page.screenshot(path=str(shots / f"presenter-{width}x{height}.png"))
         assert page.get_by_text("Demo · Prototypical networks DEML (λ = 1) · step 8/8").is_visible()
+        assert page.title() == "Demo · Conceptscape"  # the tab names the run
         headline = page.get_by_text("DEML vs vanilla:").first
         assert headline.is_visible() and "validation accuracy, 8 episodes, paired" in headline.inner_text()
         hb = headline.bounding_box()

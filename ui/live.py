@@ -71,6 +71,8 @@ def live_view(run_dir: str | None, *, key: str = "live", presenter: bool = False
     enlarges the map and the curves."""
     project.start_umap_warmup()  # idempotent: UMAP is compiled on a background thread, PCA is shown meanwhile
     every = _interval(run_dir, key)
+    if presenter and run_dir:  # the browser tab names the run too (a room sees the tab on a shared screen)
+        st.set_page_config(page_title=f"{'Demo' if is_demo_dir(run_dir) else Path(run_dir).name} · Conceptscape")
 
     @st.fragment(run_every=every)
     def _live() -> None:
