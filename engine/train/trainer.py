@@ -233,7 +233,8 @@ class Trainer:
         acc = episode_accuracies(self.model, self.val_sampler, self.val_index, self.device, table=table)
         mean, ci = mean_ci95(acc)
         self.last_val = {"kind": "val", "step": self.step, "val_acc": mean, "val_ci95": ci,
-                         "episodes": len(acc), "seconds": self.seconds}
+                         "episodes": len(acc), "seconds": self.seconds,
+                         "val_per_episode": [round(float(a), 4) for a in acc]}  # paired DEML-vs-twin headline
         return self.last_val
 
     def adaptation(self, table=None) -> AdaptationRecord:
