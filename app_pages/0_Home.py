@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import streamlit as st
 
-from engine.config import preset, runs_root
+from engine.config import runs_root
 from engine.errors import UserError
 from engine.eval.twins import twin_dir_for
-from engine.services.training import DEMO, new_run_dir, running_demo, start_runs
+from engine.services.training import running_demo
+from engine.services.training import start_demo as start_demo_pair
 from engine.train.job import REGISTRY
 from ui.common import current_run, presenter, set_current_run
 from ui.live import live_view
@@ -35,12 +36,11 @@ INTRO = (
 )
 
 
-def start_demo() -> None:
-    """A button's callback (it runs before the page is drawn again, so the page draws the new run)."""
+def start_demo(another: bool = False) -> None:
+    """A button's callback (it runs before the page is drawn again, so the page draws the new run):
+    the demo and its λ = 0 twin; a demo already training is shown instead unless `another`."""
     try:
-        out = new_run_dir(runs_root(), DEMO)
-        start_runs(preset(DEMO), out)
-        set_current_run(out)
+        set_current_run(start_demo_pair(runs_root(), another=another))
     except UserError as e:
         st.session_state["_demo_refused"] = str(e)
 
@@ -50,16 +50,17 @@ def demo_buttons(shown: str | None) -> None:
     running = running_demo()
     if running is None:
         st.button("Start demo", type="primary", key="start_demo", on_click=start_demo,
-                  help="trains the demo preset on built-in glyphs (a few minutes on CPU)")
+                  help="trains the demo preset on built-in glyphs, DEML and its λ = 0 twin side by side "
+                       "(a few minutes on CPU)")
     elif running == shown:
-        st.button("Start another demo", key="start_another_demo", on_click=start_demo,
+        st.button("Start another demo", key="start_another_demo", on_click=start_demo, args=(True,),
                   help="a second demo run beside this one (the two share the CPU cores)")
     else:
         c1, c2 = st.columns(2)
         c1.button("Show the running demo", type="primary", key="start_demo", width="stretch",
                   on_click=set_current_run, args=(running,), help="a demo is training on this server: show it")
         c2.button("Start another demo", key="start_another_demo", width="stretch", on_click=start_demo,
-                  help="a second demo run beside the one training (the two share the CPU cores)")
+                  args=(True,), help="a second demo run beside the one training (the two share the CPU cores)")
     if refused := st.session_state.pop("_demo_refused", None):
         st.error(refused)
 

@@ -10,17 +10,20 @@ import streamlit as st
 from engine.data.images import MiB, size_text
 from engine.errors import UserError
 from engine.eval import checkpoints
-from engine.eval.twins import compare_held_out, find_twin
+from engine.eval.calibration import run_calibration
+from engine.eval.twins import compare_held_out, find_twin, partner_label
 from engine.services import adapt, catalog
+from engine.services.task_files import confined_task_spec, read_task_classes
 from engine.services.uploads import read_uploaded
 from engine.viz.charts import adaptation_curves, episode_view
+from ui import adapt_parts as parts
 from ui.common import current_run, presenter, set_current_run
 
 st.title("Adapt")
 current_run()  # checks the link's ?run= first: one outside the runs folder is dropped, with a notice at the top
 big_view = presenter()
 THUMB_PX = 84
-HELD_OUT, UPLOAD = "Held-out classes", "Upload your own"
+HELD_OUT, UPLOAD, FROM_DATA = "Held-out classes", "Upload your own", "Set from the Data page"
 TWIN_HOWTO = ("No λ = 0 twin beside this run. Train one with the same settings and λ = 0 to compare: on the "
               "Train page tick **Also train the λ = 0 twin**, or run `python -m engine train ... --lam 0 "
               "--out runs/NAME-lam0` with this run's other settings.")
@@ -49,6 +52,22 @@ def held_out(run_dir, stamp, twin_dir, twin_stamp, ways, shots, queries, episode
     return compare_held_out(run_dir, twin_dir, ways, shots, queries, episodes, seed=0, steps=steps)
 
 
+@st.cache_data(show_spinner="Calibrating the run's confidences on its validation tasks (once per checkpoint)…",
+               max_entries=32)
+def calibration(run_dir, stamp, steps):
+    """engine.eval.calibration.run_calibration (kept in the run folder too), or the reason there is none."""
+    try:
+        return run_calibration(run_dir, steps), None
+    except UserError as e:
+        return None, str(e)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def data_page_task(cfg, path, stamp) -> adapt.Task:
+    """The uploaded set the link's ?task= names, split into support (first half of each class) and queries."""
+    return adapt.prepare_upload(cfg, read_task_classes(path, split=True))
+
+
 # --- the run --------------------------------------------------------------------------------------
 runs = [r for r in catalog.list_runs() if r.adaptable]
 if not runs:
@@ -59,7 +78,8 @@ if not runs:
 paths = [r.path for r in runs]
 by_path = {r.path: r for r in runs}
 url = current_run()
-if url != st.session_state.get("adapt_url"):  # the URL names another run (a refresh, another page): follow it
+if url != st.session_state.get("adapt_url") or "adapt_run" not in st.session_state:  # the URL names another run
+    # (a refresh, another page), or the selector's value went with the page: follow the URL
     i = catalog.find(runs, url)
     if i is not None:
         st.session_state["adapt_run"] = paths[i]
@@ -83,25 +103,49 @@ try:
     twin = adapt.load_run(twin_dir) if twin_dir else None
 except UserError:
     twin_dir, twin = None, None
+twin_name = partner_label(twin[0].lam) if twin else ""
 st.caption(f"{summary.method} on `{cfg.dataset}` · trained {summary.steps_done}/{summary.steps_total} steps · "
            f"{cfg.image_size} px {'gray' if cfg.channels == 1 else 'RGB'} · inference on {device.type.upper()}"
-           + (f" · λ = 0 twin: `{os.path.basename(twin_dir)}`" if twin_dir else ""))
+           + (f" · {twin_name}: `{os.path.basename(twin_dir)}`" if twin_dir else ""))
 
-if st.session_state.get("adapt_defaults_for") != run_dir:  # a new run: its own task shape by default
-    st.session_state.update(adapt_ways=cfg.ways, adapt_shots=cfg.shots, adapt_queries=cfg.queries,
-                            adapt_steps=cfg.inner_steps, adapt_defaults_for=run_dir)
+# a new run starts from its own task shape; coming back from another page keeps what was chosen
+parts.restore_settings(run_dir, dict(adapt_ways=cfg.ways, adapt_shots=cfg.shots, adapt_queries=cfg.queries,
+                                     adapt_steps=cfg.inner_steps))
 for key, value in (("adapt_seed", 0), ("adapt_episodes", 100), ("adapt_n_classes", 2)):
     st.session_state.setdefault(key, value)
+task_spec, task_path = st.query_params.get("task") or st.session_state.get("adapt_task_spec"), None
+if task_spec:  # a link's ?task= (or the one this session followed: the sidebar's links drop it)
+    try:
+        task_path = confined_task_spec(task_spec)
+    except UserError as e:
+        st.error(str(e))
+    if task_path and st.session_state.get("adapt_task_spec") != task_spec:  # a new link: its set, pre-selected
+        st.session_state.update(adapt_source=FROM_DATA, adapt_task_spec=task_spec)
+    if task_path:
+        st.query_params["task"] = task_spec
+sources = [HELD_OUT, UPLOAD] + ([FROM_DATA] if task_path else [])
+if st.session_state.get("adapt_source") not in sources:
+    st.session_state["adapt_source"] = HELD_OUT
 steps = None
 if model.learner.adapts_by_steps:
     steps = int(st.number_input("Inner steps", min_value=0, max_value=50, key="adapt_steps",
                                 help="gradient steps the learner takes on the support set"))
 
 # --- the task -------------------------------------------------------------------------------------
-source = st.radio("Task", [HELD_OUT, UPLOAD], key="adapt_source", horizontal=True,
+source = st.radio("Task", sources, key="adapt_source", horizontal=True,
                   help="a task from classes the run never trained on, or your own images")
+parts.save_settings(run_dir)
+cal, cal_why = calibration(run_dir, checkpoints.checkpoint_stamp(run_dir), steps)
 task = None
-if source == HELD_OUT:
+compare_shape = (cfg.ways, cfg.shots, cfg.queries)
+if source == FROM_DATA:
+    st.caption(f"`{os.path.basename(task_path)}` from the Data page: the first half of each class's images (at most "
+               f"{adapt.LIMITS.max_support}) are its support set, the rest are asked as queries.")
+    try:
+        task = data_page_task(cfg, task_path, os.stat(task_path).st_mtime_ns)
+    except (UserError, OSError) as e:
+        st.error(str(e))
+elif source == HELD_OUT:
     cols = st.columns([1, 1, 1, 1, 1])
     ways = int(cols[0].number_input("Ways (N)", min_value=2, max_value=50, key="adapt_ways"))
     shots = int(cols[1].number_input("Shots (K)", min_value=1, max_value=50, key="adapt_shots"))
@@ -118,6 +162,7 @@ if source == HELD_OUT:
     except UserError as e:
         st.error(str(e))
     compare_shape = (ways, shots, queries)
+    parts.save_settings(run_dir)
 else:
     lim = adapt.LIMITS
     st.caption(f"**Limits:** {adapt.limits_text()}. Images are prepared like the run's training data "
@@ -184,12 +229,13 @@ else:
     else:
         st.caption("Give each class a name and its support images, add query images, then press "
                    "**Adapt to these images**.")
-    compare_shape = (cfg.ways, cfg.shots, cfg.queries)
+    parts.save_settings(run_dir)
 
 # --- the task's answers ---------------------------------------------------------------------------
 if task is not None:
-    result = adapt.classify(model, task, device, steps)
-    twin_result = adapt.classify(twin[1], task, twin[2], steps) if twin else None
+    result = adapt.classify(model, task, device, steps, cal)
+    twin_cal = calibration(twin_dir, checkpoints.checkpoint_stamp(twin_dir), steps)[0] if twin else None
+    twin_result = adapt.classify(twin[1], task, twin[2], steps, twin_cal) if twin else None
     st.subheader("Support set")
     if task.inverted:
         st.caption("These images were flipped to bright ink on a dark background, as the run's training data was "
@@ -208,30 +254,35 @@ if task is not None:
     if result["accuracy"] is not None:
         right_n = int(result["correct"].sum())
         line = f"**{right_n}/{result['labelled']} labelled queries answered right ({result['accuracy']:.0%})**"
+        if (n_unknown := int((result["unknown"] & known).sum())):
+            line += f" ({n_unknown} of them answered \"{parts.NONE_OF_THESE}\", which counts as not right)"
         if twin_result is not None:
-            line += (f" · its λ = 0 twin: {int(twin_result['correct'].sum())}/{twin_result['labelled']} "
+            line += (f" · {twin_name}: {int(twin_result['correct'].sum())}/{twin_result['labelled']} "
                      f"({twin_result['accuracy']:.0%}) on the same task")
         st.markdown(line)
+    parts.trust_note(cal, cal_why)
     short = short_names(names)
     captions = []
     for i in range(len(task.query)):
-        p = int(result["pred"][i])
-        cap = f"{short[p]} · {result['confidence'][i]:.0%}"
+        cap = parts.answer_text(result, short, i)
         if known[i]:
             cap += " ✓" if result["correct"][i] else f" ✗ (is {short[task.query_labels[i]]})"
         captions.append(cap)
     st.image([thumb(q) for q in task.query], caption=captions, width=THUMB_PX)
     rows = []
     for i in range(len(task.query)):
-        row = {"query": task.query_names[i], "answer": names[int(result["pred"][i])],
-               "confidence": f"{result['confidence'][i]:.0%}",
+        row = {"query": task.query_names[i],
+               "answer": parts.NONE_OF_THESE if result["unknown"][i] else names[int(result["pred"][i])],
+               "closest class": names[int(result["pred"][i])], "confidence": f"{result['confidence'][i]:.0%}",
                "true class": names[task.query_labels[i]] if known[i] else "",
                "right": ("yes" if result["correct"][i] else "no") if known[i] else ""}
         if twin_result is not None:
-            row["λ = 0 twin answers"] = f"{names[int(twin_result['pred'][i])]} · {twin_result['confidence'][i]:.0%}"
+            row[f"{twin_name.removeprefix('its ')} answers"] = parts.answer_text(twin_result, names, i)
         rows.append(row)
     if not big_view:
         st.dataframe(rows, hide_index=True, key="adapt_answers")
+        parts.download_button(model, task, device, steps, cal, os.path.basename(run_dir))
+        parts.webcam(model, task, device, steps, cal)
 
     st.subheader("The task in concept space")
     detail = adapt.task_detail(model, task, device, steps)

@@ -1,4 +1,4 @@
-"""python -m engine {train, evaluate, curve, inspect, report, bench}.
+"""python -m engine {train, evaluate, curve, select, inspect, report, bench}.
 
 Progress goes to stderr; the last stdout line is one JSON object others can script against.
 Bad input exits with status 2 and one stderr line starting with "error:".
@@ -55,11 +55,12 @@ def _add_train(sub):
             p.add_argument(flag, type=kind, default=None, metavar=f.name.upper())
 
 
-def _add_eval_args(p, what: str):
+def _add_eval_args(p, what: str, classes: str = "test"):
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--dataset", metavar="SPEC", help="another dataset, prepared like the run's training data")
-    p.add_argument("--classes", choices=["test", "all"], default="test",
-                   help="test: the held-out meta-test classes; all: every class of the dataset")
+    p.add_argument("--classes", choices=["val", "test", "all"], default=classes,
+                   help=f"val: the meta-validation classes (where choices are made); test: the held-out meta-test "
+                   f"classes (score once, for a reported number); all: every class of the dataset (default {classes})")
     p.add_argument("--ways", type=int)
     p.add_argument("--shots", type=int)
     p.add_argument("--queries", type=int)
@@ -103,7 +104,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_args(sub.add_parser("evaluate", help="accuracy with a 95%% CI over many episodes"),
                    "inner steps for gradient learners (default: the run's)")
     _add_eval_args(sub.add_parser("curve", help="adaptation curve: accuracy after 0..S inner steps, or vs shots"),
-                   "largest number of inner steps on the curve (default 10)")
+                   "largest number of inner steps on the curve (default 10)", classes="val")
+    sel = sub.add_parser("select", help="choose test-time inner steps and step size, and among runs, on "
+                         "meta-validation classes")
+    sel.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="one run, or several to choose among (e.g. λ values)")
+    sel.add_argument("--steps", type=int, default=25, help="inner steps tried: 0..STEPS (default 25)")
+    sel.add_argument("--inner-lrs", metavar="A,B,...", help="test-time inner step sizes tried "
+                     "(default 0.02,0.05,0.1,0.2,0.5; Meta-SGD keeps its learned ones)")
+    sel.add_argument("--episodes", type=int, default=300, help="meta-validation episodes (default 300)")
+    sel.add_argument("--test-episodes", type=int, default=0,
+                     help="then score the chosen setting once on this many meta-test episodes (default 0: not)")
+    for flag in ("--ways", "--shots", "--queries"):
+        sel.add_argument(flag, type=int)
+    sel.add_argument("--seed", type=int, default=0)
+    sel.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     rep = sub.add_parser("report", help="a self-contained HTML report of a run, to open offline or send")
     rep.add_argument("run_dir", metavar="RUN_DIR")
     rep.add_argument("-o", "--out", required=True, metavar="FILE.html")
@@ -115,7 +129,17 @@ def build_parser() -> argparse.ArgumentParser:
     ins = sub.add_parser("inspect", help="summarise a dataset and the problems found in it")
     ins.add_argument("spec", metavar="SPEC")
     ins.add_argument("--image-size", type=int)
+    _add_export(sub)
     return parser
+
+
+def _add_export(sub):
+    exp = sub.add_parser("export", help="one TorchScript file: the run's generator and preprocessing and a support set")
+    exp.add_argument("run_dir", metavar="RUN_DIR")
+    exp.add_argument("--support", required=True, metavar="DIR_OR_ZIP",
+                     help="a folder or .zip of class folders; each folder's name is a class (its first 5 images are used)")
+    exp.add_argument("-o", "--out", required=True, metavar="FILE.pt")
+    exp.add_argument("--steps", type=int, help="inner steps for gradient learners (default: the run's)")
 
 
 # --- train ------------------------------------------------------------------------------------
@@ -217,6 +241,25 @@ def cmd_curve(args) -> dict:
     return _evaluation(args, "curve")
 
 
+def cmd_select(args) -> dict:
+    from engine.eval.select import select
+
+    try:
+        lrs = [float(v) for v in args.inner_lrs.split(",") if v.strip()] if args.inner_lrs else None
+    except ValueError:
+        raise UserError(f"--inner-lrs takes comma-separated numbers, like 0.05,0.1,0.2 (got {args.inner_lrs!r})") from None
+    result = select(args.run_dirs, steps=args.steps, inner_lrs=lrs, episodes=args.episodes, seed=args.seed,
+                    ways=args.ways, shots=args.shots, queries=args.queries, device=args.device,
+                    test_episodes=args.test_episodes, progress=lambda msg: print(msg, file=sys.stderr, flush=True))
+    c = result["chosen"]
+    print(f"chosen on {result['split']} ({result['candidates']} candidates): {c['run_dir']}"
+          + (f", inner step size {c['inner_lr']}, {c['steps']} steps" if c["steps"] is not None else "")
+          + f": {100 * c['accuracy']:.2f} ± {100 * c['ci95']:.2f} (meta-validation)"
+          + (f"; meta-test once: {100 * result['test']['accuracy']:.2f} ± {100 * result['test']['ci95']:.2f}"
+             if "test" in result else ""), file=sys.stderr)
+    return result
+
+
 # --- inspect ----------------------------------------------------------------------------------
 def cmd_inspect(args) -> dict:
     from engine.data import Preprocess, load_imageset
@@ -257,8 +300,25 @@ def cmd_bench(args) -> dict | None:
     return BENCHMARKS[args.benchmark].run(args)  # None: it printed something other than JSON (summary)
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "curve": cmd_curve, "inspect": cmd_inspect,
-            "bench": cmd_bench, "report": cmd_report}
+def cmd_export(args) -> dict:
+    from engine.eval.export import export_run
+
+    if not args.out.endswith(".pt"):
+        raise UserError(f"the export is a TorchScript file: give -o a name ending in .pt (got {args.out})")
+    if args.steps is not None and args.steps < 0:
+        raise UserError(f"--steps must be 0 or more (got {args.steps})")
+    made = export_run(args.run_dir, args.support, args.out, args.steps)
+    for line in made.problems:
+        print(f"warning: {line}", file=sys.stderr)
+    return {"out": args.out, "classes": made.classes, "holds": made.kind, "temperature": made.temperature,
+            "unknown_below": made.unknown_below, "bytes": len(made.data),
+            "ece_before": made.calibration.ece_before if made.calibration else None,
+            "ece_after": made.calibration.ece_after if made.calibration else None}
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "curve": cmd_curve, "select": cmd_select,
+            "inspect": cmd_inspect,
+            "bench": cmd_bench, "report": cmd_report, "export": cmd_export}
 
 
 def _strict_json(value):

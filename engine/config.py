@@ -81,7 +81,9 @@ class TrainConfig:
     # meta-learner
     learner: str = "protonet"
     inner_steps: int = 5
-    inner_lr: float = 0.5
+    # gradient learners' inner step size: the inner loss sums over classes, so a class row moves by
+    # this step at any number of ways (the old 0.5 over a mean loss was 0.1 per row at 5 ways)
+    inner_lr: float = 0.1
     first_order: bool = False
     head_hidden: int = 0
     batched: bool = True

@@ -95,6 +95,8 @@ class ValRecord(TypedDict, total=False):
     val_ci95: float  # its 95% confidence half-width
     episodes: int  # how many episodes
     seconds: float  # training time so far
+    val_per_episode: list[float]  # each episode's accuracy, in the fixed episodes' order (runs since the
+    # paired headline, engine.eval.headline; older records lack it)
 
 
 class AdaptationRecord(TypedDict, total=False):

@@ -6,6 +6,7 @@ from streamlit.testing.v1 import AppTest
 
 from engine import config
 from engine.config import REPO
+from engine.eval.twins import twin_dir_for
 from engine.services.training import is_demo_dir
 from engine.train.job import REGISTRY
 from ui.common import RUN_KEY
@@ -36,13 +37,16 @@ def test_start_demo_trains_and_shows_live_view(app, tmp_path):
     run_dir = app.query_params["run"]
     assert run_dir.startswith("runs/") and run_dir.endswith("-demo")
     running = REGISTRY.get(run_dir)  # jobs live in the process-wide registry, not the session
-    assert running is not None
-    assert running.join(60), "the demo job did not finish"
-    assert running.state == "finished", running.error
+    twin = REGISTRY.get(twin_dir_for(run_dir))  # Start demo trains its λ = 0 twin beside it
+    assert running is not None and twin is not None
+    assert running.join(60) and twin.join(60), "the demo jobs did not finish"
+    assert running.state == twin.state == "finished", (running.error, twin.error)
     app.run()  # AppTest does not fire run_every by itself: rerun after the job ends
     assert not app.exception
     charts = app.get("plotly_chart")
-    assert len(charts) == 3  # the concept map, training curves and adaptation curves
+    # the DEML map and the λ = 0 twin's beside it, the training curves and the adaptation curves
+    assert [c.key for c in charts] == ["live_map", "live_twin_map", "live_curves", "live_adaptation"]
+    assert any(m.value.startswith("**DEML vs vanilla:") for m in app.markdown)  # the paired headline
     assert (tmp_path / run_dir / "metrics.jsonl").is_file()
     assert any("step 8/8" in p.proto.text for p in app.get("progress"))
 
@@ -107,10 +111,12 @@ def test_start_demo_twice_is_one_demo(app):
         assert app.query_params["run"] == first
         demos = [j.run_dir for j in REGISTRY.active() if is_demo_dir(j.run_dir)]
         assert demos == [first]
+        assert sorted(j.run_dir for j in REGISTRY.active()) == [first, twin_dir_for(first)]  # one pair
     finally:
-        job.stop()
-        job.resume()
-        job.join(60)
+        for j in (job, REGISTRY.get(twin_dir_for(first))):
+            j.stop()
+            j.resume()
+            j.join(60)
 
 
 def test_presenter_from_url(app, tmp_path, monkeypatch):

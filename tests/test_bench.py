@@ -34,7 +34,7 @@ def test_every_benchmark_runs_its_smoke_form(name, request):
     code, out, err = bench(name, "--smoke")
     assert code == 0, err
     if name == "summary":  # markdown tables, not JSON: two omniglot runs, and a deml study merged with its extension
-        omniglot, deml = out.strip().split("\n\n")
+        omniglot, deml = out.strip().split("\n\n")[:2]  # then the notes under the deml table
         assert omniglot.startswith("| learner | λ | training | 5w1s") and len(omniglot.splitlines()) == 4
         assert [line.split(" | ")[0] for line in deml.splitlines()[2:]] == ["| deml", "| vanilla", "| deml-lam10"]
     else:
@@ -141,8 +141,12 @@ def test_deml_benchmark_smoke():
     from engine.bench.deml import deml_benchmark
 
     result = deml_benchmark(train_alphabets=2, steps=2, seeds=(0, 1), sweep=(0.5,), cross_domain="digits",
-                            episodes=3, dataset=DEML_DATA, queries=2, overrides=TINY_MODEL, log=io.StringIO())
-    assert set(result["runs"]) == {"deml", "vanilla", "pooled", "deml-digits", "deml-lam0.5"}
+                            episodes=3, val_episodes=3, dataset=DEML_DATA, queries=2, overrides=TINY_MODEL,
+                            log=io.StringIO())
+    assert set(result["runs"]) == {"deml", "vanilla", "pooled", "deml-eps", "deml-digits", "deml-lam0.5"}
+    assert [r["lam"] for r in result["runs"]["deml-eps"]] == [1e-9, 1e-9]
+    assert all(set(r["val_equal_steps"]) == {"5w1s", "20w1s"} for rows in result["runs"].values() for r in rows)
+    assert result["selection"]["5w1s"]["chosen_on"] == "meta-validation"
     assert len(result["train_alphabets"]) == 2 and not set(result["train_alphabets"]) & set(result["test_alphabets"])
     for name, rows in result["runs"].items():
         assert [r["seed"] for r in rows] == [0, 1] and all(r["steps"] == 2 for r in rows)
@@ -156,12 +160,40 @@ def test_deml_benchmark_smoke():
     assert summary["pooled"]["20w1s"]["gain_equal_time"][0] == pytest.approx(expected)
 
 
-def test_seed_interval_uses_student_t():
-    from engine.bench.deml import mean_ci95_seeds
+def test_lambda_is_chosen_on_validation_and_reported_with_its_test_number():
+    from engine.bench.deml import choose_lambda, summarise
+    from engine.bench.summary import deml_table
 
-    mean, ci = mean_ci95_seeds([0.90, 0.92, 0.94])
-    assert mean == pytest.approx(0.92) and ci == pytest.approx(4.303 * 0.02 / np.sqrt(3))
-    assert np.isnan(mean_ci95_seeds([0.5])[1])
+    def rows(lam, test, val):
+        return [{"seed": s, "lam": lam, "equal_steps": {"5w1s": test + s / 100}, "equal_time": {"5w1s": test + s / 100},
+                 "val_equal_steps": {"5w1s": val}} for s in range(5)]
+
+    # the best on test (lam 10) is not the best on validation (lam 3): validation decides
+    runs = {"vanilla": rows(0.0, 0.70, 0.60), "deml-eps": rows(1e-9, 0.70, 0.60), "deml": rows(1.0, 0.75, 0.65),
+            "deml-lam3": rows(3.0, 0.78, 0.70), "deml-lam10": rows(10.0, 0.80, 0.69), "pooled": rows(0.0, 0.9, 0.9)}
+    chosen = choose_lambda(runs)["5w1s"]
+    assert chosen["variant"] == "deml-lam3" and chosen["lam"] == 3.0 and chosen["chosen_on"] == "meta-validation"
+    assert chosen["compared"] == 5  # pooled is another kind of control, not a lambda
+    assert chosen["test"]["split"] == "meta-test" and chosen["test"]["equal_steps"][0] == pytest.approx(0.80)
+    summary = summarise(runs)
+    assert summary["deml"]["5w1s"]["split"] == "meta-test"
+    assert summary["deml"]["5w1s"]["validation"]["split"] == "meta-validation"
+    table = deml_table({"summary": summary, "runs": runs, "seeds": list(range(5))})
+    assert "5w1s test, equal steps" in table and "5w1s val, equal steps" in table
+    assert "chosen on meta-validation among 5 variants: deml-lam3" in table and "4 degrees of freedom" in table
+
+
+def test_intervals_use_the_student_t_quantile_of_their_degrees_of_freedom():
+    from engine.eval.evaluate import mean_ci95, t95
+
+    # published two-sided 95% quantiles; at 10 and 30 df too (an old table fell back to 1.96 there)
+    for df, t in ((1, 12.706), (2, 4.303), (4, 2.776), (9, 2.262), (10, 2.228), (30, 2.042), (599, 1.964)):
+        assert t95(df) == pytest.approx(t, abs=1e-3), df
+    mean, ci = mean_ci95([0.90, 0.92, 0.94])
+    assert mean == pytest.approx(0.92) and ci == pytest.approx(4.303 * 0.02 / np.sqrt(3), rel=1e-3)
+    eleven = np.linspace(0.8, 0.9, 11)
+    assert mean_ci95(eleven)[1] == pytest.approx(2.228 * eleven.std(ddof=1) / np.sqrt(11), rel=1e-3)
+    assert np.isnan(mean_ci95([0.5])[1])
 
 
 def test_cost_benchmark_smoke():

@@ -1,4 +1,4 @@
-"""Presenter (kiosk) view in a real Chromium at 1366x768: no sidebar, no Streamlit toolbar or Deploy
+"""Presenter (kiosk) view in a real Chromium at 1366x768 and 1920x1080: both concept maps (DEML and its λ = 0 twin), the paired headline, no sidebar, no Streamlit toolbar or Deploy
 button, the run's name as the headline, and the concept map and the curves on screen without
 scrolling. Screenshots go to CONCEPTSCAPE_SHOTS (default: the test's temporary folder) for a person."""
 from __future__ import annotations
@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from engine.config import preset
+from engine.eval.twins import twin_dir_for
 from engine.train.launch import start_run
 from tests.test_browser import browser, server, settle  # noqa: F401 (fixtures)
 
@@ -24,37 +25,58 @@ BOX = """sel => { const e = document.querySelector(sel); if (!e) return null;
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-    """The server's runs folder, holding one finished tiny demo run (named as Start demo names them)."""
+    """The server's runs folder, holding one finished tiny demo run and its λ = 0 twin (named as
+    Start demo names them)."""
     root = tmp_path_factory.mktemp("app")
-    trainer, run = start_run(preset("demo").with_overrides(**TINY_DEMO), str(root / "runs" / "20260101-120000-demo"))
-    trainer.run(run)
+    cfg = preset("demo").with_overrides(**TINY_DEMO)
+    out = str(root / "runs" / "20260101-120000-demo")
+    for c, d in ((cfg, out), (cfg.with_overrides(lam=0.0), twin_dir_for(out))):
+        trainer, run = start_run(c, d)
+        trainer.run(run)
     return root
 
 
-def test_presenter_view_fits_a_1366x768_screen(browser, server, workdir, tmp_path):  # noqa: F811
+def _in_viewport(page, selector: str, width: int, height: int) -> dict:
+    box = page.evaluate(BOX, selector)
+    assert box is not None and box["visible"], f"{selector} is not shown"
+    assert box["top"] >= 0 and box["left"] >= 0 and box["bottom"] <= height and box["right"] <= width, (selector, box)
+    return box
+
+
+@pytest.mark.parametrize("width,height", [(1366, 768), (1920, 1080)])
+def test_presenter_view_fits_the_screen(browser, server, workdir, tmp_path, width, height):  # noqa: F811
+    """Both concept maps (DEML and its λ = 0 twin), the curves and the paired headline on one screen."""
     shots = Path(os.environ.get("CONCEPTSCAPE_SHOTS", tmp_path))
     shots.mkdir(parents=True, exist_ok=True)
     run = str(workdir / "runs" / "20260101-120000-demo")
-    context = browser.new_context(viewport={"width": 1366, "height": 768})
+    context = browser.new_context(viewport={"width": width, "height": height})
     page = context.new_page()
     page.set_default_timeout(60_000)
     try:
         page.goto(f"{server}/?run={urllib.parse.quote(run)}&presenter=1")
         settle(page)
-        page.wait_for_selector(".st-key-live_map .main-svg")
-        page.wait_for_selector(".st-key-live_curves .main-svg")
+        for chart in ("live_map", "live_twin_map", "live_curves"):
+            page.wait_for_selector(f".st-key-{chart} .main-svg")
         settle(page)
-        page.screenshot(path=str(shots / "presenter-1366x768.png"))
+        page.screenshot(path=str(shots / f"presenter-{width}x{height}.png"))
         assert page.get_by_text("Demo · Prototypical networks DEML (λ = 1) · step 8/8").is_visible()
+        assert page.title() == "Demo · Conceptscape"  # the tab names the run
+        headline = page.get_by_text("DEML vs vanilla:").first
+        assert headline.is_visible() and "validation accuracy, 8 episodes, paired" in headline.inner_text()
+        hb = headline.bounding_box()
+        assert hb["y"] >= 0 and hb["y"] + hb["height"] <= height
         for chrome in ("stToolbar", "stAppDeployButton", "stMainMenu", "stStatusWidget", "stDecoration"):
             box = page.evaluate(BOX, f'[data-testid="{chrome}"]')
             assert box is None or not box["visible"], f"{chrome} is shown in presenter view"
         sidebar = page.evaluate(BOX, '[data-testid="stSidebar"]')
         assert sidebar is None or not sidebar["visible"] or sidebar["right"] <= 0, "the sidebar is open"
         assert page.get_by_role("button", name="Start demo").count() == 0
-        for chart in ("live_map", "live_curves"):
-            box = page.evaluate(BOX, f".st-key-{chart} .main-svg")
-            assert box["top"] >= 0 and box["left"] >= 0 and box["bottom"] <= 768 and box["right"] <= 1366, (chart, box)
+        maps = [_in_viewport(page, f".st-key-{c} .main-svg", width, height) for c in ("live_map", "live_twin_map")]
+        assert maps[0]["right"] <= maps[1]["left"]  # side by side, the DEML map first
+        _in_viewport(page, ".st-key-live_curves .main-svg", width, height)
+        titles = page.evaluate("() => Array.from(document.querySelectorAll('.st-key-live_twin_map .gtitle'))"
+                               ".map(e => e.textContent)")
+        assert titles and titles[0].startswith("vanilla (λ = 0) · step 8")
 
         # the same page without presenter view: the sidebar and the controls are back
         page.goto(f"{server}/?run={urllib.parse.quote(run)}")
@@ -62,6 +84,6 @@ def test_presenter_view_fits_a_1366x768_screen(browser, server, workdir, tmp_pat
         page.wait_for_selector(".st-key-live_map .main-svg")
         assert page.evaluate(BOX, '[data-testid="stSidebar"]')["right"] > 0
         assert page.get_by_role("button", name="Stop", exact=True).count() >= 1
-        page.screenshot(path=str(shots / "home-run-1366x768.png"))
+        page.screenshot(path=str(shots / f"home-run-{width}x{height}.png"))
     finally:
         context.close()

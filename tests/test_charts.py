@@ -259,6 +259,16 @@ def test_map_legend_one_entry_per_split_with_its_shape(probe, xy):
     assert all("%{customdata[1]}" in t.hovertemplate for t in points(fig))
 
 
+def test_region_key_adds_height_instead_of_squeezing_the_plot(probe, xy):
+    """The map with D's key is taller by the key's rows (a header and 3 classes: 2 rows of 2), so its
+    plot keeps the size the map has without regions (it was a wide short strip)."""
+    from engine.viz.charts.concept_map import KEY_COLUMNS, KEY_ROW_PX
+    plain = concept_map(xy, probe, make_snapshot(probe), height=500)
+    shaded = concept_map(xy, probe, make_snapshot(probe), regions=make_regions(), height=500)
+    assert plain.layout.height == 500
+    assert shaded.layout.height == 500 + KEY_ROW_PX * -(-4 // KEY_COLUMNS)
+
+
 def test_regions_only_for_the_probes_external_classes_with_a_key(probe, xy):
     regions = make_regions()  # D knows 5 classes (0..4); the probe shows 1, 2 and 3
     fig = concept_map(xy, probe, make_snapshot(probe), regions=regions)

@@ -89,9 +89,16 @@ def test_every_learner_has_an_adaptation_curve(learner):
     assert len(curve["accuracy"]) == len(curve["loss"]) == len(curve["accuracy_ci95"]) == len(expected)
     assert all(0.0 <= a <= 1.0 for a in curve["accuracy"])
     if curve["axis"] == "steps":
-        # before any inner step every class scores the same: the loss is exactly chance's. (Not the
-        # accuracy: which of five logits equal up to the last bit the argmax picks is rounding.)
-        assert curve["loss"][0] == pytest.approx(np.log(5), rel=1e-6)
+        # before any inner step the head is the prototype classifier of the support: ProtoNet's loss
+        # and accuracy on the same episodes with all 3 shots
+        from engine.learners import LearnerConfig, build_learner
+
+        model, own = trainer.model, trainer.model.learner
+        model.learner = build_learner("protonet", trainer.cfg.concept_dim, LearnerConfig())
+        proto = adaptation_curve(model, sampler, 6, 0, trainer.device, max_steps=3)
+        model.learner = own
+        assert curve["loss"][0] == pytest.approx(proto["loss"][-1], rel=1e-5)
+        assert curve["accuracy"][0] == pytest.approx(proto["accuracy"][-1])
 
 
 def test_matching_networks_are_drawn_without_prototypes():

@@ -88,9 +88,10 @@ def test_discriminator(hidden):
 
 def test_deml_model_parts_and_concepts():
     torch.manual_seed(0)
-    cfg = TrainConfig(concept_dim=8, width=8, learner="maml", inner_steps=1, norm="group")
+    # Meta-SGD: its learned step sizes are learner parameters (MAML's linear head has none of its own)
+    cfg = TrainConfig(concept_dim=8, width=8, learner="metasgd", inner_steps=1, norm="group")
     model = DEMLModel(cfg, channels=1, external_classes=6)
-    assert model.discriminator is not None and model.learner.name == "maml" and model.external_classes == 6
+    assert model.discriminator is not None and model.learner.name == "metasgd" and model.external_classes == 6
     assert {n.split(".")[0] for n, _ in model.named_parameters()} == {"generator", "discriminator", "learner"}
     x = torch.rand(7, 1, 28, 28)
     z = model.concepts(x, chunk=3)  # chunked, without gradients

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pytest
+import streamlit as st
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
@@ -102,3 +104,101 @@ def test_adapt_to_uploaded_images_names_a_bad_file(page, built):
     assert set(answers["answer"]) <= {"wave", "hook"} and answers["right"].iloc[-1] == ""
     page.text_input(key="adapt_class_name_0").set_value("ripple").run()  # changed inputs: results hidden
     assert any("changed" in i.value for i in page.info) and "adapt_episode" not in chart_keys(page)
+
+
+def test_twin_label_names_what_the_partner_is_whichever_is_selected(page, built):
+    labels = {}
+    for selected in ("deml", "deml-lam0"):
+        at = AppTest.from_file(PAGE, default_timeout=60)
+        at.session_state["adapt_episodes"] = 20
+        at.query_params["run"] = str(built / selected)
+        at.run()
+        assert not at.exception, at.exception
+        labels[selected] = at.caption[0].value
+    assert "its λ = 0 twin: `deml-lam0`" in labels["deml"]
+    assert "its DEML twin (λ = 1): `deml`" in labels["deml-lam0"] and "λ = 0 twin" not in labels["deml-lam0"]
+    columns = list(at.dataframe[0].value.columns)  # the answers table, with the lambda = 0 run selected
+    assert "DEML twin (λ = 1) answers" in columns and not any("λ = 0 twin" in c for c in columns)
+
+
+def test_task_shape_survives_a_visit_to_another_page(built, monkeypatch):
+    monkeypatch.setenv("CONCEPTSCAPE_RUNS", str(built))
+    app = AppTest.from_file(str(REPO / "app.py"), default_timeout=90)
+    app.session_state["adapt_episodes"] = 20
+    app.query_params["run"] = str(built / "deml")
+    app.switch_page("app_pages/3_Adapt.py").run()
+    assert not app.exception, app.exception
+    app.number_input(key="adapt_ways").set_value(3)
+    app.number_input(key="adapt_shots").set_value(2)
+    app.number_input(key="adapt_queries").set_value(2).run()
+    app.number_input(key="adapt_seed").set_value(4).run()
+    app.switch_page("app_pages/4_Runs.py").run()
+    assert not app.exception
+    assert "adapt_ways" not in app.session_state  # Streamlit dropped the widget's value with the page
+    app.switch_page("app_pages/3_Adapt.py").run()
+    assert not app.exception, app.exception
+    got = [app.number_input(key=k).value for k in ("adapt_ways", "adapt_shots", "adapt_queries", "adapt_seed")]
+    assert got == [3, 2, 2, 4]
+    assert len(app.image[:-1]) == 3 and len(app.image[-1].value) == 3 * 2  # the task drawn with them
+
+
+def test_a_data_page_set_in_the_link_is_the_task_and_unknowns_are_said(page, built, tmp_path, monkeypatch):
+    uploads = tmp_path / "uploads"
+    monkeypatch.setenv("CONCEPTSCAPE_UPLOADS", str(uploads))
+    cfg, _, _ = checkpoints.load_model(str(built / "deml"))
+    task = adapt.sample_task(cfg, 3, 2, 2, seed=1)
+    for c, name in enumerate(["ka", "ga", "na"]):
+        (uploads / "set" / name).mkdir(parents=True)
+        for i, im in enumerate([*task.support_of(c), *task.query[task.query_labels == c]]):
+            (uploads / "set" / name / f"{i}.png").write_bytes(adapt.image_bytes(im))
+    page.query_params["task"] = str(uploads / "set")
+    page.query_params["run"] = str(built / "deml")
+    page.run()
+    assert not page.exception, page.exception
+    assert page.radio(key="adapt_source").value == "Set from the Data page"
+    assert {"**ka**", "**ga**", "**na**"} <= {m.value for m in page.markdown}
+    assert len(page.image[-1].value) == 3 * 2  # half of each class asked as queries
+    page.query_params.pop("task")  # what the sidebar's links do: the session still has the set
+    page.run()
+    assert page.radio(key="adapt_source").value == "Set from the Data page" and page.query_params["task"]
+    text = " ".join(c.value for c in page.caption)
+    assert "Calibrated on" in text and "expected calibration error" in text and "none of these" in text.lower()
+    # a threshold above every score in the run's calibration.json: every answer is "none of these"
+    saved = json.loads((built / "deml" / "calibration.json").read_text())
+    saved["entries"]["-"]["unknown_below"] = 1e9
+    (built / "deml" / "calibration.json").write_text(json.dumps(saved))
+    st.cache_data.clear()
+    again = AppTest.from_file(PAGE, default_timeout=60)
+    again.session_state["adapt_episodes"] = 20
+    again.query_params.update(task="set", run=str(built / "deml"))
+    again.run()
+    assert not again.exception, again.exception
+    assert all(c.startswith("none of these (closest: ") for c in again.image[-1].captions)
+    assert set(again.dataframe[0].value["answer"]) == {"none of these"}
+    assert again.get("download_button")
+
+
+def test_a_task_link_outside_the_uploads_folder_is_refused(page, built, tmp_path, monkeypatch):
+    monkeypatch.setenv("CONCEPTSCAPE_UPLOADS", str(tmp_path / "uploads"))
+    (tmp_path / "uploads").mkdir()
+    page.query_params["task"] = str(built)
+    page.run()
+    assert not page.exception
+    assert any("not a set under the uploads folder" in e.value for e in page.error)
+    assert page.radio(key="adapt_source").value == "Held-out classes"
+
+
+def test_webcam_shot_is_classified_against_the_support_set(page, built):
+    page.run()
+    page.toggle(key="adapt_webcam_on").set_value(True).run()
+    assert not page.exception
+    assert any("camera" in c.value and "permission" in c.value for c in page.caption)  # why it may be unavailable
+    cfg, _, _ = checkpoints.load_model(str(built / "deml"))
+    held = adapt.sample_task(cfg, 5, 1, 4, seed=0)  # the page's task (seed 0, the run's shape)
+    photo = io.BytesIO()
+    Image.fromarray(np.repeat(255 - held.support[0], 3, axis=2)).save(photo, format="JPEG")  # a support image, on paper
+    page.camera_input(key="adapt_webcam").set_value(("shot.jpg", photo.getvalue(), "image/jpeg")).run()
+    assert not page.exception, page.exception
+    bars = page.get("progress")
+    assert len(bars) == 5 and all(":" in b.proto.text and "%" in b.proto.text for b in bars)
+    assert any(m.value.startswith("**") and ("·" in m.value or "none of these" in m.value) for m in page.markdown)

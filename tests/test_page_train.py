@@ -14,7 +14,7 @@ from engine.config import REPO
 from engine.eval.twins import find_twin, twin_dir_for
 from engine.train.job import REGISTRY
 from engine.viz import project
-from ui import live
+from ui import live, live_maps
 
 TINY_DEMO = dict(dataset="glyphs:classes=60,drawings=8,seed=1", steps=8, width=8, meta_batch=2, ext_batch=8,
                  val_every=4, val_episodes=8, snapshot_every=4, checkpoint_every=8, probe_classes=4,
@@ -118,7 +118,7 @@ def test_finished_short_run_shows_map_curves_and_replay(page):
 
 
 def test_play_steps_the_replay_through_the_snapshots(page, monkeypatch):
-    monkeypatch.setattr(live, "PLAY_S", 1.0)
+    monkeypatch.setattr(live_maps, "PLAY_S", 1.0)
     page.run()
     job = REGISTRY.get(start(page))
     assert job.join(60) and job.state == "finished", job.error
@@ -163,10 +163,15 @@ def test_twin_trains_beside_the_run_and_pairs(page):
     assert json.loads((Path(twin) / "config.json").read_text())["config"]["lam"] == 0
     page.run()
     assert not page.exception
-    curves = list(specs(page).values())[1]
+    charts = {c.key: json.loads(c.proto.spec) for c in page.get("plotly_chart")}
+    assert list(charts)[:3] == ["live_map", "live_twin_map", "live_curves"]  # the twin's map beside the run's
+    assert charts["live_twin_map"]["layout"]["title"]["text"].startswith("<b>vanilla (λ = 0) · step")
+    curves = charts["live_curves"]
     assert any("λ = 0" in (t.get("name") or "") for t in curves["data"])  # the twin, dashed beside it
     assert any("λ = 0 twin: finished" in p.proto.text for p in page.get("progress"))
     page.query_params["run"] = twin  # the twin's own view: the DEML run is drawn solid beside it
     page.run()
     assert not page.exception
-    assert "λ = 0 run dashed" in list(specs(page).values())[1]["layout"]["title"]["text"]
+    charts = {c.key: json.loads(c.proto.spec) for c in page.get("plotly_chart")}
+    assert "λ = 0 run dashed" in charts["live_curves"]["layout"]["title"]["text"]
+    assert charts["live_twin_map"]["layout"]["title"]["text"].startswith("<b>its DEML run · step")

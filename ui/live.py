@@ -21,50 +21,41 @@ Stable keys (browser tests and zoom that survives refreshes use them; `key` defa
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
-import numpy as np
 import streamlit as st
 
 from engine.errors import UserError
+from engine.eval.headline import paired_headline
 from engine.learners import LEARNERS
 from engine.records import ACTIVE, PAUSABLE, RunState, adaptation_records
 from engine.runs import RunDir
 from engine.services.training import is_active, is_demo_dir, pause_runs, resume_runs, stop_runs
 from engine.viz import project
-from engine.viz.charts import (
-    concept_map,
-    live_adaptation_curves,
-    nearest_neighbours,
-    thumbnail_grid,
-    training_curves,
-)
-from engine.viz.live import LiveMap, selected_rows
+from engine.viz.charts import live_adaptation_curves, training_curves
+from engine.viz.live import LiveMap
 from engine.viz.run_view import val_summary
+from ui.live_maps import CURVE_TOOLS, METHOD_LABELS, METHODS, cached_figure, has_twin_map, map_pair
 
-METHODS = {"UMAP": "umap", "PCA": "pca", "t-SNE": "tsne"}
-METHOD_LABELS = {v: k for k, v in METHODS.items()}
 COLOR_LABELS = {"class": "class", "split": "split", "prediction": "discriminator's prediction",
                 "correct": "discriminator right / wrong"}
-LATEST = "latest"
 SESSION_KEY = "_conceptscape_live_map"  # st.session_state[SESSION_KEY]: this session's LiveMap
-MAX_THUMBS = 64
-NEIGHBOURS = 8
 REFRESH_S = 1.0
-PLAY_S = 10.0  # "▶ Play" replays from the first snapshot to the latest in this many seconds
+CURVES_S = 2.0  # while training, the training curves are drawn again at most this often (each step adds to them)
 PLAY_TICK_S = 0.4  # the replay's frame interval
 SETTING_WIDTH = 200  # px, the map's settings' select boxes
 # map and curves side by side where both have room (3 : 2), else the curves below the map
 PANELS_CSS = """<style>
-[data-testid="stLayoutWrapper"]:has(> .st-key-KEY_mapcol) {flex: 3 1 480px !important; min-width: 0;}
+[data-testid="stLayoutWrapper"]:has(> .st-key-KEY_mapcol) {flex: MAPFLEX !important; min-width: 0;}
 [data-testid="stLayoutWrapper"]:has(> .st-key-KEY_curvescol) {flex: 2 1 340px !important; min-width: 0;}
 </style>"""
-# the plot toolbars keep only the tools these charts need, so they stay clear of the titles on narrow screens
-_NOT_NEEDED = ["toImage", "zoomIn2d", "zoomOut2d", "autoScale2d"]
-MAP_TOOLS = {"displaylogo": False, "modeBarButtonsToRemove": _NOT_NEEDED}
-CURVE_TOOLS = {"displaylogo": False, "modeBarButtonsToRemove": _NOT_NEEDED + ["select2d", "lasso2d"]}
+MAP_FLEX = "3 1 480px"  # one map
+PAIR_FLEX = {True: "4 1 720px",  # presenter view: the two maps and the curves in one row on a 1366 px screen
+             False: "1 1 100%"}  # beside the controls: the two maps take the row, the curves go below them
 PRESENTER_MAP_HEIGHT = 470  # px: headline, status and replay above it still fit a 768 px high screen
+PRESENTER_PAIR_HEIGHT = 400  # px, each of the two maps (D's key adds its rows below the DEML one) on 768 px
+MAP_HEIGHT = 560  # px, outside presenter view (one map)
+PAIR_HEIGHT = 520  # px, outside presenter view, each of the two maps side by side
 
 
 def live_map() -> LiveMap:
@@ -80,6 +71,8 @@ def live_view(run_dir: str | None, *, key: str = "live", presenter: bool = False
     enlarges the map and the curves."""
     project.start_umap_warmup()  # idempotent: UMAP is compiled on a background thread, PCA is shown meanwhile
     every = _interval(run_dir, key)
+    if presenter and run_dir:  # the browser tab names the run too (a room sees the tab on a shared screen)
+        st.set_page_config(page_title=f"{'Demo' if is_demo_dir(run_dir) else Path(run_dir).name} · Conceptscape")
 
     @st.fragment(run_every=every)
     def _live() -> None:
@@ -114,6 +107,7 @@ def _render(run_dir: str | None, key: str, presenter: bool, empty_hint: str | No
     if presenter:
         st.subheader(headline(view), anchor=False)
     _status(view, key, presenter)
+    _paired_headline(view)
     if presenter:
         prefs = _settings(view, key, presenter)
     else:  # the controls and the map's settings in one row, which wraps on a narrow screen
@@ -124,12 +118,15 @@ def _render(run_dir: str | None, key: str, presenter: bool, empty_hint: str | No
             st.error(refused)
     # map and curves side by side (in presenter view sized so both fit a 1366x768 screen with the
     # headline); on a narrow screen the curves wrap below the map (PANELS_CSS) instead of squeezing it
-    st.html(PANELS_CSS.replace("KEY", key))
+    pair = has_twin_map(view)
+    st.html(PANELS_CSS.replace("KEY", key).replace("MAPFLEX", PAIR_FLEX[presenter] if pair else MAP_FLEX))
     with st.container(horizontal=True, gap="medium", key=f"{key}_panels"):
         with st.container(key=f"{key}_mapcol"):
-            _map_panel(lm, view, key, prefs, height=PRESENTER_MAP_HEIGHT if presenter else 560)
+            heights = (PRESENTER_PAIR_HEIGHT, PAIR_HEIGHT) if pair else (PRESENTER_MAP_HEIGHT, MAP_HEIGHT)
+            map_pair(lm, view, key, prefs, height=heights[0] if presenter else heights[1], presenter=presenter)
         with st.container(key=f"{key}_curvescol"):
-            _curves_panel(view, key, height=PRESENTER_MAP_HEIGHT + 60 if presenter else None)
+            _curves_panel(view, key, height=(PRESENTER_PAIR_HEIGHT + 100 if pair else PRESENTER_MAP_HEIGHT + 60)
+                          if presenter else None, metric=not (presenter and pair))
 
 
 def headline(view) -> str:
@@ -144,6 +141,20 @@ def headline(view) -> str:
     kind = "" if view.lam is None else ("vanilla (λ = 0)" if view.lam == 0 else f"DEML (λ = {view.lam:g})")
     model = " ".join(x for x in (name, kind) if x)
     return " · ".join(x for x in (what, model, f"step {p.get('step', 0)}/{p.get('steps', 0)}") if x)
+
+
+def _paired_headline(view) -> None:
+    """DEML against its λ = 0 twin on the same validation episodes (engine.eval.headline), once both
+    have validated; a line saying it is coming while they train."""
+    if view.twin_metrics is None or view.lam is None:
+        return
+    deml, vanilla = (view.metrics, view.twin_metrics) if view.lam > 0 else (view.twin_metrics, view.metrics)
+    h = paired_headline(deml, vanilla)
+    if h is not None:
+        st.markdown(f"**{h.text}** <small style='color:#666'>· step {h.step}; DEML {h.deml:.1%}, "
+                    f"vanilla {h.vanilla:.1%}</small>", unsafe_allow_html=True)
+    elif view.active:
+        st.markdown("**DEML vs vanilla:** the paired comparison appears when both runs have validated.")
 
 
 def _status(view, key: str, presenter: bool) -> None:
@@ -161,7 +172,7 @@ def _status(view, key: str, presenter: bool) -> None:
         st.error(view.error)
     for w in view.warnings[-3:]:
         st.warning(w)
-    if view.device:
+    if view.device and not presenter:
         extra = " · the λ = 0 twin trains beside it (two runs share the cores)" \
             if view.twin_state in ACTIVE and view.twin_state != RunState.STOPPING else ""
         st.caption(f"{'training' if view.active else 'trained'} on {view.device}{extra}")
@@ -224,138 +235,15 @@ def _settings(view, key: str, presenter: bool) -> dict:
     return dict(saved)
 
 
-def _replay_step(view, key: str) -> int | None:
-    """The snapshot step the replay slider points at (None: the latest, i.e. live). "▶ Play" beside it
-    steps the slider through the snapshots in PLAY_S seconds, time spaced by training step."""
-    steps = [int(s["step"]) for s in view.snapshots]
-    if len(steps) < 2:
-        return None
-    options = steps[:-1] + [LATEST]
-    playing = f"_{key}_playing"
-    frame = None  # while playing: the snapshot step on screen
-    if (play := st.session_state.get(playing)) is not None:
-        started, first, last = play
-        at = first + (time.monotonic() - started) / PLAY_S * (last - first)
-        if at >= last:  # played to the end of its span (training may have gone on): the map is live again
-            st.session_state.pop(playing)
-        else:
-            frame = max([s for s in steps if s <= at] or steps[:1])
-    c1, c2 = st.columns([5, 1], vertical_alignment="bottom")
-    label = lambda o: f"latest (step {steps[-1]})" if o == LATEST else f"step {o}"  # noqa: E731
-    if frame is None:
-        choice = c1.select_slider("Replay", options=options, value=LATEST, key=f"{key}_replay", format_func=label,
-                                  help="scrub through the snapshots of concept space taken during training")
-    else:  # the slider follows the replay (a new one each frame: its value is the frame's step)
-        choice = frame if frame != steps[-1] else LATEST
-        c1.select_slider("Replay", options=options, value=choice, key=f"{key}_replay_at_{frame}",
-                         format_func=label, disabled=True, help="replaying: ■ Stop to scrub by hand")
-    on = frame is not None
-    c2.button("■ Stop" if on else "▶ Play", key=f"{key}_play", width="stretch", on_click=_play,
-              args=(key, None if on else (steps[0], steps[-1])),
-              help="stop the replay" if on else f"replay training from step {steps[0]} in {PLAY_S:.0f} s")
-    return None if choice == LATEST else int(choice)
-
-
-def _play(key: str, span: tuple[int, int] | None) -> None:
-    """Play's callback: start the replay over `span` (first, last step) now, or stop it (None)."""
-    if span is None:
-        st.session_state.pop(f"_{key}_playing", None)
-    else:
-        st.session_state[f"_{key}_playing"] = (time.monotonic(), *span)
-
-
-def _map_panel(lm: LiveMap, view, key: str, prefs: dict, height: int) -> None:
-    if not view.snapshots or view.probe is None:
-        if view.active:
-            st.info("The concept map appears with the first snapshot, a few seconds after training starts.")
-        return
-    step = _replay_step(view, key)
-    run, method, want_regions = view.run_dir, prefs["method"], prefs["regions"]
-    try:
-        if step is None:
-            xy, regions, note = lm.refresh(view.snapshots, view.probe, run=run, method=method, regions=want_regions)
-            snap = view.snapshots[-1]
-        else:
-            with st.spinner("laying out earlier snapshots on the same map…"):
-                xy, regions, snap = lm.frame_at(view.snapshots, view.probe, step, run=run, method=method,
-                                                regions=want_regions)
-            note = ""
-        shown = lm.method_shown(run, method) or method
-        n = len(view.probe["split"])
-        method_note = note or f"{METHOD_LABELS.get(shown, shown)} of {n} probe images' concepts"
-        color = prefs["color"] if prefs["color"] in ("class", "split") or "disc_pred" in snap else "class"
-        fig = concept_map(xy, view.probe, snap, color_by=color, regions=regions, method_note=method_note,
-                          uirevision=f"{key}-map-{run}-{method}", height=height)
-    except ValueError as e:  # e.g. concepts went NaN: say so, keep the page
-        st.warning(f"The concept map cannot be drawn: {e}")
-        return
-    rows_key = f"_{key}_rows"
-    kept_run, rows = st.session_state.get(rows_key, (None, []))
-    rows = [r for r in rows if r < n] if kept_run == run else []
-    _highlight(fig, rows)
-    event = st.plotly_chart(fig, key=f"{key}_map", on_select="rerun", selection_mode=("points", "box", "lasso"),
-                            width="stretch", theme=None, config=MAP_TOOLS)
-    picked = selected_rows(_selection(event))
-    if picked and picked != st.session_state.get(f"_{key}_taken"):
-        # the chart's own selection is reset whenever its figure changes (every new snapshot), and
-        # an old figure's selection can come back with that figure: so the rows are kept here, drawn
-        # as the selection until a different one or "Clear selection", and a selection is taken once
-        st.session_state[rows_key] = (run, picked)
-        st.session_state[f"_{key}_taken"] = rows = picked
-    if rows:
-        _selection_panel(view, snap, rows, key)
-    else:
-        st.caption("Lasso or box-select points (tools at the top right of the map) to see their images; "
-                   "click one point to see its nearest neighbours in concept space.")
-
-
-def _selection(event):
-    if event is None:
-        return None
-    sel = event.get("selection") if hasattr(event, "get") else getattr(event, "selection", None)
-    return sel
-
-
-def _highlight(fig, rows: list[int]) -> None:
-    """Show `rows` as the map's selected points (others dimmed)."""
-    wanted = set(rows)
-    for trace in fig.data:
-        cd = getattr(trace, "customdata", None)
-        if cd is None or trace.type != "scattergl":
-            continue
-        trace.selectedpoints = [i for i, c in enumerate(cd) if int(c[0]) in wanted] if wanted else None
-
-
-def _selection_panel(view, snap: dict, rows: list[int], key: str) -> None:
-    probe = view.probe
-    names = np.asarray(probe["class_name"]).astype(str)
-    if len(rows) == 1:
-        r = rows[0]
-        nn = nearest_neighbours(np.asarray(snap["concepts"]), r, k=NEIGHBOURS).tolist()
-        shown = [r] + nn
-        captions = [f"selected: {names[r]}"] + [f"#{i + 1} nearest: {names[j]}" for i, j in enumerate(nn)]
-        title = f"{names[r]} and its {len(nn)} nearest neighbours in concept space (step {int(snap['step'])})"
-    else:
-        shown = rows[:MAX_THUMBS]
-        captions = [names[j] for j in shown]
-        more = f" (first {MAX_THUMBS})" if len(rows) > MAX_THUMBS else ""
-        title = f"{len(rows)} selected images{more}"
-    st.plotly_chart(thumbnail_grid(probe["images"][shown], captions=captions, columns=9, title=title,
-                                   uirevision=f"{key}-thumbs"), key=f"{key}_thumbs", width="stretch", theme=None)
-    st.button("Clear selection", key=f"{key}_clear", on_click=_clear, args=(f"_{key}_rows",))
-
-
-def _clear(rows_key: str) -> None:
-    st.session_state.pop(rows_key, None)
-
-
 def _twin_label(view) -> str:
     """What the run beside this one is: its λ = 0 twin, or (for a λ = 0 run) its DEML run."""
     return "its DEML run (λ > 0)" if view.lam == 0 else "λ = 0 twin"
 
 
-def _curves_panel(view, key: str, height: int | None) -> None:
-    summary = val_summary(view.metrics, view.twin_metrics)
+def _curves_panel(view, key: str, height: int | None, metric: bool = True) -> None:
+    """The validation accuracy (`metric`; presenter view with the pair has the headline instead), the
+    training curves and the adaptation curves."""
+    summary = val_summary(view.metrics, view.twin_metrics) if metric else None
     if summary is not None:
         vs = "DEML" if view.lam == 0 else "λ = 0"
         delta = f"{summary['delta'] * 100:+.1f} pts vs {vs}" if summary["delta"] is not None else None
@@ -371,8 +259,11 @@ def _curves_panel(view, key: str, height: int | None) -> None:
     try:
         curves = adaptation_records(main)  # they carry the task's ways: chance is 1/ways
         externals = len(view.probe["external_classes"]) if view.probe is not None else 0
-        fig = training_curves(main, twin, title=title, uirevision=f"{key}-curves-{view.run_dir}", height=height,
-                              ways=curves[-1].get("ways") if curves else None, external_classes=externals or None)
+        version = (view.run_dir, len(main), main[-1].get("step"), len(twin or []), title, height, externals)
+        fig = cached_figure(f"{key}_curves", version, lambda: training_curves(
+            main, twin, title=title, uirevision=f"{key}-curves-{view.run_dir}", height=height,
+            ways=curves[-1].get("ways") if curves else None, external_classes=externals or None),
+            min_interval=CURVES_S if view.active else 0.0)
     except ValueError as e:
         st.warning(f"The training curves cannot be drawn: {e}")
         return
@@ -391,8 +282,9 @@ def _adaptation_panel(view, key: str) -> None:
             st.caption("The adaptation curve appears with the first validation.")
         return
     try:
-        fig = live_adaptation_curves(main, twin, name="DEML" if twin is not None else "this run",
-                                     uirevision=f"{key}-adaptation-{view.run_dir}")
+        version = (view.run_dir, len(adaptation_records(main)), len(adaptation_records(twin or [])), twin is None)
+        fig = cached_figure(f"{key}_adaptation", version, lambda: live_adaptation_curves(
+            main, twin, name="DEML" if twin is not None else "this run", uirevision=f"{key}-adaptation-{view.run_dir}"))
     except ValueError as e:
         st.warning(f"The adaptation curves cannot be drawn: {e}")
         return

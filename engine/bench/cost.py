@@ -55,7 +55,7 @@ def settings_benchmark(rounds: int, reps: int, log, compile_too: bool = True) ->
     """Generator forward + backward on one demo-sized step's images under each CPU setting, each
     on its own copy of the generator. torch.compile takes most of a minute to compile on 2 cores."""
     trainer = _trainer()
-    x = trainer.sample_batch(0)["x"]  # (B, C, H, W)
+    x = Trainer.step_images(trainer.sample_batch(0))  # (B, C, H, W): task and external images
     g = trainer.model.generator
     threads = torch.get_num_threads()
 
@@ -107,8 +107,8 @@ def vmap_benchmark(rounds: int, reps: int, log, meta_batches=(1, 4, 16)) -> list
             pair = {b: _trainer(learner=learner, meta_batch=mb, batched=b) for b in (True, False)}  # same seed
             steps = {f"step_{b}": t.train_step for b, t in pair.items()}
             # the meta-learner alone (forward + backward in concept space), on fixed concepts
-            zs = torch.randn(mb, 5, 64)  # (T, N*K, D)
-            zq = torch.randn(mb, 25, 64)  # (T, N*Q, D)
+            zs = torch.randn(mb, 5, 64, requires_grad=True)  # (T, N*K, D), as from G: the linear head has
+            zq = torch.randn(mb, 25, 64, requires_grad=True)  # (T, N*Q, D)  no weights of its own
             ys, yq = torch.arange(5).expand(mb, -1), torch.arange(5).repeat_interleave(5).expand(mb, -1)
 
             def learner_only(t):
@@ -139,7 +139,7 @@ def scaling_benchmark(rounds: int, reps: int, log, grid: dict = SCALING) -> list
         trainers = {v: _trainer(**{name: v}) for v in values}
         med = interleaved({v: t.train_step for v, t in trainers.items()}, rounds, reps)
         for v, t in trainers.items():
-            images = len(t.sample_batch(0)["x"])
+            images = len(Trainer.step_images(t.sample_batch(0)))
             row = {"vary": name, "value": v, "images_per_step": images, "ms_per_step": round(med[v] * 1e3, 2),
                    "us_per_image": round(med[v] * 1e6 / images, 1)}
             print(f"scaling: {row}", file=log, flush=True)

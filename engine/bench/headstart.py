@@ -19,7 +19,6 @@ import sys
 
 import numpy as np
 
-from engine.bench.deml import mean_ci95_seeds
 from engine.bench.machine import machine
 from engine.config import TrainConfig, shared_dir
 from engine.data.episodes import EpisodeIndex, EpisodeSampler
@@ -27,7 +26,7 @@ from engine.data.imageset import ImageSet, Preprocess
 from engine.data.sources import load_imageset
 from engine.data.splits import Splits
 from engine.errors import UserError
-from engine.eval.evaluate import episode_accuracies
+from engine.eval.evaluate import episode_accuracies, mean_ci95
 from engine.train.trainer import Trainer
 
 EXTERNAL = "glyphs:classes=100,drawings=10,seed=0"  # the discriminator's set when an upload has too few classes
@@ -111,7 +110,7 @@ def summarise(runs: dict) -> dict:
     for arm, rows in runs.items():
         for when in ("step0", "trained"):
             for name in rows[0][when]:
-                mean, ci = mean_ci95_seeds([r[when][name] for r in rows])
+                mean, ci = mean_ci95([r[when][name] for r in rows])
                 out[f"{arm}/{when}/{name}"] = {"mean": round(mean, 4), "ci95": round(ci, 4)}
     return out
 

@@ -13,6 +13,8 @@ page refreshing once a second slows the training it shows.
    default). The refresher does what a page does each second: read the job, refresh the map
    (regions on), build both figures and serialise them. Rates are given per second of training-step
    time (trainer.seconds: what the trainer's own work costs) and per second of wall time.
+3. With --browser instead: a real watched demo (engine.bench.watched): the app served, Start demo
+   pressed in Chromium, steps/s with the live view open against closed, as a paired ratio.
 """
 from __future__ import annotations
 
@@ -206,9 +208,16 @@ def live_benchmark(preset_name: str = "demo", rounds: int = 8, window_s: float =
 
 def add_arguments(parser) -> None:
     parser.add_argument("--preset", default="demo", help="the training configuration shown (default demo)")
+    parser.add_argument("--browser", action="store_true",
+                        help="instead: serve the app, press Start demo in Chromium and compare the demo's "
+                             "steps/s with the live view open and closed (engine/bench/watched.py)")
     add_rounds(parser)
 
 
 def run(args) -> dict:
+    if getattr(args, "browser", False):
+        from engine.bench.watched import watched_ratio
+        sizes = dict(rounds=1, window_s=3.0, warm_s=1.0) if args.smoke else dict(rounds=check_rounds(args.rounds))
+        return {"benchmark": "live", "preset": "demo", "machine": machine(), "watched": watched_ratio(**sizes)}
     sizes = {"rounds": check_rounds(args.rounds), **(SMOKE if args.smoke else {})}
     return live_benchmark(args.preset, **sizes)

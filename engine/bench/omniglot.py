@@ -97,6 +97,7 @@ def omniglot_benchmark(out: str, learner: str = "protonet", lam: float = 1.0, mi
     result = {
         "benchmark": "omniglot", "learner": learner, "lam": lam, "seed": seed, "steps": steps,
         "train_seconds": final["train_seconds"], "episodes": episodes, "test_queries": TEST_QUERIES,
+        "split": "meta-test",  # every accuracy below (final and curve): the test alphabets
         "test_alphabets": splits.report["units"]["meta-test"], "run_dir": str(run.path),
         "final": {setting_name(w, k): final[setting_name(w, k)] for w, k in SETTINGS}, "curve": curve,
         "config": {k: v for k, v in cfg.to_dict().items() if k in ("ways", "shots", "queries", "meta_batch", "lr",

@@ -102,11 +102,14 @@ def accuracy_time_svg(results: list[dict]) -> str:
 
 
 def deml_table(result: dict) -> str:
-    """Mean ± t-CI over seeds, and the paired gain over vanilla, at equal steps and equal time."""
+    """Mean ± t-CI over seeds, and the paired gain over vanilla, at equal steps and equal time (meta-test);
+    the meta-validation mean at equal steps where recorded; and the lambda chosen on meta-validation."""
     settings = list(next(iter(result["summary"].values())))
+    with_val = all("validation" in e[s] for e in result["summary"].values() for s in settings)
     head = []
     for s in settings:
-        head += [f"{s} equal steps", f"{s} gain", f"{s} equal time", f"{s} gain"]
+        head += [f"{s} test, equal steps", f"{s} gain", f"{s} test, equal time", f"{s} gain"]
+        head += [f"{s} val, equal steps"] if with_val else []
     lines = ["| variant | " + " | ".join(head) + " |", "|---|" + "---|" * len(head)]
     for name, entry in result["summary"].items():
         cells = []
@@ -114,8 +117,24 @@ def deml_table(result: dict) -> str:
             e = entry[s]
             cells += [pct(e["equal_steps"]), gain(e.get("gain_equal_steps")),
                       pct(e["equal_time"]), gain(e.get("gain_equal_time"))]
+            cells += [pct(e["validation"]["equal_steps"])] if with_val else []
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    seeds = len(result.get("seeds", []))
+    compared = len([n for n in result["summary"] if n != "vanilla"])
+    lines.append(f"\n{seeds} seed{'s' * (seeds != 1)} per cell; ± is the Student-t 95% interval over seeds "
+                 f"({max(seeds - 1, 0)} degrees of freedom); {compared} variants each compared with vanilla, with no "
+                 "correction for that many comparisons; overlapping intervals do not order two variants.")
+    for s, c in (deml_selection(result) or {}).items():
+        lines.append(f"\n{s}: lambda chosen on meta-validation among {c['compared']} variants: {c['variant']} "
+                     f"(lambda {c['lam']:g}, val {100 * c['val_accuracy']:.1f}); its meta-test accuracy "
+                     f"{pct(c['test']['equal_steps'])}.")
     return "\n".join(lines)
+
+
+def deml_selection(result: dict) -> dict | None:
+    from engine.bench.deml import choose_lambda
+
+    return choose_lambda(result["runs"])
 
 
 def merge_deml(results: list[dict]) -> dict | None:

@@ -17,7 +17,7 @@ def throughput(cfg: TrainConfig, rounds: int = 6, steps_per_round: int = 10, log
     """Trainer steps against the raw forward + backward of the generator on the same number of
     images, interleaved in rounds so both see the same machine load. ratio = trainer / raw."""
     trainer = Trainer(cfg)
-    x = trainer.sample_batch(0)["x"]  # (B, C, H, W): the very images of a training step
+    x = Trainer.step_images(trainer.sample_batch(0))  # (B, C, H, W): the very images of a training step, in one pass
     images = len(x)
     generator = trainer.model.generator
 

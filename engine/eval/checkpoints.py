@@ -18,6 +18,17 @@ from engine.models.deml import DEMLModel, resolve_device, seeded_model
 from engine.runs import RunDir, as_run
 
 MODEL_CACHE = 4  # models kept loaded (shared by every session)
+# the gradient learners' shared output row of runs trained before the prototype head (issue 15)
+OLD_HEAD_KEYS = {"learner.head.shared.row_weight", "learner.head.shared.row_bias"}
+
+
+def refuse_old_head(run: RunDir, cfg: TrainConfig, state: dict) -> None:
+    """A UserError for a checkpoint of a gradient learner trained before the prototype head."""
+    if OLD_HEAD_KEYS & set(state.get("model", {})):
+        raise UserError(f"{run.path} was trained with the earlier {cfg.learner} head, which started every task from "
+                        "zero (a learned shared row that never learned); the head now starts from the support "
+                        "prototypes and sums its inner loss over classes, so these weights would adapt differently "
+                        "from how they were trained: train the run again with the same settings")
 
 
 def load_trained(run: RunDir | str, device: str = "auto") -> tuple[TrainConfig, DEMLModel, torch.device]:
@@ -28,6 +39,7 @@ def load_trained(run: RunDir | str, device: str = "auto") -> tuple[TrainConfig, 
         raise UserError(f"{run.path / 'config.json'} does not say how many channels the images have; "
                         "the run cannot be rebuilt")
     state, _ = run.load_checkpoint()
+    refuse_old_head(run, cfg, state)
     dev = resolve_device(device)
     try:
         model = seeded_model(cfg, cfg.channels, state["external_classes"], cfg.seed)  # weights replaced just below
@@ -40,12 +52,14 @@ def load_trained(run: RunDir | str, device: str = "auto") -> tuple[TrainConfig, 
 
 def evaluation_classes(cfg: TrainConfig, dataset: str | None, classes: str) -> ImageSet:
     """The images to evaluate on, prepared exactly as the run's training data (size, channels,
-    polarity). classes="test": the meta-test part under the run's split; "all": every class."""
+    polarity). classes="test": the meta-test part under the run's split; "val": its meta-validation
+    part (where choices are made); "all": every class."""
     data = load_imageset(dataset or cfg.dataset, Preprocess(cfg.image_size, cfg.channels, cfg.polarity))
     if classes == "all":
         return data
     external = "auto" if cfg.external == "auto" else None
-    return make_splits(data, cfg.split_config(), external).test
+    splits = make_splits(data, cfg.split_config(), external)
+    return splits.val if classes == "val" else splits.test
 
 
 @lru_cache(maxsize=4)

@@ -3,6 +3,7 @@ run scored on its held-out classes (recorded in its evaluations.jsonl)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -15,14 +16,28 @@ from engine.models.deml import DEMLModel, eval_mode
 from engine.runs import RunDir, as_run
 
 TASK_CHUNK = 64  # tasks per learner call: bounded memory, still batched
+SPLIT_NAMES = {"val": "meta-validation", "test": "meta-test", "all": "all classes"}  # --classes -> what results say
+
+
+@lru_cache(maxsize=256)
+def t95(df: int) -> float:
+    """The two-sided 95% Student-t quantile for `df` degrees of freedom (12.71 for 1, 2.78 for 4,
+    2.26 for 9, 1.96 as df grows): every interval in the project takes it from here. scipy comes
+    with scikit-learn (a requirement); imported on first use."""
+    from scipy.special import stdtrit
+
+    if df < 1:
+        raise ValueError(f"a t quantile needs at least 1 degree of freedom (got {df})")
+    return float(stdtrit(df, 0.975))
 
 
 def mean_ci95(values) -> tuple[float, float]:
-    """Mean and half-width of its normal 95% confidence interval."""
+    """Mean and half-width of its Student-t 95% confidence interval (len - 1 degrees of freedom),
+    over episodes or over seeds alike; nan for fewer than 2 values."""
     v = np.asarray(values, dtype=np.float64)
     if len(v) < 2:
         return float(v.mean()) if len(v) else float("nan"), float("nan")
-    return float(v.mean()), float(1.96 * v.std(ddof=1) / np.sqrt(len(v)))
+    return float(v.mean()), float(t95(len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
 
 
 def concept_table(model: DEMLModel, sampler: EpisodeSampler, used: np.ndarray, device,
@@ -183,9 +198,10 @@ def run_evaluation(run: RunDir | str, kind: str, dataset: str | None = None, cla
                    episodes: int = 600, seed: int = 0, steps: int | None = None, device: str = "auto",
                    progress=None, warn=None) -> dict:
     """kind "evaluate": accuracy with its 95% CI; "curve": the adaptation curve (inner steps
-    0..steps, default 10, or shots 1..K). Ways/shots/queries default to the run's. The result
-    is appended to the run's evaluations.jsonl and returned. A metric learner's curve runs over
-    1..max(K, 5) shots."""
+    0..steps, default 10, or shots 1..K). Ways/shots/queries default to the run's. classes: "test"
+    (meta-test), "val" (meta-validation: where choices such as the number of test-time steps are
+    made) or "all"; the result says which ("split"). The result is appended to the run's
+    evaluations.jsonl and returned. A metric learner's curve runs over 1..max(K, 5) shots."""
     run = as_run(run)
     cfg, model, dev = load_trained(run, device)
     data = evaluation_classes(cfg, dataset, classes)
@@ -200,7 +216,7 @@ def run_evaluation(run: RunDir | str, kind: str, dataset: str | None = None, cla
         result = evaluate(model, sampler, episodes, seed, dev, steps, progress)
     else:
         result = adaptation_curve(model, sampler, episodes, seed, dev, 10 if steps is None else steps, progress)
-    result.update(dataset=data.source, classes=classes, learner=cfg.learner, kind=kind)
+    result.update(dataset=data.source, classes=classes, split=SPLIT_NAMES[classes], learner=cfg.learner, kind=kind)
     run.append_evaluation(result)
     return result
 

@@ -21,6 +21,11 @@ def method_label(lam: float) -> str:
     return "vanilla (λ = 0)" if lam == 0 else f"DEML (λ = {lam:g})"
 
 
+def partner_label(partner_lam: float) -> str:
+    """The other run of a pair, named by what IT is, whichever of the two is selected."""
+    return "its λ = 0 twin" if partner_lam == 0 else f"its DEML twin (λ = {partner_lam:g})"
+
+
 def run_label(learner: str, lam: float) -> str:
     """A run in one line: its learner and what it is ("protonet DEML (λ = 1)")."""
     return f"{learner} {method_label(lam)}"

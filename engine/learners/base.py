@@ -38,7 +38,7 @@ from torch import nn
 @dataclass(frozen=True)
 class LearnerConfig:
     inner_steps: int = 5  # gradient learners: SGD steps on the support set per task
-    inner_lr: float = 0.5  # their step size (concept space is small; ANIL-style heads like large steps)
+    inner_lr: float = 0.1  # their step size; per class row, at any number of ways (the inner loss sums over classes)
     first_order: bool = False  # MAML/Meta-SGD: drop second-order terms (cheaper, slightly worse)
     head_hidden: int = 0  # gradient learners: 0 = linear task head, >0 = one hidden layer of this width
     batched: bool = True  # inner loops vmapped over tasks; False runs the per-task reference loop

@@ -1,8 +1,13 @@
-"""MAML (Finn et al. 2017) on a task head in concept space (as ANIL, Raghu et al. 2019).
+"""MAML (Finn et al. 2017) on a task head in concept space (as ANIL, Raghu et al. 2019), with the
+head's output layer initialised from the support prototypes (Proto-MAML, Triantafillou et al. 2020).
 
-Each task's head starts from the meta-learned init and takes `inner_steps` SGD steps on the
-support concepts; the query loss of the adapted head is the meta-loss. Second-order by default
-(gradients flow through the inner updates into G and the init), first-order as an option.
+Each task's head starts as a prototype classifier of its support concepts (engine/learners/head.py;
+with --head-hidden, after a meta-learned hidden layer) and takes `inner_steps` SGD steps on the
+support loss, summed over classes so that a class's row moves by the same step at any number of
+ways; the query loss of the adapted head is the meta-loss. What is meta-learned is G (and the
+hidden layer): the output layer has no initial weights of its own. Second-order by default
+(gradients flow through the inner updates and the prototypes into G), first-order as an option
+(the inner gradients are constants; the prototypes still carry G's gradient).
 
 Two equal implementations: `adapt` maps a pure per-task inner loop over the task axis with
 torch.func (grad + vmap); `adapt_looped` is the plain per-task autograd loop kept as the
@@ -16,11 +21,7 @@ import torch
 from torch.func import grad, vmap
 
 from engine.learners.base import LearnerConfig, MetaLearner, per_task_cross_entropy
-from engine.learners.head import HeadInit, Params, head_logits
-
-
-def support_loss(params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return torch.nn.functional.cross_entropy(head_logits(params, x), y)  # one task: (M, D), (M,)
+from engine.learners.head import HeadInit, Params, head_logits, support_loss
 
 
 class MAML(MetaLearner):
@@ -38,17 +39,24 @@ class MAML(MetaLearner):
     def _second_order(self, training: bool) -> bool:
         return training and not self.cfg.first_order
 
-    def _init(self, ways: int, training: bool) -> Params:
-        init = self.head.task_params(ways)
-        if training:
-            return init
-        return {k: v.detach().requires_grad_() for k, v in init.items()}  # evaluation: no graph to the meta-parameters
+    def _shared(self, training: bool) -> Params:
+        """The head's meta-learned parameters; evaluation: detached (no graph to the meta-parameters)."""
+        return {k: v if training else v.detach() for k, v in self.head.shared.items()}
+
+    def _init(self, shared: Params, x, y, ways: int, training: bool) -> Params:
+        """One task's head before the inner loop (HeadInit.task_params); evaluation: detached."""
+        # the hidden layer enters as its own node (a clone): the rows start from prototypes computed
+        # through it, and the inner step's gradient for it must be the partial one, as torch.func's
+        # grad takes it, not the total one autograd.grad would sum over both paths (adapt_looped)
+        init = self.head.task_params(shared, x, y, ways) | {k: v.clone() for k, v in shared.items()}
+        return init if training else {k: v.detach() for k, v in init.items()}
 
     # --- batched: one pure function per task, vmapped over the task axis -------------------
-    def _adapt_one(self, init: Params, x, y, steps: int, ways: int, second_order: bool) -> list[Params]:
-        path = [init]
+    def _adapt_one(self, shared: Params, x, y, steps: int, ways: int, second_order: bool,
+                   training: bool) -> list[Params]:
+        path = [self._init(shared, x, y, ways, training)]
         for _ in range(steps):
-            g = grad(support_loss)(path[-1], x, y)
+            g = grad(support_loss)(path[-1], x, y, ways)
             if not second_order:
                 g = {k: v.detach() for k, v in g.items()}
             path.append(self.inner_update(path[-1], g, ways))
@@ -60,9 +68,10 @@ class MAML(MetaLearner):
         steps = self.cfg.inner_steps if steps is None else steps
         if not self.cfg.batched:
             return self.adapt_looped(support, support_labels, ways, steps, training)
-        one = partial(self._adapt_one, steps=steps, ways=ways, second_order=self._second_order(training))
+        one = partial(self._adapt_one, steps=steps, ways=ways, second_order=self._second_order(training),
+                      training=training)
         with torch.enable_grad():  # evaluation runs under no_grad, but the inner loop needs gradients
-            return vmap(one, in_dims=(None, 0, 0))(self._init(ways, training), support, support_labels)
+            return vmap(one, in_dims=(None, 0, 0))(self._shared(training), support, support_labels)
 
     # --- reference: the plain per-task loop with torch.autograd -----------------------------
     def adapt_looped(self, support, support_labels, ways: int, steps: int, training: bool = True) -> list[Params]:
@@ -70,11 +79,15 @@ class MAML(MetaLearner):
         per_task = []
         with torch.enable_grad():
             for x, y in zip(support, support_labels):
-                params = self._init(ways, training)
+                params = self._init(self._shared(training), x, y, ways, training)
+                if not training:  # detached: leaves whose gradients the inner loop takes
+                    params = {k: v.requires_grad_() for k, v in params.items()}
                 path = [params]
                 for _ in range(steps):
-                    loss = support_loss(params, x, y)
-                    grads = torch.autograd.grad(loss, list(params.values()), create_graph=second_order)
+                    loss = support_loss(params, x, y, ways)
+                    # retain: the prototype start shares its graph (to G) with every step's loss
+                    grads = torch.autograd.grad(loss, list(params.values()), create_graph=second_order,
+                                                retain_graph=True)
                     g = {k: v if second_order else v.detach() for k, v in zip(params, grads)}
                     params = self.inner_update(params, g, ways)
                     path.append(params)

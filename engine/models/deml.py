@@ -6,6 +6,7 @@ import threading
 from collections.abc import Iterator
 
 import torch
+import torch.func
 from torch import nn
 
 from engine.errors import UserError
@@ -29,6 +30,21 @@ class DEMLModel(nn.Module):
         """(B, C, H, W) -> (B, D) in chunks, without gradients (for evaluation and snapshots)."""
         with torch.no_grad():
             return torch.cat([self.generator(images[i:i + chunk]) for i in range(0, len(images), chunk)])
+
+
+def external_pass(generator: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Concepts of the external images (B, C, H, W) -> (B, D) for the discriminator's loss, in a pass of
+    their own: in training mode BatchNorm normalises them by their own batch statistics (never the
+    task images'), and the running statistics, which evaluation uses, stay exactly as the task pass
+    left them: the pass runs on copies of the buffers (torch.func.functional_call), which BatchNorm
+    updates in place and which are then dropped; the parameters are the module's own, so gradients
+    reach G as in any pass. Why not momentum 0 for the pass: it leaves num_batches_tracked counting,
+    does nothing for a layer with momentum None (a running average weighed by that count), and is one
+    more setting SyncBatchNorm must honour; and why not restore the buffers in place afterwards:
+    BatchNorm's backward keeps them, and autograd refuses tensors changed after they were saved.
+    Copies are exact for every norm layer whatever its update rule."""
+    buffers = {name: b.clone() for name, b in generator.named_buffers()}
+    return torch.func.functional_call(generator, buffers, (images,))
 
 
 @contextlib.contextmanager

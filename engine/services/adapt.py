@@ -36,6 +36,7 @@ from engine.data.images import TASK_UPLOAD, Refused, UploadLimits, decode, size_
 from engine.data.images import limits_text as limits_text
 from engine.data.imageset import is_gray, normalise_polarity, to_pixels
 from engine.errors import UserError
+from engine.eval.calibration import Calibration
 from engine.eval.checkpoints import held_out_classes, load_model
 from engine.models.deml import DEMLModel, eval_mode
 from engine.runs import inside_runs_root
@@ -46,6 +47,7 @@ from engine.viz.episode import task_detail as lay_out_task
 # Upload limits: engine.data.images' TASK_UPLOAD (with IMAGE_TYPES, limits_text), re-exported for the Adapt page
 # ----------------------------------------------------------------------------------------------
 LIMITS = TASK_UPLOAD
+REDUCE_TO = 256  # px: larger uploads are box-reduced to at least this per side while decoding (decode's reduce_to)
 
 
 @dataclass
@@ -128,7 +130,7 @@ def _decode(up: Upload, limits: UploadLimits, problems: list[str]) -> Image.Imag
     where = up.name or "unnamed file"
     notes: list[str] = []
     try:
-        img = decode(up.data, limits, reduce_to=256, notes=notes)
+        img = decode(up.data, limits, reduce_to=REDUCE_TO, notes=notes)
     except Refused as e:
         problems.append(f"{where}: {e}, left out")
         return None
@@ -222,6 +224,21 @@ def prepare_upload(cfg: TrainConfig, classes: list[NewClass], queries: list[Uplo
         query_names=[f for _, f, _ in found], source="uploaded images", problems=problems, inverted=inverted)
 
 
+def photo_task(task: Task, photo: Upload, limits: UploadLimits = LIMITS) -> Task:
+    """The task with one photo (the webcam's) as its only query, prepared like the task's images: its
+    size and channels, and flipped when the task was. UserError when the photo cannot be read."""
+    problems: list[str] = []
+    img = _decode(photo, limits, problems)
+    if img is None:
+        raise UserError("; ".join(problems) or f"{photo.name}: not a readable image")
+    pixels = to_pixels(img, task.support.shape[-1], task.support.shape[1])
+    pixels = 255 - pixels if task.inverted else pixels
+    return Task(support=task.support, support_labels=task.support_labels, query=pixels[None],
+                query_labels=np.asarray([UNKNOWN], np.int64), class_names=task.class_names,
+                support_names=task.support_names, query_names=[photo.name], source=task.source,
+                problems=problems, inverted=task.inverted)
+
+
 def _bright_borders(images: np.ndarray) -> np.ndarray:
     """Per image: are its borders mostly bright (the test normalise_polarity applies to a set)?"""
     border = np.concatenate([images[:, 0], images[:, -1], images[:, :, 0], images[:, :, -1]], axis=1)
@@ -244,21 +261,30 @@ def _tensors(task: Task) -> tuple[torch.Tensor, torch.Tensor]:
     return channels_first(task.support).float().div_(255.0), channels_first(task.query).float().div_(255.0)
 
 
-def classify(model: DEMLModel, task: Task, device, steps: int | None = None) -> dict:
+def classify(model: DEMLModel, task: Task, device, steps: int | None = None,
+             calibration: Calibration | None = None) -> dict:
     """Each query's predicted class and confidence. pred (M,), confidence (M,), probs (M, N);
-    correct (M,) bool (False where the label is unknown); accuracy over the labelled queries (None
-    when none is labelled)."""
+    score (M,) the learner's largest logit; correct (M,) bool (False where the label is unknown);
+    accuracy over the labelled queries (None when none is labelled).
+    With a `calibration` (engine.eval.calibration): probs are softmax(logits / its temperature), and
+    unknown (M,) marks the queries scoring below its threshold: they are answered "none of these",
+    so they count as not right. Without one, unknown is all False."""
     xs, xq = _tensors(task)
     with eval_mode(model):
         z = model.concepts(torch.cat([xs, xq]).to(device))  # one pass, as engine.eval.evaluate computes them
         zs, zq = z[: len(xs)], z[len(xs):]
         labels = torch.as_tensor(task.support_labels, device=device)[None]
         logits = model.learner.logits(zs[None], labels, zq[None], task.ways, steps=steps, training=False)
-        probs = torch.softmax(logits.detach()[0].float(), -1).cpu().numpy()
+        raw = logits.detach()[0].float().cpu()
+    t = calibration.temperature if calibration is not None else 1.0
+    probs = torch.softmax(raw / t, -1).numpy()
+    score = raw.max(-1).values.numpy()
+    unknown = score < calibration.unknown_below if calibration is not None else np.zeros(len(score), bool)
     pred = probs.argmax(-1)
     known = task.labelled
-    correct = (pred == task.query_labels) & known
-    return {"pred": pred, "confidence": probs.max(-1), "probs": probs, "correct": correct,
+    correct = (pred == task.query_labels) & known & ~unknown
+    return {"pred": pred, "confidence": probs.max(-1), "probs": probs, "correct": correct, "score": score,
+            "unknown": unknown,
             "labelled": int(known.sum()),
             "accuracy": float(correct[known].mean()) if known.any() else None}
 

@@ -2,6 +2,7 @@
 started beside it move together. Jobs live in the process-wide registry (engine.train.job)."""
 from __future__ import annotations
 
+import os
 import re
 import threading
 from datetime import datetime
@@ -91,11 +92,42 @@ def start_runs(cfg, out: str, twin: bool = False, registry: JobRegistry = REGIST
         raise UserError("this run already has λ = 0 (the vanilla meta-learner): its twin would be the same run; "
                         "set λ > 0 to compare DEML with its λ = 0 twin")
     registry.check_room(1 + twin)
-    check_step_memory(cfg, resolve_device(cfg.device), runs=1 + twin, words=words)
-    jobs = [registry.start(TrainingJob(cfg, out=out))]
+    device = resolve_device(cfg.device)
+    check_step_memory(cfg, device, runs=1 + twin, words=words)
+    threads = threads_per_job(1 + twin, registry) if device.type == "cpu" else None
+    jobs = [registry.start(TrainingJob(cfg, out=out, threads=threads))]
     if twin:
-        jobs.append(registry.start(TrainingJob(cfg.with_overrides(lam=0.0), out=twin_dir_for(out))))
+        jobs.append(registry.start(TrainingJob(cfg.with_overrides(lam=0.0), out=twin_dir_for(out), threads=threads)))
     return jobs
+
+
+def threads_per_job(starting: int, registry: JobRegistry = REGISTRY) -> int:
+    """torch threads for each of `starting` new CPU jobs: the cores this process may use, shared with
+    the jobs training now (a run and its twin on 2 cores: one each, not two each fighting for them)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    busy = sum(1 for j in registry.active())
+    return max(1, cores // max(1, busy + starting))
+
+
+_demo_lock = threading.Lock()
+
+
+def start_demo(root: str | Path, another: bool = False, registry: JobRegistry = REGISTRY) -> str:
+    """Start demo: the demo preset AND its lambda = 0 twin (same seed, same probe and validation
+    episodes), so the live view shows DEML and vanilla side by side. While a demo trains this returns
+    that demo's folder instead of starting a second pair (a double click starts one pair); `another`
+    starts a second pair on purpose. UserError as start_runs."""
+    from engine.config import preset
+
+    with _demo_lock:
+        if not another and (running := running_demo(registry)) is not None:
+            return running
+        out = new_run_dir(root, DEMO)
+        start_runs(preset(DEMO), out, twin=True, registry=registry)
+        return out
 
 
 def run_jobs(run_dir: str | None, registry: JobRegistry = REGISTRY) -> tuple[TrainingJob | None, TrainingJob | None]:

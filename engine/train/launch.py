@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from engine.config import TrainConfig
 from engine.errors import UserError
+from engine.eval.checkpoints import refuse_old_head
 from engine.runs import RunDir
 from engine.train import distributed
 from engine.train.trainer import Trainer
@@ -54,6 +55,8 @@ def _resume(run: RunDir, steps: int | None) -> tuple[Trainer, RunDir]:
         state, warnings = run.load_checkpoint()
     else:  # killed before its first checkpoint: it starts over (the model is seeded by the config)
         state, warnings = None, [f"{run.path} has no checkpoint yet; training starts again from step 0"]
+    if state is not None:
+        refuse_old_head(run, cfg, state)
     trainer = Trainer(cfg)
     if state is not None:
         try:

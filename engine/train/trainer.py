@@ -1,6 +1,9 @@
 """The DEML joint loop: each step samples a meta-batch of tasks and a batch of external images,
-passes all of them through G once, and takes one Adam step on L_meta + lambda * L_disc over G,
-D and M. lambda = 0 is the vanilla meta-learner with everything else identical.
+passes the task images and the external images through G separately (engine/models/deml.py
+external_pass: the external batch never reaches the task images' normalisation, nor the running
+statistics evaluation uses), and takes one Adam step on L_meta + lambda * L_disc over G, D and M.
+lambda = 0 is the vanilla meta-learner with everything else identical: the same data order, the
+same initial weights and, at the same weights, the same meta loss as at any lambda > 0.
 
 Randomness per step comes from numpy generators seeded by (seed, step), so a run resumed from a
 checkpoint draws exactly the batches the uninterrupted run would have drawn.
@@ -42,7 +45,7 @@ from engine.eval.evaluate import (
     shared_concepts,
 )
 from engine.models import head_start
-from engine.models.deml import eval_mode, resolve_device, seeded_model
+from engine.models.deml import eval_mode, external_pass, resolve_device, seeded_model
 from engine.records import AdaptationRecord, Probe, Snapshot, TrainRecord, ValRecord
 from engine.runs import RunDir
 from engine.train import distributed
@@ -149,19 +152,26 @@ class Trainer:
         tasks = take(self.train_sampler.draw(cfg.meta_batch, rng), self.task_share.start, self.task_share.stop)
         t, (nk, nq) = len(tasks.classes), (tasks.support.shape[1], tasks.query.shape[1])  # T (this rank's), N*K, N*Q
         index = torch.from_numpy(np.concatenate([tasks.support.reshape(-1), tasks.query.reshape(-1)]))
-        parts = [self.train_sampler.images[index]]  # uint8 (T*N*K + T*N*Q, C, H, W), class-major per task
         batch = {"tasks": t, "nk": nk, "nq": nq,  # labels made on the device: nothing to copy
                  "support_labels": class_major_labels(cfg.ways, cfg.shots, t, dev),
-                 "query_labels": class_major_labels(cfg.ways, cfg.queries, t, dev)}
-        if cfg.lam > 0:
+                 "query_labels": class_major_labels(cfg.ways, cfg.queries, t, dev),
+                 # uint8 travels (a quarter of float32's bytes) and becomes [0, 1] floats on the device
+                 "x": self._images(self.train_sampler.images[index])}  # (T*N*K + T*N*Q, C, H, W), class-major per task
+        if cfg.lam > 0:  # drawn after the tasks, from the same generator: the tasks are the same at any lambda
             n_ext = len(self.ext_images)
             pick = rng.choice(n_ext, cfg.ext_batch, replace=cfg.ext_batch > n_ext)[self.ext_share]
             pick = torch.from_numpy(pick)
-            parts.append(self.ext_images[pick])  # uint8 (B, C, H, W)
+            batch["x_ext"] = self._images(self.ext_images[pick])  # (B, C, H, W)
             batch["ext_labels"] = self._to_device(self.ext_labels[pick])
-        # uint8 travels (a quarter of float32's bytes) and becomes [0, 1] floats on the device
-        batch["x"] = self._to_device(torch.cat(parts)).float().div_(255.0)
         return batch
+
+    @staticmethod
+    def step_images(batch: dict) -> torch.Tensor:
+        """All of a step's images, task and external, in one tensor (for benchmarks of G's cost)."""
+        return torch.cat([batch["x"]] + ([batch["x_ext"]] if "x_ext" in batch else []))
+
+    def _images(self, uint8: torch.Tensor) -> torch.Tensor:
+        return self._to_device(uint8).float().div_(255.0)
 
     def _to_device(self, t: torch.Tensor) -> torch.Tensor:
         """A host tensor on the training device. On CUDA it is copied into pinned (page-locked) memory
@@ -178,8 +188,9 @@ class Trainer:
         # --amp: G, which has the compute, in bf16; the meta-learner's (second-order) inner loops
         # and D stay in float32, where concept space is small and precision matters
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.amp):
-            z = self.model.generator(x)  # (T*N*K + T*N*Q [+ B], D): one generator pass for everything
-        z = z.float()
+            z = self.model.generator(x).float()  # (T*N*K + T*N*Q, D): the task images alone
+            if "x_ext" in b:  # its own pass: batch statistics of the external images, running ones untouched
+                z_ext = external_pass(self.model.generator, b["x_ext"]).float()  # (B, D)
         zs = z[: t * nk].view(t, nk, -1)  # (T, N*K, D)
         zq = z[t * nk: t * (nk + nq)].view(t, nq, -1)  # (T, N*Q, D)
         result = self.model.learner.meta_loss(zs, b["support_labels"], zq, b["query_labels"], cfg.ways)
@@ -187,7 +198,7 @@ class Trainer:
         stats = [result.query_loss, result.accuracy]  # stay on the device until the step is queued
         if "ext_labels" in b:
             ext_labels = b["ext_labels"]
-            disc_logits = self.model.discriminator(z[t * (nk + nq):])  # (B, external classes)
+            disc_logits = self.model.discriminator(z_ext)  # (B, external classes)
             disc_loss = F.cross_entropy(disc_logits, ext_labels)
             loss = loss + cfg.lam * disc_loss
             stats += [disc_loss.detach(), (disc_logits.argmax(-1) == ext_labels).float().mean()]
@@ -209,7 +220,8 @@ class Trainer:
         self.step += 1
         dt = time.perf_counter() - t0
         self.seconds += dt
-        record.update(lr=lr, step_seconds=dt, images_per_s=len(x) * distributed.world_size() / dt,
+        images = len(x) + (len(b["x_ext"]) if "x_ext" in b else 0)
+        record.update(lr=lr, step_seconds=dt, images_per_s=images * distributed.world_size() / dt,
                       seconds=self.seconds)
         return record
 
@@ -224,7 +236,8 @@ class Trainer:
         acc = episode_accuracies(self.model, self.val_sampler, self.val_index, self.device, table=table)
         mean, ci = mean_ci95(acc)
         self.last_val = {"kind": "val", "step": self.step, "val_acc": mean, "val_ci95": ci,
-                         "episodes": len(acc), "seconds": self.seconds}
+                         "episodes": len(acc), "seconds": self.seconds,
+                         "val_per_episode": [round(float(a), 4) for a in acc]}  # paired DEML-vs-twin headline
         return self.last_val
 
     def adaptation(self, table=None) -> AdaptationRecord:

@@ -55,7 +55,7 @@ from engine.runs import RunDir
 from engine.services.training import run_jobs
 from engine.train.job import REGISTRY, JobRegistry
 from engine.viz import project
-from engine.viz.project import ConceptProjector, procrustes_transform
+from engine.viz.project import ConceptProjector, procrustes_align, procrustes_transform
 from engine.viz.regions import RegionGrid, regions_for
 from engine.viz.run_view import DiskRun, RunView, config_lam, device_name
 
@@ -78,6 +78,15 @@ def _controller() -> ThreadpoolController:
 
 def _step(snapshot: Snapshot) -> int:
     return int(snapshot["step"])
+
+
+def aligned_to(xy: np.ndarray, ref_xy: np.ndarray | None) -> np.ndarray:
+    """`xy` rotated or reflected, scaled uniformly and moved onto `ref_xy` (orthogonal Procrustes over
+    the rows both share: the same probe images): two runs' maps drawn side by side in one orientation.
+    Unchanged when there is no reference or the rows differ (other probe images)."""
+    if ref_xy is None or np.shape(xy) != np.shape(ref_xy) or len(xy) < 3:
+        return np.asarray(xy, dtype=np.float32)
+    return procrustes_align(xy, ref_xy, scale=True)
 
 
 def selected_rows(selection) -> list[int]:
@@ -119,6 +128,7 @@ class _Track:
         self.back: ConceptProjector | None = None  # a second projector walking back in time from first_step
         self.back_affine = (np.eye(2), 1.0, np.zeros(2))  # back's coordinates -> this map's
         self.back_step: int | None = None  # the step of `back`'s current layout
+        self.version = getattr(self, "version", 0) + 1  # grows with every frame laid out (a view redraws on it)
         self.note = ""
         self.note_at = 0.0  # when the note was made (a note about a switch is shown for NOTE_S only)
 
@@ -206,10 +216,14 @@ class LiveMap:
         job = registry.get(twin)
         if job is not None:
             view.twin_state, view.twin_metrics, view.twin_progress = job.state, job.metrics(), job.progress()
+            view.twin_probe = job.trainer.probe if job.trainer is not None else None
+            view.twin_snapshots = job.snapshots() if view.twin_probe is not None else []
         else:
-            run = RunDir(twin)
+            disk = self._disk.setdefault(twin, DiskRun(twin))
+            run = disk.run
             view.twin_state = RunState.SAVED if run.locked_by() is None else RunState.ELSEWHERE
             view.twin_metrics = run.read_metrics()
+            view.twin_probe, view.twin_snapshots = disk.probe(), disk.snapshots()
 
     # --- the live map -------------------------------------------------------------------------
     def _track(self, run: str, method: str) -> _Track:
@@ -268,6 +282,7 @@ class LiveMap:
         track.frame_method[step] = p.method_
         track.regions = {k: v for k, v in track.regions.items() if k[0] != step}  # relaid: old regions are off
         track.last_step = step
+        track.version += 1
         track.note, track.note_at = p.note_, time.monotonic()
 
     def refresh(self, snapshots: list[Snapshot], probe: Probe | None, run: str = "", method: str = "umap",
@@ -332,6 +347,7 @@ class LiveMap:
                 track.frames[s] = (scale * track.back.embedding_.astype(np.float64) @ R + t).astype(np.float32)
                 track.frame_method[s] = track.back.method_
                 track.back_step = s
+                track.version += 1
             return [(_step(s), track.frames[_step(s)]) for s in snapshots
                     if _step(s) >= lo and _step(s) in track.frames]
 
@@ -351,6 +367,38 @@ class LiveMap:
             reg = self._regions(track, snap, probe, int(step), grid, exact=int(step) == track.last_step) \
                 if regions else None
         return frames[int(step)], reg, snap
+
+    def twin_frame(self, twin_snapshots: list[Snapshot], probe: Probe | None, ref_xy: np.ndarray | None, step: int,
+                   run: str = "", method: str = "umap", regions: bool = False, grid: int | None = None
+                   ) -> tuple[np.ndarray | None, RegionGrid | None, Snapshot | None]:
+        """The twin's map beside the run's, synced: its snapshot at `step` (the latest at or before it:
+        snapshots by time fall on different steps in the two runs), laid out by the same method on its
+        own stable projector (`run`: the twin's folder), then turned onto the run's frame `ref_xy` by an
+        orthogonal Procrustes transform on the shared probe images (aligned_to), so a class sits
+        where it sits on the run's map. Regions: the discriminator's, nearest-probe on those positions."""
+        twin_snapshots = sorted(twin_snapshots or [], key=_step)
+        upto = [s for s in twin_snapshots if _step(s) <= int(step)] or twin_snapshots[:1]
+        if not upto or probe is None:
+            return None, None, None
+        snap = upto[-1]
+        if _step(snap) == _step(twin_snapshots[-1]):
+            xy, _, _ = self.refresh(twin_snapshots, probe, run=run, method=method)
+        else:
+            xy, _, _ = self.frame_at(twin_snapshots, probe, _step(snap), run=run, method=method)
+        if xy is None:
+            return None, None, snap
+        xy = aligned_to(xy, ref_xy)
+        reg = None
+        if regions:
+            with self._lock, self._limits():
+                reg = regions_for(SimpleNamespace(method_=f"replay-{self.method_shown(run, method)}", embedding_=xy),
+                                  snap, probe, grid=grid or self.grid)
+        return xy, reg, snap
+
+    def layout_version(self, run: str, method: str) -> int:
+        """A number that changes whenever the (run, method) map lays out a frame (0 before any)."""
+        track = self._tracks.get((run, method))
+        return track.version if track else 0
 
     def method_shown(self, run: str, method: str) -> str | None:
         """What the (run, method) map actually uses now ("pca" while UMAP warms up), None before a layout."""

@@ -82,6 +82,8 @@ class RunView:
     twin_state: RunState | None = None
     twin_metrics: list[MetricRecord] | None = None
     twin_progress: dict | None = None
+    twin_snapshots: list[Snapshot] = field(default_factory=list)  # the twin's, for its map beside this one
+    twin_probe: Probe | None = None  # the twin's probe (the same images as this run's: same split_seed)
     lam: float | None = None  # the run's lambda (0: it is the vanilla side of a twin pair)
     holder: str | None = None  # ELSEWHERE: the process that trains it ("process 123 on host (started ...)")
 

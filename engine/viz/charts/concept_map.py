@@ -58,6 +58,7 @@ REGION_LEGEND = dict(orientation="h", x=0.0, xanchor="left", xref="paper", y=0.0
                      yref="container", font=dict(size=12),
                      traceorder="normal")  # one group: "normal" flows its entries in rows, not a column
 REGION_KEY_HEADER = "<b>D's regions:</b>"
+KEY_ROW_PX, KEY_COLUMNS = 19, 2  # the region key's height per row, and its entries per row on a narrow map
 SPLIT_KEY_COLOR = MUTED  # a split's legend marker when colour means class or D (shape is the split)
 REGION_GROUP = "regions"
 
@@ -308,7 +309,9 @@ def concept_map(xy, probe: Probe, snapshot: Snapshot | None = None, color_by: st
     behind the points for the external classes the probe shows, with their names in the legend and
     a caption over the plot saying what D is, what the shading means and whether it is exact or
     approximate; `method_note` (e.g. "UMAP warming up: PCA shown") goes under the title. Equal
-    scale on x and y, ranges fitted to the points with a fixed margin; `height` in pixels."""
+    scale on x and y, ranges fitted to the points with a fixed margin; `height` in pixels, and the
+    region key, when shown, adds its rows below (KEY_ROW_PX each, KEY_COLUMNS to a row) so it never
+    squeezes the plot into a strip."""
     check_choice(color_by, "color_by", COLOR_BY)
     rows = check_probe(probe)
     xy = as_points(xy, "xy", rows)
@@ -323,7 +326,9 @@ def concept_map(xy, probe: Probe, snapshot: Snapshot | None = None, color_by: st
     fig.add_traces(point_traces(xy, probe, snapshot, color_by, colors, present))
     fig.add_traces(split_keys(present, color_by))
     if regions is not None:
-        fig.add_traces(region_keys(probe, colors, regions))
+        keys = region_keys(probe, colors, regions)
+        fig.add_traces(keys)
+        height += KEY_ROW_PX * -(-len(keys) // KEY_COLUMNS)
     step = snapshot.get("step") if snapshot is not None else None
     subtitle = subtitle_lines(color_by, snapshot, method_note)
     top = top_notes(fig, subtitle, region_text(probe, regions) if regions is not None else None)

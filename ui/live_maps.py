@@ -1,0 +1,228 @@
+"""The concept maps of the live view (ui.live draws the rest): the run's map, the lambda = 0 twin's
+map beside it (same method, same replay step, turned onto the run's map: engine.viz.live.LiveMap.twin_frame),
+the replay slider with "▶ Play", and the images behind a selection. Keys: see ui.live."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import streamlit as st
+
+from engine.eval.twins import method_label
+from engine.viz.charts import concept_map, nearest_neighbours, thumbnail_grid
+from engine.viz.live import LiveMap, selected_rows
+
+METHODS = {"UMAP": "umap", "PCA": "pca", "t-SNE": "tsne"}
+METHOD_LABELS = {v: k for k, v in METHODS.items()}
+LATEST = "latest"
+MAX_THUMBS = 64
+NEIGHBOURS = 8
+FIGURES_KEY = "_conceptscape_live_figures"  # st.session_state: name -> (version, figure, built at)
+TWIN_MAP_S = 1.5  # while training, the twin's map is drawn again at most this often (snapshots come every ~2 s)
+PLAY_S = 10.0  # "▶ Play" replays from the first snapshot to the latest in this many seconds
+# the plot toolbars keep only the tools these charts need, so they stay clear of the titles on narrow screens
+_NOT_NEEDED = ["toImage", "zoomIn2d", "zoomOut2d", "autoScale2d"]
+MAP_TOOLS = {"displaylogo": False, "modeBarButtonsToRemove": _NOT_NEEDED}
+CURVE_TOOLS = {"displaylogo": False, "modeBarButtonsToRemove": _NOT_NEEDED + ["select2d", "lasso2d"]}
+
+
+def cached_figure(name: str, version: tuple, build, min_interval: float = 0.0):
+    """`build()`'s figure, built again only when `version` (what it is drawn from) changed, and then
+    at most every `min_interval` seconds. A refresh with nothing new re-sends the same figure: building
+    plotly figures in the server holds the GIL against the training threads (py-spy on a watched demo:
+    figure building was the largest part of a refresh), so a refresh that changes nothing builds nothing."""
+    store = st.session_state.setdefault(FIGURES_KEY, {})
+    kept = store.get(name)
+    now = time.monotonic()
+    if kept is not None and (kept[0] == version or now - kept[2] < min_interval):
+        return kept[1]
+    fig = build()
+    store[name] = (version, fig, now)
+    return fig
+
+
+def has_twin_map(view) -> bool:
+    """Whether the view shows the twin's map beside the run's (the twin has snapshots on the same probe)."""
+    return bool(view.twin_snapshots) and view.twin_probe is not None and view.probe is not None \
+        and len(view.twin_probe["split"]) == len(view.probe["split"])
+
+
+def map_pair(lm: LiveMap, view, key: str, prefs: dict, height: int, presenter: bool = False) -> None:
+    """The replay slider, then the run's map, and the twin's beside it (same method, same step,
+    aligned onto the run's map) when it has one."""
+    if not view.snapshots or view.probe is None:
+        if view.active:
+            st.info("The concept map appears with the first snapshot, a few seconds after training starts.")
+        return
+    step = _replay_step(view, key)
+    if not has_twin_map(view):
+        _map_panel(lm, view, key, prefs, height, step, presenter=presenter)
+        return
+    left, right = st.columns(2, gap="small")
+    with left:
+        ref, snap = _map_panel(lm, view, key, prefs, height, step, title=_side_title(view.lam), presenter=presenter)
+    with right:
+        _twin_map(lm, view, key, prefs, height, ref, int(snap["step"]) if snap is not None else 0,
+                  live=step is None and view.active)
+
+
+def _side_title(lam) -> str:
+    return "Concept space" if lam is None else method_label(lam)
+
+
+def _twin_map(lm: LiveMap, view, key: str, prefs: dict, height: int, ref_xy, step: int, live: bool = False) -> None:
+    """The twin's map: its snapshot at (or just before) the step on the run's map, aligned onto it.
+    `live` (training, no replay): drawn again at most every TWIN_MAP_S (each run's snapshots would
+    otherwise redraw it: twice as often as either map changes)."""
+    twin, method = view.twin_dir, prefs["method"]
+    try:
+        xy, regions, snap = lm.twin_frame(view.twin_snapshots, view.twin_probe, ref_xy, step, run=twin,
+                                          method=method, regions=prefs["regions"])
+        if xy is None:
+            st.caption("The twin's map appears with its first snapshot.")
+            return
+        shown = lm.method_shown(twin, method) or method
+        color = prefs["color"] if prefs["color"] in ("class", "split") or "disc_pred" in snap else "class"
+        note = f"{METHOD_LABELS.get(shown, shown)}, turned to match the map beside it"
+        name = "its DEML run" if view.lam == 0 else method_label(0.0)
+        fig = cached_figure(f"{key}_twin_map", (twin, int(snap["step"]), lm.layout_version(twin, method),
+                                                lm.layout_version(view.run_dir, method), note, color,
+                                                name, height, regions is not None), lambda: concept_map(
+                          xy, view.twin_probe, snap, color_by=color, regions=regions, method_note=note,
+                          title=f"{name} · step {int(snap['step'])}",
+                          uirevision=f"{key}-twinmap-{twin}-{method}", height=height),
+                            min_interval=TWIN_MAP_S if live else 0.0)
+    except ValueError as e:
+        st.warning(f"The twin's concept map cannot be drawn: {e}")
+        return
+    st.plotly_chart(fig, key=f"{key}_twin_map", width="stretch", theme=None, config=MAP_TOOLS)
+
+
+def _replay_step(view, key: str) -> int | None:
+    """The snapshot step the replay slider points at (None: the latest, i.e. live). "▶ Play" beside it
+    steps the slider through the snapshots in PLAY_S seconds, time spaced by training step."""
+    steps = [int(s["step"]) for s in view.snapshots]
+    if len(steps) < 2:
+        return None
+    options = steps[:-1] + [LATEST]
+    playing = f"_{key}_playing"
+    frame = None  # while playing: the snapshot step on screen
+    if (play := st.session_state.get(playing)) is not None:
+        started, first, last = play
+        at = first + (time.monotonic() - started) / PLAY_S * (last - first)
+        if at >= last:  # played to the end of its span (training may have gone on): the map is live again
+            st.session_state.pop(playing)
+        else:
+            frame = max([s for s in steps if s <= at] or steps[:1])
+    c1, c2 = st.columns([5, 1], vertical_alignment="bottom")
+    label = lambda o: f"latest (step {steps[-1]})" if o == LATEST else f"step {o}"  # noqa: E731
+    if frame is None:
+        choice = c1.select_slider("Replay", options=options, value=LATEST, key=f"{key}_replay", format_func=label,
+                                  help="scrub through the snapshots of concept space taken during training")
+    else:  # the slider follows the replay (a new one each frame: its value is the frame's step)
+        choice = frame if frame != steps[-1] else LATEST
+        c1.select_slider("Replay", options=options, value=choice, key=f"{key}_replay_at_{frame}",
+                         format_func=label, disabled=True, help="replaying: ■ Stop to scrub by hand")
+    on = frame is not None
+    c2.button("■ Stop" if on else "▶ Play", key=f"{key}_play", width="stretch", on_click=_play,
+              args=(key, None if on else (steps[0], steps[-1])),
+              help="stop the replay" if on else f"replay training from step {steps[0]} in {PLAY_S:.0f} s")
+    return None if choice == LATEST else int(choice)
+
+
+def _play(key: str, span: tuple[int, int] | None) -> None:
+    """Play's callback: start the replay over `span` (first, last step) now, or stop it (None)."""
+    if span is None:
+        st.session_state.pop(f"_{key}_playing", None)
+    else:
+        st.session_state[f"_{key}_playing"] = (time.monotonic(), *span)
+
+
+def _map_panel(lm: LiveMap, view, key: str, prefs: dict, height: int, step: int | None,
+               title: str | None = None, presenter: bool = False) -> tuple[np.ndarray | None, dict | None]:
+    """The run's map at replay `step` (None: live); returns (xy, snapshot) shown, for the twin's beside it."""
+    run, method, want_regions = view.run_dir, prefs["method"], prefs["regions"]
+    try:
+        if step is None:
+            xy, regions, note = lm.refresh(view.snapshots, view.probe, run=run, method=method, regions=want_regions)
+            snap = view.snapshots[-1]
+        else:
+            with st.spinner("laying out earlier snapshots on the same map…"):
+                xy, regions, snap = lm.frame_at(view.snapshots, view.probe, step, run=run, method=method,
+                                                regions=want_regions)
+            note = ""
+        shown = lm.method_shown(run, method) or method
+        n = len(view.probe["split"])
+        method_note = note or f"{METHOD_LABELS.get(shown, shown)} of {n} probe images' concepts"
+        color = prefs["color"] if prefs["color"] in ("class", "split") or "disc_pred" in snap else "class"
+        rows_key = f"_{key}_rows"
+        kept_run, rows = st.session_state.get(rows_key, (None, []))
+        rows = [r for r in rows if r < n] if kept_run == run else []
+
+        def build():
+            fig = concept_map(xy, view.probe, snap, color_by=color, regions=regions, method_note=method_note,
+                              title=title and f"{title} · step {int(snap['step'])}",
+                              uirevision=f"{key}-map-{run}-{method}", height=height)
+            _highlight(fig, rows)
+            return fig
+
+        fig = cached_figure(f"{key}_map", (run, int(snap["step"]), lm.layout_version(run, method), regions is not None, method_note,
+                                           color, title, height, tuple(rows)), build)
+    except ValueError as e:  # e.g. concepts went NaN: say so, keep the page
+        st.warning(f"The concept map cannot be drawn: {e}")
+        return None, None
+    event = st.plotly_chart(fig, key=f"{key}_map", on_select="rerun", selection_mode=("points", "box", "lasso"),
+                            width="stretch", theme=None, config=MAP_TOOLS)
+    picked = selected_rows(_selection(event))
+    if picked and picked != st.session_state.get(f"_{key}_taken"):
+        # the chart's own selection is reset whenever its figure changes (every new snapshot), and
+        # an old figure's selection can come back with that figure: so the rows are kept here, drawn
+        # as the selection until a different one or "Clear selection", and a selection is taken once
+        st.session_state[rows_key] = (run, picked)
+        st.session_state[f"_{key}_taken"] = rows = picked
+    if rows:
+        _selection_panel(view, snap, rows, key)
+    elif not presenter:  # a room watches presenter view: no how-to under the map
+        st.caption("Lasso or box-select points (tools at the top right of the map) to see their images; "
+                   "click one point to see its nearest neighbours in concept space.")
+    return xy, snap
+
+
+def _selection(event):
+    if event is None:
+        return None
+    sel = event.get("selection") if hasattr(event, "get") else getattr(event, "selection", None)
+    return sel
+
+
+def _highlight(fig, rows: list[int]) -> None:
+    """Show `rows` as the map's selected points (others dimmed)."""
+    wanted = set(rows)
+    for trace in fig.data:
+        cd = getattr(trace, "customdata", None)
+        if cd is None or trace.type != "scattergl":
+            continue
+        trace.selectedpoints = [i for i, c in enumerate(cd) if int(c[0]) in wanted] if wanted else None
+
+
+def _selection_panel(view, snap: dict, rows: list[int], key: str) -> None:
+    probe = view.probe
+    names = np.asarray(probe["class_name"]).astype(str)
+    if len(rows) == 1:
+        r = rows[0]
+        nn = nearest_neighbours(np.asarray(snap["concepts"]), r, k=NEIGHBOURS).tolist()
+        shown = [r] + nn
+        captions = [f"selected: {names[r]}"] + [f"#{i + 1} nearest: {names[j]}" for i, j in enumerate(nn)]
+        title = f"{names[r]} and its {len(nn)} nearest neighbours in concept space (step {int(snap['step'])})"
+    else:
+        shown = rows[:MAX_THUMBS]
+        captions = [names[j] for j in shown]
+        more = f" (first {MAX_THUMBS})" if len(rows) > MAX_THUMBS else ""
+        title = f"{len(rows)} selected images{more}"
+    st.plotly_chart(thumbnail_grid(probe["images"][shown], captions=captions, columns=9, title=title,
+                                   uirevision=f"{key}-thumbs"), key=f"{key}_thumbs", width="stretch", theme=None)
+    st.button("Clear selection", key=f"{key}_clear", on_click=_clear, args=(f"_{key}_rows",))
+
+
+def _clear(rows_key: str) -> None:
+    st.session_state.pop(rows_key, None)
