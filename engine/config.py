@@ -60,6 +60,10 @@ class TrainConfig:
     rotations: bool = False  # each 90-degree turn of a meta-train class is a new class (Omniglot)
     pool_external: bool = False  # control for DEML: external classes join meta-train episodes instead
     split_seed: int = 0  # separate from seed so runs with different seeds share test classes
+    # meta-validation on "classes" (held-out classes), "images" (Q held-out images of each meta-train
+    # class: for data with too few classes to hold any out) or "train" (the meta-train images: too
+    # few images to hold any out); engine.data.plan chooses it for small data
+    validation: str = "classes"
     # tasks
     ways: int = 5
     shots: int = 1
@@ -145,7 +149,7 @@ class TrainConfig:
 
     def split_config(self) -> SplitConfig:
         return SplitConfig(self.val_split, self.test_split, self.external_split, self.train_limit,
-                           self.rotations, self.pool_external, self.split_seed)
+                           self.rotations, self.pool_external, self.split_seed, self.validation, self.queries)
 
     def learner_config(self) -> LearnerConfig:
         return LearnerConfig(self.inner_steps, self.inner_lr, self.first_order, self.head_hidden, self.batched)
@@ -177,7 +181,7 @@ class TrainConfig:
 
 
 _NAMES = {  # settings whose value is one of a known set of names (None: looked up when checked)
-    "polarity": ("auto", "keep"), "norm": ("batch", "group", "none"), "lr_schedule": ("cosine", "constant"),
+    "polarity": ("auto", "keep"), "validation": ("classes", "images", "train"), "norm": ("batch", "group", "none"), "lr_schedule": ("cosine", "constant"),
     "device": ("auto", "cpu", "cuda"), "learner": None, "backbone": None,
 }
 
