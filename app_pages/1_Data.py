@@ -175,7 +175,9 @@ size = st.selectbox("Image size (px)", SIZES, stored["image_size"], key="data_im
 image_size = None if size == "auto" else int(size)
 try:
     page_key = f"data_first_class:{spec}"  # one pager per dataset: its range depends on the data
-    pv = preview(spec, Preprocess(image_size), first_class=st.session_state.get(page_key, 1) - 1)
+    # shots 1 + queries 1: classes under 2 images are named; the plan (below) fits K and Q to the rest
+    pv = preview(spec, Preprocess(image_size), shots=1, queries=1,
+                 first_class=st.session_state.get(page_key, 1) - 1)
 except (UserError, OSError) as e:
     st.error(str(e))
     st.stop()
