@@ -191,10 +191,9 @@ show_problems(pv["problems"], "Problems found")
 if s["classes"] > SHOWN_CLASSES:
     st.number_input(f"Show {SHOWN_CLASSES} classes from class number", 1, s["classes"], step=SHOWN_CLASSES,
                     key=page_key)
-grid = st.columns(3)
-for n, t in enumerate(pv["tiles"]):
-    grid[n % 3].image(t["image"], caption=f"{t['name']}: {t['count']} images", width="stretch",
-                        output_format="PNG")
+for row in range(0, len(pv["tiles"]), 3):  # a row of 3 at a time: on a phone they stack in class order
+    for col, t in zip(st.columns(3), pv["tiles"][row:row + 3]):
+        col.image(t["image"], caption=f"{t['name']}: {t['count']} images", width="stretch", output_format="PNG")
 with st.expander("Images per class"):
     st.dataframe([{"class": c, "images": n} for c, n in pv["counts"]], hide_index=True)
 
