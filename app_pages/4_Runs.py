@@ -54,9 +54,10 @@ overview = st.container()  # filled last, so it shows what the actions below hav
 # --- compare --------------------------------------------------------------------------------------
 st.subheader("Compare runs")
 if "runs_compare" not in st.session_state:  # the URL's run and its twin, else the newest two of one dataset
-    current = current_run()
-    st.session_state["runs_compare"] = compare.default_comparison(readable, current, find_twin(current) if current
-                                                                  else None)
+    i = catalog.find(readable, current_run())
+    current = readable[i].path if i is not None else None
+    st.session_state["runs_compare"] = compare.default_comparison(readable, current,
+                                                                  find_twin(current) if current else None)
 st.session_state["runs_compare"] = [p for p in st.session_state["runs_compare"] if p in by_path and by_path[p].readable]
 chosen = st.multiselect("Runs to compare", [r.path for r in readable], key="runs_compare",
                         format_func=lambda p: by_path[p].label())

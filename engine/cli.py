@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -147,8 +148,10 @@ class Progress:
 def cmd_train(args) -> dict | None:
     from engine.config import TrainConfig, preset
     from engine.data.plan import plan_config
+    from engine.models.deml import resolve_device
     from engine.runs import clean_run_name
     from engine.train import distributed
+    from engine.train.budget import check_step_memory
     from engine.train.launch import resume_run, start_run
     from engine.train.trainer import Control
 
@@ -162,6 +165,8 @@ def cmd_train(args) -> dict | None:
         overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if f.name not in TRAIN_FIELDS_HIDDEN}
         cfg = preset(args.preset).with_overrides(**overrides)
         args.name = clean_run_name(args.name) if args.name else None
+        # a step that cannot fit in memory is refused before the data is read (as the trainer does)
+        check_step_memory(cfg, resolve_device(cfg.device), processes=int(os.environ.get("WORLD_SIZE", "1")))
         # the plan fitted to the data (engine.data.plan): flags given stay as typed
         cfg, plan = plan_config(cfg, explicit={k for k, v in overrides.items() if v is not None})
         out = args.out or f"runs/{datetime.now():%Y%m%d-%H%M%S}-{cfg.learner}-lam{cfg.lam:g}-s{cfg.seed}"
