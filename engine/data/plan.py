@@ -127,12 +127,20 @@ def fit_plan(counts: Sequence[int], gray: bool, base, explicit=frozenset(), word
         raise UserError(f"this data has {_n(len(usable))} with at least 2 images; training needs at least "
                         "2 classes of 2 or more images each: add classes or images")
     explicit = frozenset(explicit)
+    plan = _search(counts, usable, gray, base, explicit, check)
+    if plan is None:
+        raise UserError(_why_not(counts, gray, base, explicit, words, check))
+    return plan
+
+
+def _search(counts, usable, gray, base, explicit, check) -> Plan | None:
+    """The first plan that trains (base as it is, then the candidates), or None."""
     if check(base):
         return _as_plan(base, len(counts), usable[0], fitted=False)
     for cfg in _candidates(len(usable), usable[0], gray, base, explicit):
         if check(cfg):
             return _as_plan(cfg, len(counts), usable[0], fitted=True)
-    raise UserError(_why_not(counts, gray, base, explicit, words, check))
+    return None
 
 
 def _as_plan(cfg, classes: int, smallest: int, fitted: bool) -> Plan:
@@ -223,11 +231,9 @@ def _why_not(counts, gray, base, explicit, words: Words, check) -> str:
 
 
 def _fits(counts, gray, base, explicit, check) -> bool:
-    try:
-        fit_plan(counts, gray, base, explicit, FLAGS, check)
-        return True
-    except UserError:
-        return False
+    """Does some plan train with these explicit settings? (Never explains: no search within a search.)"""
+    usable = sorted(c for c in counts if c >= 2)
+    return _search(counts, usable, gray, base, frozenset(explicit), check) is not None
 
 
 def plan_config(cfg, explicit=frozenset(), words: Words = FLAGS, data=None):
