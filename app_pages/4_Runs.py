@@ -14,7 +14,8 @@ from engine.errors import UserError
 from engine.eval.evaluate import run_evaluation
 from engine.eval.twins import find_twin
 from engine.records import RunState
-from engine.services import catalog
+from engine.runs import NAME_MAX_CHARS
+from engine.services import catalog, compare
 from engine.viz.charts import adaptation_curves
 from engine.viz.project import umap_status
 from engine.viz.report import build_report
@@ -52,21 +53,20 @@ overview = st.container()  # filled last, so it shows what the actions below hav
 
 # --- compare --------------------------------------------------------------------------------------
 st.subheader("Compare runs")
-if "runs_compare" not in st.session_state:  # the URL's run and its twin, else the two newest
+if "runs_compare" not in st.session_state:  # the URL's run and its twin, else the newest two of one dataset
     i = catalog.find(readable, current_run())
-    if i is None:
-        st.session_state["runs_compare"] = [r.path for r in readable[:2]]
-    else:
-        twin = find_twin(readable[i].path)
-        j = catalog.find(readable, twin)
-        st.session_state["runs_compare"] = [readable[i].path] + ([readable[j].path] if j is not None else [])
+    current = readable[i].path if i is not None else None
+    st.session_state["runs_compare"] = compare.default_comparison(readable, current,
+                                                                  find_twin(current) if current else None)
 st.session_state["runs_compare"] = [p for p in st.session_state["runs_compare"] if p in by_path and by_path[p].readable]
 chosen = st.multiselect("Runs to compare", [r.path for r in readable], key="runs_compare",
                         format_func=lambda p: by_path[p].label())
 if chosen:
     picked = [by_path[p] for p in chosen]
-    st.plotly_chart(catalog.comparison_curves(picked), key="runs_compare_curves", theme=None, width="stretch")
-    st.dataframe(catalog.comparison_table(picked), hide_index=True, key="runs_compare_table")
+    st.plotly_chart(compare.comparison_curves(picked), key="runs_compare_curves", theme=None, width="stretch")
+    if notes := compare.comparison_notes(picked):
+        st.warning("**Not like for like:** " + "; ".join(notes) + ".")
+    st.dataframe(compare.comparison_table(picked), hide_index=True, key="runs_compare_table")
     recorded = [r for r in picked if r.curve]
     for axis in ("steps", "shots"):
         group = [(f"{r.name} ({r.method})", r.curve) for r in recorded if r.curve.get("axis") == axis]
@@ -110,6 +110,21 @@ if run.state == RunState.RUNNING:
 elif run.state == RunState.ELSEWHERE:
     st.caption(f"Another process trains this run ({run.detail}): evaluation and downloads use its newest "
                "checkpoint; it cannot be resumed or deleted here until that training ends.")
+def rename(path: str) -> None:
+    """Runs before the page is drawn again, so every list shows the new name."""
+    try:
+        kept = catalog.rename_run(path, st.session_state.get(f"runs_name_{path}", ""))
+    except UserError as e:
+        st.session_state["runs_flash"] = [("error", str(e))]
+        return
+    st.session_state["runs_flash"] = [("success", f"Renamed {os.path.basename(path)} to “{kept}”" if kept
+                                       else f"{os.path.basename(path)} has no name now")]
+
+
+name_col, button_col = st.columns([3, 1], vertical_alignment="bottom")
+name_col.text_input("Name", value=run.title or "", key=f"runs_name_{selected}", max_chars=NAME_MAX_CHARS,
+                    placeholder=run.name, help="shown in the tables and lists; the folder keeps its name")
+button_col.button("Rename", key="runs_rename", disabled=not run.readable, on_click=rename, args=(selected,))
 left, mid, right = st.columns(3)
 
 with left:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -43,6 +44,7 @@ def _add_train(sub):
     p.add_argument("--preset", choices=sorted(PRESETS), help="start from a named preset; flags override it")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last good checkpoint")
     p.add_argument("--out", metavar="RUN_DIR", help="run directory (default: runs/<time>-<learner>)")
+    p.add_argument("--name", help="a name for the run, shown by the app (the Runs page can change it)")
     hints = typing.get_type_hints(TrainConfig)
     for f in fields(TrainConfig):
         if f.name in TRAIN_FIELDS_HIDDEN:
@@ -169,19 +171,28 @@ class Progress:
 
 def cmd_train(args) -> dict | None:
     from engine.config import TrainConfig, preset
+    from engine.data.plan import plan_config
+    from engine.models.deml import resolve_device
+    from engine.runs import clean_run_name
     from engine.train import distributed
+    from engine.train.budget import check_step_memory
     from engine.train.launch import resume_run, start_run
     from engine.train.trainer import Control
 
     if args.resume:
         changed = [f"--{f.name.replace('_', '-')}" for f in fields(TrainConfig)
                    if f.name not in TRAIN_FIELDS_HIDDEN | {"steps"} and getattr(args, f.name) is not None]
-        if changed or args.preset or args.out:
+        if changed or args.preset or args.out or args.name:
             raise UserError(f"--resume continues a run with its own settings; only --steps may change "
-                            f"(to train longer), not {', '.join(changed + ['--preset'] * bool(args.preset) + ['--out'] * bool(args.out))}")
+                            f"(to train longer), not {', '.join(changed + ['--preset'] * bool(args.preset) + ['--out'] * bool(args.out) + ['--name'] * bool(args.name))}")
     else:
         overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if f.name not in TRAIN_FIELDS_HIDDEN}
         cfg = preset(args.preset).with_overrides(**overrides)
+        args.name = clean_run_name(args.name) if args.name else None
+        # a step that cannot fit in memory is refused before the data is read (as the trainer does)
+        check_step_memory(cfg, resolve_device(cfg.device), processes=int(os.environ.get("WORLD_SIZE", "1")))
+        # the plan fitted to the data (engine.data.plan): flags given stay as typed
+        cfg, plan = plan_config(cfg, explicit={k for k, v in overrides.items() if v is not None})
         out = args.out or f"runs/{datetime.now():%Y%m%d-%H%M%S}-{cfg.learner}-lam{cfg.lam:g}-s{cfg.seed}"
     joined = distributed.setup()  # under torchrun: join the other processes
     try:
@@ -190,7 +201,9 @@ def cmd_train(args) -> dict | None:
             trainer, run = resume_run(args.resume, steps=args.steps)
             message = f"resuming {run.path} at step {trainer.step} of {trainer.cfg.steps}"
         else:
-            trainer, run = start_run(cfg, out)
+            trainer, run = start_run(cfg, out, plan=plan, name=args.name)
+            if main:
+                print(f"plan: {plan.describe()}" + ("" if plan.fitted else " (the settings as given)"), file=sys.stderr)
             message = f"training {cfg.learner} (lam {cfg.lam:g}) on {trainer.device}; run dir {run.path}"
         if distributed.world_size() > 1:
             message += (f"; data-parallel over {distributed.world_size()} processes, "

@@ -61,6 +61,10 @@ class TrainConfig:
     pool_external: bool = False  # control for DEML: external classes join meta-train episodes instead
     split_seed: int = 0  # separate from seed so runs with different seeds share test classes
     exclude_groups: str = ""  # comma-separated groups (alphabets) left out of the data before it is split
+    # meta-validation on "classes" (held-out classes), "images" (Q held-out images of each meta-train
+    # class: for data with too few classes to hold any out) or "train" (the meta-train images: too
+    # few images to hold any out); engine.data.plan chooses it for small data
+    validation: str = "classes"
     # tasks
     ways: int = 5
     shots: int = 1
@@ -154,7 +158,7 @@ class TrainConfig:
 
     def split_config(self) -> SplitConfig:
         return SplitConfig(self.val_split, self.test_split, self.external_split, self.train_limit,
-                           self.rotations, self.pool_external, self.split_seed)
+                           self.rotations, self.pool_external, self.split_seed, self.validation, self.queries)
 
     def learner_config(self) -> LearnerConfig:
         return LearnerConfig(self.inner_steps, self.inner_lr, self.first_order, self.head_hidden, self.batched)
@@ -186,8 +190,9 @@ class TrainConfig:
 
 
 _NAMES = {  # settings whose value is one of a known set of names (None: looked up when checked)
-    "polarity": ("auto", "keep"), "norm": ("batch", "group", "none"), "lr_schedule": ("cosine", "constant"),
-    "device": ("auto", "cpu", "cuda"), "head_start": ("auto", "on", "off"), "learner": None, "backbone": None,
+    "polarity": ("auto", "keep"), "validation": ("classes", "images", "train"), "norm": ("batch", "group", "none"),
+    "lr_schedule": ("cosine", "constant"), "device": ("auto", "cpu", "cuda"), "head_start": ("auto", "on", "off"),
+    "learner": None, "backbone": None,
 }
 
 

@@ -91,6 +91,21 @@ def read_lines(path: Path) -> list[str]:
     return path.read_text(encoding="utf-8", errors="replace").splitlines() if path.is_file() else []
 
 
+NAME_FILE = "name.json"  # the run's name, given on the command line (--name) or in the app
+NAME_MAX_CHARS = 80
+
+
+def clean_run_name(name: str) -> str:
+    """A run's name with spaces trimmed and runs of spaces made one; UserError for one longer than
+    NAME_MAX_CHARS or holding control characters."""
+    name = " ".join(str(name).split())
+    if len(name) > NAME_MAX_CHARS:
+        raise UserError(f"a run name has at most {NAME_MAX_CHARS} characters (this one has {len(name)})")
+    if any(ord(ch) < 32 or 127 <= ord(ch) < 160 for ch in name):
+        raise UserError("a run name cannot hold control characters")
+    return name
+
+
 class RunDir:
     """One run folder. Open it once per command or page and pass the object down: its config is
     parsed once (and again only when config.json changes on disk, e.g. a resume that adds steps)."""
@@ -202,6 +217,20 @@ class RunDir:
 
     def update_config(self, config: dict) -> None:
         atomic_json(self.path / "config.json", {"format_version": FORMAT_VERSION, "config": config})
+
+    def run_name(self) -> str | None:
+        """The name given to the run (--name, or the app), or None: name.json, if readable."""
+        try:
+            value = json.loads((self.path / NAME_FILE).read_text(encoding="utf-8")).get("name")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return value if isinstance(value, str) and value else None
+
+    def set_run_name(self, name: str) -> str:
+        """Give the run a name (clean_run_name's rules; "" removes it). Returns the name kept."""
+        name = clean_run_name(name)
+        atomic_json(self.path / NAME_FILE, {"name": name})
+        return name
 
     def write_json(self, name: str, obj) -> None:
         atomic_json(self.path / name, obj)

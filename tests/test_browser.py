@@ -235,3 +235,33 @@ def test_uploaded_zip_trains_and_adapts_end_to_end(page, server, tmp_path):
     wait_for_episode_chart(page)
     assert page.get_by_text("class_").count() > 0  # the uploaded classes are the task's classes
     page.screenshot(path=str(tmp_path / "adapt-upload.png"), full_page=True)
+
+
+def test_a_small_upload_trains_with_the_defaults_and_survives_a_refresh(page, server, tmp_path):
+    """Data: upload 6 Omniglot characters x 6 drawings -> Use this data -> Train -> Start with the
+    defaults (the plan fitted to the data) -> a concept map; a refresh still names the upload."""
+    from tests.test_plan import OMNIGLOT_ZIP, small_zip
+
+    if not OMNIGLOT_ZIP.exists():
+        _missing(f"{OMNIGLOT_ZIP} is not there")
+    path = small_zip(tmp_path / "six-classes.zip", 6, 6)
+    upload_zip(page, server, path)
+    page.get_by_text("6 classes: trains as 3-way").wait_for()
+    page.get_by_role("button", name="Use this data").click()
+    page.get_by_text("The Train page will use").wait_for()
+    page.get_by_role("link", name="Train").click()
+    settle(page)
+    assert page.get_by_text("six-classes.zip").count() > 0
+    page.get_by_role("button", name="Start", exact=True).click()
+    page.wait_for_url("**run=**")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not concept_map_points(page):
+        time.sleep(0.5)
+    assert concept_map_points(page), "no concept map within 120 s of Start"
+    run_dir = urllib.parse.parse_qs(urllib.parse.urlparse(page.url).query)["run"][0]
+    assert json.loads((Path(run_dir) / "splits.json").read_text())["plan"]["ways"] == 3
+    page.get_by_role("button", name="Stop").first.click()  # leave the cores to the other tests
+    page.reload()
+    settle(page)
+    assert page.get_by_text("six-classes.zip").count() > 0, "after a refresh the Train page forgot the upload"
+    page.screenshot(path=str(tmp_path / "train-after-refresh.png"), full_page=True)

@@ -1,6 +1,7 @@
 """The catalog of saved runs (the Runs page's engine): summaries, damaged runs, deleting."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 
@@ -10,7 +11,7 @@ from conftest import TINY_RUN
 from engine.config import preset
 from engine.errors import UserError
 from engine.eval.evaluate import run_evaluation
-from engine.services import catalog
+from engine.services import catalog, compare
 from engine.train.job import REGISTRY, TrainingJob
 
 
@@ -38,12 +39,36 @@ def test_lists_runs_with_summaries(root):
     assert row["steps"] == "6/6" and row["test accuracy"].endswith("(10 ep.)") and "±" in row["validation accuracy"]
     assert "DEML" in deml.label() and "λ = 0" in vanilla.label()
     assert catalog.find(runs, str(root / "deml" / ".." / "deml")) == runs.index(deml)
-    table = catalog.comparison_table(runs)
+    table = compare.comparison_table(runs)
     assert [t["run"] for t in table] == [r.name for r in runs]
-    fig = catalog.comparison_curves(runs)
+    fig = compare.comparison_curves(runs)
     assert {t.name for t in fig.data if t.showlegend is not False} >= {"deml (protonet DEML (λ = 1))",
                                                                       "deml-lam0 (protonet vanilla (λ = 0))"}
     assert catalog.newest_checkpoint(root / "deml").name == "step_0000006.pt"
+    # same dataset, same episodes: nothing to warn about; the twin is compared with its run
+    assert compare.comparison_notes(runs) == []
+    assert compare.default_comparison(runs, str(root / "deml"), str(root / "deml-lam0")) == [deml.path, vanilla.path]
+
+
+def test_runs_are_named_renamed_and_never_compared_across_datasets_unsaid(root):
+    runs = catalog.list_runs(root)
+    deml = next(r for r in runs if r.name == "deml")
+    assert catalog.rename_run(deml.path, "  my   letters ", root) == "my letters"
+    renamed = next(r for r in catalog.list_runs(root) if r.name == "deml")
+    assert renamed.title == "my letters" and renamed.row()["run"] == "my letters"
+    assert renamed.label().startswith("my letters (deml) · ")
+    with pytest.raises(UserError, match="at most 80 characters"):
+        catalog.rename_run(deml.path, "x" * 81, root)
+    with pytest.raises(UserError):
+        catalog.rename_run(str(root.parent), "outside", root)  # only runs inside the runs root
+    renamed.test = {"episodes": 10, "accuracy": 0.5, "ci95": 0.1}
+    other = dataclasses.replace(renamed, path=str(root / "other"), name="other", dataset="digits",
+                                test={"episodes": 600, "accuracy": 0.5, "ci95": 0.01})
+    notes = compare.comparison_notes([renamed, other])
+    assert any(n.startswith("different datasets") for n in notes)
+    assert any("test accuracies over different numbers of episodes: 10, 600" in n for n in notes)
+    assert compare.default_comparison([other, renamed], None) == [other.path]  # the newest, alone: no match
+    catalog.rename_run(deml.path, "", root)
 
 
 def test_a_damaged_run_is_listed_as_unreadable(root):

@@ -229,7 +229,7 @@ TRAIN_ERRORS = {
     "unknown preset": (["--preset", "nonesuch"], "invalid choice"),
     "bad flag value": (["--ways", "abc"], "invalid int value"),
     "unknown flag": (["--no-such-flag"], "unrecognized arguments"),
-    "too many ways": (["--ways", "50"], "50-way"),
+    "too many ways": (["--ways", "100"], "--ways 100 needs 100 classes in meta-train"),
     "external is the dataset": (["--external", TINY_DATA], "same data"),
     "external is the dataset, spelled otherwise": (["--external", "glyphs:seed=1,drawings=8,classes=60"], "shares"),
     "lam without external": (["--lam", "1", "--external", "none"], "external"),

@@ -13,6 +13,7 @@ from streamlit.testing.v1 import AppTest
 
 from engine.config import REPO
 from engine.data import load_imageset
+from engine.data.plan import GLYPHS_EXTERNAL
 
 
 def png(seed: int, size=(8, 8)) -> bytes:
@@ -105,7 +106,7 @@ def test_valid_zip_upload_is_saved_shown_and_used(page, uploads):
     assert len(list(uploads.iterdir())) == 1
     page.button(key="data_use").click().run()
     overrides = page.session_state["data_overrides"]
-    assert overrides["dataset"] == spec and overrides["external"] == "auto"
+    assert overrides["dataset"] == spec and overrides["external"] == GLYPHS_EXTERNAL  # the plan's choice
     assert "The Train page will use" in page.success[-1].value
     assert spec in page.caption[0].value  # "The Train page uses: ..." at the top is up to date
 
@@ -122,10 +123,10 @@ def test_broken_zip_shows_an_error_and_the_page_still_works(page, uploads):
 
 
 def test_use_this_data_stores_the_split_choice(page):
-    page.number_input(key="data_val_split").set_value(2.0)
-    page.number_input(key="data_train_limit").set_value(3)
     page.selectbox(key="data_image_size").set_value(32)
-    page.radio(key="data_external").set_value("Built-in digits").run()
+    page.radio(key="data_external").set_value("Built-in digits").run()  # the plan's fields start again on a change
+    page.number_input(key="data_val_split").set_value(2.0)
+    page.number_input(key="data_train_limit").set_value(3).run()
     assert not page.exception and not page.error
     rows = {r["split"]: r for r in page.dataframe[-1].value.to_dict("records")}
     assert rows["external"]["source"] == "digits" and rows["external"]["classes"] == 10
@@ -133,7 +134,8 @@ def test_use_this_data_stores_the_split_choice(page):
     page.button(key="data_use").click().run()
     assert page.session_state["data_overrides"] == {
         "dataset": "glyphs", "external": "digits", "val_split": 2.0, "test_split": 0.2, "external_split": 0.2,
-        "train_limit": 3, "rotations": False, "image_size": 32}
+        "train_limit": 3, "rotations": False, "image_size": 32, "ways": 5, "shots": 1, "queries": 5, "lam": 1.0,
+        "validation": "classes"}
 
 
 def test_the_stored_choice_is_shown_when_the_page_opens(uploads):
@@ -167,3 +169,31 @@ def test_classes_built_in_the_browser(page, uploads):
     assert captions(page)[-2:] == ["dots: 3 images", "lines: 1 images"]
     assert "cannot be split" in page.error[0].value  # two classes: too few for a split, said plainly
     assert page.button(key="data_use").disabled
+
+
+def test_a_small_upload_gets_a_plan_that_carries_to_train(page, uploads):
+    use_source(page, "Upload a zip")
+    page.file_uploader(key="data_zip").upload("six.zip", class_zip(6, 6), "application/zip").run()
+    assert not page.exception and not page.error
+    plan = next(i.value for i in page.info if i.value.startswith("**Plan:**"))
+    assert "6 classes: trains as 3\\-way 1\\-shot" in plan and "held\\-out images" in plan
+    assert page.number_input(key="data_ways").value == 3  # the Ways box shows the plan's value
+    assert page.button(key="data_use").disabled is False
+    page.number_input(key="data_shots").set_value(2).run()  # an edit within what fits: the plan follows
+    assert page.number_input(key="data_ways").value == 3 and not page.error
+    page.number_input(key="data_ways").set_value(7).run()  # one that cannot fit: the reason, in field words
+    assert page.button(key="data_use").disabled
+    assert "Ways (N) = 7 needs 7 classes" in page.error[-1].value and "at most Ways (N) = 3" in page.error[-1].value  # with Test = 3 as the field says
+    page.number_input(key="data_ways").set_value(3).run()
+    page.button(key="data_use").click().run()
+    chosen = page.session_state["data_overrides"]
+    assert (chosen["ways"], chosen["shots"], chosen["validation"]) == (3, 2, "images")
+    choice_id = page.query_params["data"]  # kept for a refresh
+
+    train = AppTest.from_file(str(REPO / "app_pages" / "2_Train.py"), default_timeout=60)
+    train.query_params["data"] = choice_id  # a fresh session (a refresh): only the link
+    train.run()
+    assert not train.exception
+    assert chosen["dataset"] in train.caption[0].value
+    assert train.number_input(key="train_ways").value == 3 and train.number_input(key="train_shots").value == 2
+    assert train.number_input(key="train_queries").value == chosen["queries"]

@@ -121,3 +121,14 @@ def test_a_run_another_process_trains_is_shown_so_and_cannot_be_deleted_or_resum
     assert not train.button(key="live_resume").disabled
     at = page(str(root / "deml"))
     assert not at.checkbox(key="runs_delete_confirm").disabled
+
+
+def test_a_run_is_renamed_on_the_page(root):
+    at = page(str(root / "deml"))
+    assert not at.exception
+    at.text_input(key=f"runs_name_{root / 'deml'}").set_value("first letters")
+    at.button(key="runs_rename").click().run()
+    assert not at.exception
+    assert RunDir(root / "deml").run_name() == "first letters"
+    assert "Renamed deml to “first letters”" in at.success[0].value
+    assert "first letters" in list(at.dataframe[0].value["run"])  # the runs table shows the name

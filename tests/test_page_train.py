@@ -12,6 +12,7 @@ from streamlit.testing.v1 import AppTest
 from engine import config
 from engine.config import REPO
 from engine.eval.twins import find_twin, twin_dir_for
+from engine.runs import RunDir
 from engine.train.job import REGISTRY
 from engine.viz import project
 from ui import live, live_maps
@@ -175,3 +176,17 @@ def test_twin_trains_beside_the_run_and_pairs(page):
     charts = {c.key: json.loads(c.proto.spec) for c in page.get("plotly_chart")}
     assert "λ = 0 run dashed" in charts["live_curves"]["layout"]["title"]["text"]
     assert charts["live_twin_map"]["layout"]["title"]["text"].startswith("<b>its DEML run · step")
+
+
+
+def test_settings_the_data_cannot_fit_say_what_fits_in_the_forms_words_and_a_run_gets_its_name(page):
+    page.run()
+    assert start(page, train_ways=100) is None  # 60 classes
+    assert page.error[0].value.startswith("N (ways) = 100 needs 100 classes in meta-train")
+    assert "--ways" not in page.error[0].value
+    page.text_input(key="train_name").set_value("  tiny   letters ")
+    run = start(page, train_ways=5)
+    assert run is not None
+    wait_for(lambda: (Path(run) / "name.json").exists())
+    assert RunDir(run).run_name() == "tiny letters"
+    REGISTRY.get(run).stop()

@@ -6,18 +6,38 @@ import streamlit as st
 from engine.config import TrainConfig
 from engine.errors import UserError
 from engine.runs import inside_runs_root
+from engine.services.datasets import load_choice, save_choice
 
 DATA_KEY = "data_overrides"
 
 
+DATA_ID_KEY = "_data_choice"  # the id of the choice in the link (?data=ID), kept like the run (keep_run)
+
+
 def data_overrides() -> dict:
-    """The dataset choice made on the Data page (TrainConfig fields), or {} for the built-in glyphs."""
+    """The dataset choice made on the Data page (TrainConfig fields), or {} for the built-in glyphs.
+    A new session (a refresh) finds it again through the link's ?data=ID (services.datasets.save_choice);
+    an id that names no readable, valid choice is dropped from the link."""
+    if DATA_KEY not in st.session_state and (choice_id := st.query_params.get("data")):
+        choice = load_choice(choice_id)
+        try:
+            if choice is None:
+                raise UserError("no such choice")
+            TrainConfig().with_overrides(**choice)
+        except (UserError, TypeError):
+            del st.query_params["data"]
+            return {}
+        st.session_state[DATA_KEY], st.session_state[DATA_ID_KEY] = choice, choice_id
     return dict(st.session_state.get(DATA_KEY, {}))
 
 
 def set_data_overrides(overrides: dict) -> None:
     TrainConfig().with_overrides(**overrides)  # refuse fields or values a run could not start with
     st.session_state[DATA_KEY] = dict(overrides)
+    try:
+        st.session_state[DATA_ID_KEY] = st.query_params["data"] = save_choice(overrides)
+    except OSError:  # not kept for a refresh; this session still has it
+        st.session_state.pop(DATA_ID_KEY, None)
 
 
 RUN_REFUSED = "The link named a run outside this app's runs folder; it was ignored."
@@ -61,6 +81,8 @@ def keep_run() -> None:
     copied link) shows it again. The page still reads it through current_run(), which checks it."""
     if "run" not in st.query_params and st.session_state.get(RUN_KEY):
         st.query_params["run"] = st.session_state[RUN_KEY]
+    if "data" not in st.query_params and st.session_state.get(DATA_ID_KEY):  # the data chosen, likewise
+        st.query_params["data"] = st.session_state[DATA_ID_KEY]
 
 
 # Presenter (kiosk) view: no Streamlit chrome (toolbar, Deploy, menu, the running-man status, the

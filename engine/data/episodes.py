@@ -113,6 +113,30 @@ class EpisodeSampler:
         return x.view(*idx.shape, *x.shape[1:])
 
 
+class HeldOutSampler(EpisodeSampler):
+    """Validation on held-out images of the training classes: each task's queries are held-out
+    images (held_out True), its support the class's training images (held_out False)."""
+
+    def __init__(self, data: ImageSet, held_out: np.ndarray, ways: int, shots: int, queries: int):
+        per_class = data.class_indices()
+        self.split = [(idx[~held_out[idx]], idx[held_out[idx]]) for idx in per_class]
+        ok = [c for c, (s, q) in enumerate(self.split) if len(s) >= shots and len(q) >= queries]
+        if len(ok) < ways:
+            raise UserError(f"{data.source}: {len(ok)} classes have {shots} training images (shots) and "
+                            f"{queries} held-out images (queries), but a {ways}-way task needs {ways}")
+        super().__init__(data, ways, 1, 1)
+        self.shots, self.queries, self.eligible, self.skipped = shots, queries, ok, []
+
+    def draw(self, tasks: int, rng: np.random.Generator) -> EpisodeIndex:
+        n, k, q = self.ways, self.shots, self.queries
+        classes = np.stack([rng.choice(self.eligible, n, replace=False) for _ in range(tasks)])  # (T, N)
+        support = np.stack([np.concatenate([rng.choice(self.split[c][0], k, replace=False) for c in row])
+                            for row in classes])
+        query = np.stack([np.concatenate([rng.choice(self.split[c][1], q, replace=False) for c in row])
+                          for row in classes])
+        return EpisodeIndex(support=support, query=query, classes=classes)
+
+
 def class_major_labels(ways: int, per_class: int, tasks: int = 1, device=None) -> torch.Tensor:
     """Task labels of T tasks' rows, class-major (class 0's rows, then class 1's...): (T, N*per_class).
     The one place the layout of an episode's labels is written (support: per_class = K, query: Q)."""

@@ -10,6 +10,7 @@ import numpy as np
 from engine.data.imageset import ImageSet
 from engine.errors import UserError
 
+VALIDATION = ("classes", "images", "train")  # SplitConfig.validation's choices
 MIN_GROUPS_FOR_GROUP_SPLIT = 8  # with fewer groups (alphabets) a group split leaves a side nearly empty
 
 
@@ -28,6 +29,12 @@ class SplitConfig:
     rotations: bool = False  # Omniglot-style: each 90-degree turn of a meta-train class is a new class
     pool_external: bool = False  # control: external classes join meta-train episodes instead
     seed: int = 0  # split seed, separate from the training seed so seeds share test classes
+    # what meta-validation episodes are drawn from: "classes" (held-out classes, val units), "images"
+    # (`held_out` images of each meta-train class kept out of training: they are the queries, the
+    # support comes from the class's training images) or "train" (the meta-train images themselves,
+    # when too few images to hold any out: it measures fit, not generalisation)
+    validation: str = "classes"
+    held_out: int = 1  # images per meta-train class held out for validation "images"
 
 
 @dataclass
@@ -37,6 +44,9 @@ class Splits:
     test: ImageSet
     external: ImageSet | None
     report: dict  # which classes/groups went where, and the disjointness checks
+    # validation "images": True for val's held-out images (queries only), False for its training
+    # images (support only); None when val's images are all alike (validation "classes" or "train")
+    val_held_out: np.ndarray | None = None
 
 
 def _count(value: float, units: int) -> int:
@@ -87,9 +97,14 @@ def make_splits(data: ImageSet, cfg: SplitConfig, external: ImageSet | str | Non
     external: "auto" (a class-disjoint part of `data`), another ImageSet (used whole, checked
     for shared images), or None (no discriminator data; only lambda = 0 can train).
     """
+    if cfg.validation not in VALIDATION:
+        raise UserError(f"--validation must be one of {', '.join(VALIDATION)}, not {cfg.validation!r}")
+    if cfg.pool_external and cfg.validation != "classes":
+        raise UserError("--pool-external needs --validation classes (held-out images would be pooled too)")
     kind, units, unit_names = _units(data)
     order = np.random.default_rng(cfg.seed).permutation(len(units))
-    n_val, n_test = _count(cfg.val, len(units)), _count(cfg.test, len(units))
+    n_val = _count(cfg.val, len(units)) if cfg.validation == "classes" else 0
+    n_test = _count(cfg.test, len(units))
     n_ext = _count(cfg.external, len(units)) if isinstance(external, str) else 0
     n_train = len(units) - n_val - n_test - n_ext
     if n_train < 1:
@@ -119,11 +134,28 @@ def make_splits(data: ImageSet, cfg: SplitConfig, external: ImageSet | str | Non
         train_c = np.sort(np.concatenate([train_c, ext_c]))
 
     train = data.subset(train_c, " [meta-train]")
+    val, held = data.subset(val_c, " [meta-val]"), None
+    if cfg.validation == "train":
+        val = data.subset(train_c, " [meta-val: the meta-train images]")
+    elif cfg.validation == "images":
+        val = data.subset(train_c, " [meta-val: held-out images of the meta-train classes]")
+        held = _hold_out(val, cfg.held_out, cfg.seed)
+        train = ImageSet(val.images[~held], val.labels[~held], list(val.class_names), val.groups,
+                         data.source + " [meta-train]", list(data.problems), data.inverted)
     if cfg.rotations:
         train = rotate_classes(train)
-    splits = Splits(train, data.subset(val_c, " [meta-val]"), data.subset(test_c, " [meta-test]"), ext_set, {})
+    splits = Splits(train, val, data.subset(test_c, " [meta-test]"), ext_set, {}, held)
     splits.report = _check_and_report(data, splits, kind, picked, unit_names, cfg, external)
     return splits
+
+
+def _hold_out(data: ImageSet, per_class: int, seed: int) -> np.ndarray:
+    """A mask of `per_class` images of each class (fewer where a class has no more), seeded."""
+    rng = np.random.default_rng([seed, 0x4E1D])
+    held = np.zeros(len(data.images), dtype=bool)
+    for idx in data.class_indices():
+        held[rng.choice(idx, min(per_class, len(idx)), replace=False)] = True
+    return held
 
 
 def _check_and_report(data, splits: Splits, kind, picked, unit_names, cfg, external) -> dict:
@@ -133,6 +165,8 @@ def _check_and_report(data, splits: Splits, kind, picked, unit_names, cfg, exter
     base = {k: set(s.class_names[: s.num_classes // 4] if k == "meta-train" and cfg.rotations else s.class_names)
             for k, s in meta.items()}
     pairs = [("meta-train", "meta-val"), ("meta-train", "meta-test"), ("meta-val", "meta-test")]
+    if cfg.validation != "classes":  # validation shares the meta-train classes on purpose (held-out images)
+        pairs = pairs[1:2]
     for a, b in pairs:
         shared = base[a] & base[b]
         assert not shared, f"split bug: {a} and {b} share {sorted(shared)[:3]}"
@@ -164,6 +198,8 @@ def _check_and_report(data, splits: Splits, kind, picked, unit_names, cfg, exter
         "external": ext_report,
         "external_pooled_into_meta_train": bool(cfg.pool_external),
         "rotations": bool(cfg.rotations),
+        "validation": cfg.validation,
+        "held_out_images_per_class": cfg.held_out if cfg.validation == "images" else 0,
         "disjoint": True,  # reached only when every check above passed
     }
 

@@ -18,10 +18,6 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import plotly.graph_objects as go
-from plotly.subplots import make_subplots
-
 from engine.config import runs_root
 from engine.data.images import plural
 from engine.errors import UserError
@@ -38,11 +34,12 @@ STOP_TIMEOUT = 60.0  # seconds to wait for a running job to checkpoint and end b
 @dataclass
 class RunSummary:
     path: str  # the run directory, as runs_root() / name
-    name: str
+    name: str  # the folder's name
     state: RunState  # one of engine.records.CATALOG_STATES
     detail: str = ""  # the job's own state while it runs (running, paused, starting...), who trains it
     # elsewhere (ELSEWHERE), or why unreadable
     config: dict | None = None  # the filled-in TrainConfig (None when unreadable)
+    title: str | None = None  # the name given to the run (--name, the Train or Runs page), if any
     learner: str | None = None
     lam: float | None = None
     dataset: str | None = None
@@ -74,16 +71,22 @@ class RunSummary:
             return "?"
         return run_label(self.learner, self.lam)
 
+    @property
+    def shown_name(self) -> str:
+        """The given name, else the folder's."""
+        return self.title or self.name
+
     def label(self) -> str:
-        """One line for selectboxes: name, method, state."""
+        """One line for selectboxes: name (and folder, when named), method, state."""
         if not self.readable:
             return f"{self.name} (unreadable)"
-        return f"{self.name} · {self.method} · {self.state}"
+        named = f"{self.title} ({self.name})" if self.title else self.name
+        return f"{named} · {self.method} · {self.state}"
 
     def row(self) -> dict:
         """One row of the runs table."""
         return {
-            "run": self.name,
+            "run": self.shown_name,
             "state": str(self.state) if not self.detail or self.detail == self.state else f"{self.state} ({self.detail})",
             "learner": self.learner,
             "λ": self.lam,
@@ -199,6 +202,7 @@ def summarize(path: str | os.PathLike) -> RunSummary:
             raise UserError("no config.json (not a run directory, or one whose creation failed)")
         run = RunDir(path)
         cfg = run.train_config()
+        s.title = run.run_name()
         s.config = cfg.to_dict()
         s.learner, s.lam, s.dataset, s.ways, s.shots = cfg.learner, cfg.lam, cfg.dataset, cfg.ways, cfg.shots
         s.steps_total = cfg.steps
@@ -362,70 +366,7 @@ def read_checkpoint(path: str | os.PathLike) -> bytes:
                         "meanwhile, reload the page") from e
 
 
-# ----------------------------------------------------------------------------------------------
-# Comparison of several runs
-# ----------------------------------------------------------------------------------------------
-def _smooth(values: np.ndarray, window: int) -> np.ndarray:
-    from engine.viz.charts import smooth
-    return smooth(values, window)
-
-
-def comparison_table(runs: list[RunSummary]) -> list[dict]:
-    """Results of several runs side by side, accuracies with their 95% CIs."""
-    rows = []
-    for s in runs:
-        test = s.test or {}
-        rows.append({
-            "run": s.name, "method": s.method, "dataset": s.dataset,
-            "task": f"{s.ways}-way {s.shots}-shot" if s.ways else None,
-            "steps": f"{s.steps_done}/{s.steps_total}" if s.steps_total else None,
-            "validation accuracy (last)": fmt_acc(s.val_acc, s.val_ci95),
-            "test accuracy": fmt_acc(test.get("accuracy"), test.get("ci95")),
-            "test episodes": test.get("episodes"),
-            "test task": f"{test.get('ways')}-way {test.get('shots')}-shot" if test else None,
-        })
-    return rows
-
-
-def comparison_curves(runs: list[RunSummary], title: str = "Training curves") -> go.Figure:
-    """Several runs overlaid: smoothed meta loss (left) and validation accuracy with its 95%
-    band (right) against the training step, one colour per run (λ = 0 runs dashed)."""
-    from engine.viz.charts.style import finish, palette, rgba
-
-    if not runs:
-        raise ValueError("comparison_curves needs at least one run")
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("meta loss (smoothed)", "validation accuracy"),
-                        horizontal_spacing=0.09)
-    colors = palette(len(runs))
-    for s, color in zip(runs, colors):
-        metrics = RunDir(s.path).read_metrics()
-        train = sorted(train_records(metrics), key=lambda m: m["step"])
-        val = sorted(val_records(metrics), key=lambda m: m["step"])
-        dash = "dash" if s.lam == 0 else None
-        name = f"{s.name} ({s.method})"
-        if train:
-            x = np.asarray([m["step"] for m in train], dtype=float)
-            y = np.asarray([m.get("meta_loss") if m.get("meta_loss") is not None else np.nan for m in train], float)
-            y = _smooth(y, int(np.clip(len(y) // 15, 1, 50)))
-            fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name=name, legendgroup=name,
-                                     line=dict(color=color, width=2, dash=dash),
-                                     hovertemplate=f"{s.name}: %{{y:.3f}} at step %{{x}}<extra></extra>"), 1, 1)
-        if val:
-            x = np.asarray([m["step"] for m in val], dtype=float)
-            y = np.asarray([m.get("val_acc") if m.get("val_acc") is not None else np.nan for m in val], float)
-            ci = np.asarray([m.get("val_ci95") if m.get("val_ci95") is not None else 0.0 for m in val], float)
-            if len(x) > 1:
-                fig.add_trace(go.Scatter(x=np.concatenate([x, x[::-1]]), y=np.concatenate([y + ci, (y - ci)[::-1]]),
-                                         mode="lines", fill="toself", fillcolor=rgba(color, 0.14), line=dict(width=0),
-                                         hoverinfo="skip", showlegend=False, legendgroup=name), 1, 2)
-            fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=name, legendgroup=name, showlegend=not train,
-                                     line=dict(color=color, width=2, dash=dash), marker=dict(size=6),
-                                     customdata=ci,
-                                     hovertemplate=f"{s.name}: %{{y:.1%}} ± %{{customdata:.1%}} at step %{{x}}"
-                                                   "<extra></extra>"), 1, 2)
-    finish(fig, title=title, uirevision="runs-compare", subtitle="bands: 95% confidence interval of validation "
-           "accuracy · dashed: λ = 0", height=440, subtitle_shift=34, margin=dict(l=60, r=20, t=110, b=110))
-    fig.update_xaxes(title_text="training step")
-    fig.update_yaxes(tickformat=".0%", range=[0, 1.02], row=1, col=2)
-    fig.update_layout(legend=dict(orientation="h", y=-0.22, x=0))
-    return fig
+def rename_run(path: str, name: str, root=None) -> str:
+    """Give the run at `path` (strictly inside the runs root) a name; "" removes it. The name kept."""
+    inside_runs_root(path, root)
+    return RunDir(path).set_run_name(name)

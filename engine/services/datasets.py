@@ -10,6 +10,8 @@ UI-free (no streamlit): the page renders the dicts that come back.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import zipfile
@@ -21,6 +23,7 @@ import numpy as np
 from engine.config import TrainConfig, uploads_root
 from engine.data import images
 from engine.data.imageset import Preprocess
+from engine.data.plan import Plan, Words, plan_config
 from engine.data.sources import load_imageset, parse_spec
 from engine.data.sources.zips import file_members
 from engine.viz.charts.thumbnails import tile
@@ -80,7 +83,8 @@ def preview(spec: str, prep: Preprocess = Preprocess(), ways: int = 5, shots: in
 
     Keys: spec, summary, counts [(class, images)], image_size, channels, tiles [{name, count,
     image (H, W, 3) uint8}], original_sizes, need (K+Q), too_small [class names], problems [lines].
-    Raises UserError when SPEC cannot be read at all.
+    Raises UserError when SPEC cannot be read at all. Whether it can train, and how, is the
+    plan's to say (fit_data_plan).
     """
     data = load_imageset(spec, prep)
     counts = data.counts()
@@ -99,11 +103,6 @@ def preview(spec: str, prep: Preprocess = Preprocess(), ways: int = 5, shots: in
         names = ", ".join(repr(n) for n in too_small[:10]) + (" ..." if len(too_small) > 10 else "")
         problems.append(f"{len(too_small)} of {data.num_classes} classes have fewer than {need} images "
                         f"({shots} shots + {queries} queries) and will be left out of tasks: {names}")
-    usable = data.num_classes - len(too_small)
-    if usable < ways:
-        problems.append(f"only {usable} classes have at least {need} images, but a {ways}-way task needs {ways} "
-                        "(and the split needs more for validation, test and the external set): add classes "
-                        "or images, or choose fewer ways, shots or queries")
     first_class = max(0, min(int(first_class), max(0, data.num_classes - 1)))
     tiles = []
     for c, idx in enumerate(data.class_indices()[first_class:first_class + show_classes], first_class):
@@ -124,9 +123,9 @@ def split_preview(spec: str, external: str = "auto", fields: Mapping | None = No
     """Which classes go where, exactly as a training run divides them (engine.train.trainer.load_data).
 
     fields: split settings (val_split, test_split, external_split, train_limit, rotations,
-    split_seed, pool_external). Keys of the result: report (make_splits' report), rows (one per
-    split: split, classes, images, groups), class_names {split: [names]}, problems (splits too small
-    for a ways-way task with shots + queries images per class). Raises UserError for impossible
+    split_seed, pool_external, validation). Keys of the result: report (make_splits' report), rows (one per
+    split: split, classes, images, groups), class_names {split: [names]}, problems (a meta-test
+    too small for ways-way evaluation; whether training can start is the plan's to say). Raises UserError for impossible
     splits or an external set that overlaps the data.
     """
     from engine.train.trainer import load_data  # lazy: imports torch
@@ -142,20 +141,70 @@ def split_preview(spec: str, external: str = "auto", fields: Mapping | None = No
     for split in SPLITS:
         s = parts[split]
         if s is None:
-            rows.append({"split": split, "classes": 0, "images": 0, "groups": "", "source": "none"})
+            rows.append({"split": split, "classes": 0, "images": 0, "groups": None, "source": "none"})
             names[split] = []
             continue
-        groups = "" if s.groups is None else len(set(s.groups))
+        groups = None if s.groups is None else len(set(s.groups))
         rows.append({"split": split, "classes": s.num_classes, "images": len(s.images), "groups": groups,
                      "source": s.source})
         names[split] = list(s.class_names)
         usable = int((s.counts() >= need).sum())
-        if split != "external" and usable < ways:
-            what = "evaluation on held-out classes cannot run" if split == "meta-test" else "training cannot start"
-            problems.append(f"{what}: {split} has {images.plural(usable, 'class', 'classes')} with at least {need} images "
-                            f"but a {ways}-way task needs {ways}; lower the other splits, add classes, or choose "
-                            "fewer ways")
+        if split == "meta-test" and 0 < usable < ways:
+            problems.append(f"evaluation on held-out classes cannot run as {ways}-way: meta-test has "
+                            f"{images.plural(usable, 'class', 'classes')} with at least {need} images")
     return {"report": report, "rows": rows, "class_names": names, "problems": problems}
+
+
+# the Data page's field names, for the plan's messages (engine.data.plan.Words)
+FIELD_WORDS = Words({"ways": "Ways (N)", "shots": "Shots (K)", "queries": "Queries (Q)", "validation": "Validate on",
+                     "val_split": "Validation", "test_split": "Test", "external_split": "External (auto)",
+                     "external": "External set", "lam": "λ", "train_limit": "Train limit"})
+
+
+def fit_data_plan(spec: str, image_size: int | None = None, chosen: Mapping | None = None, explicit=(),
+                  words: Words = FIELD_WORDS) -> tuple[dict, Plan]:
+    """The plan for SPEC on the Train page's starting point (the demo preset): `chosen` TrainConfig
+    fields on top, those in `explicit` kept as chosen. Returns (the fields to store for training:
+    dataset, image_size, external, N/K/Q, split; the Plan). UserError, in `words`, when nothing trains."""
+    from engine.config import preset
+
+    base = preset("demo").with_overrides(dataset=spec, image_size=image_size, **dict(chosen or {}))
+    cfg, plan = plan_config(base, frozenset(explicit), words)
+    keep = ("dataset", "external", "ways", "shots", "queries", "lam", "validation", "val_split", "test_split",
+            "external_split", "train_limit", "rotations")
+    fields = {k: getattr(cfg, k) for k in keep}
+    if image_size is not None:
+        fields["image_size"] = image_size
+    return fields, plan
+
+
+CHOICE_ID = re.compile(r"[0-9a-f]{16}")
+
+
+def save_choice(overrides: Mapping) -> str:
+    """Keep the data chosen for training under uploads_root()/choices/ID.json; its ID (16 hex
+    digits, from the content) goes in the page's link (?data=ID), so a refresh finds the choice."""
+    text = json.dumps(dict(overrides), sort_keys=True)
+    choice_id = hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+    folder = uploads_root() / "choices"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{choice_id}.json"
+    if not path.exists():
+        tmp = folder / f".{choice_id}.{os.getpid()}.tmp"
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    return choice_id
+
+
+def load_choice(choice_id: str) -> dict | None:
+    """The choice save_choice kept under ID, or None (an ID of another form, none kept, unreadable)."""
+    if not isinstance(choice_id, str) or not CHOICE_ID.fullmatch(choice_id):
+        return None
+    try:
+        value = json.loads((uploads_root() / "choices" / f"{choice_id}.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def spec_kind(spec: str | None) -> str:

@@ -13,7 +13,7 @@ from engine.eval.twins import twin_dir_for
 from engine.models.deml import resolve_device
 from engine.records import RunState, train_records
 from engine.run_lock import locked_message
-from engine.runs import RunDir, inside_runs_root
+from engine.runs import RunDir, clean_run_name, inside_runs_root
 from engine.train.budget import check_step_memory
 from engine.train.job import REGISTRY, JobRegistry, TrainingJob
 
@@ -81,23 +81,26 @@ def running_demo(registry: JobRegistry = REGISTRY) -> str | None:
 
 
 def start_runs(cfg, out: str, twin: bool = False, registry: JobRegistry = REGISTRY,
-               words: dict[str, str] | None = None) -> list[TrainingJob]:
+               words: dict[str, str] | None = None, plan=None, name: str | None = None) -> list[TrainingJob]:
     """Start a TrainingJob for `cfg` in `out`, and with `twin` a second one with lam = 0 and every
     other setting identical in twin_dir_for(out). Both run in background threads and share the
     machine's cores. Raises UserError, before anything starts, for a twin of a run that already
     has lam = 0, when the server runs as many jobs as it may (engine.train.job.max_jobs), or when
     a step of the runs cannot fit in the memory available (engine.train.budget; `words` names the
-    settings in that message, as the page calls them)."""
+    settings in that message, as the page calls them). `plan` (engine.data.plan) is saved in each
+    run's splits.json, `name` in name.json (the twin's: "NAME (λ = 0)")."""
     if twin and cfg.lam == 0:
         raise UserError("this run already has λ = 0 (the vanilla meta-learner): its twin would be the same run; "
                         "set λ > 0 to compare DEML with its λ = 0 twin")
+    name = clean_run_name(name) if name else None
     registry.check_room(1 + twin)
     device = resolve_device(cfg.device)
     check_step_memory(cfg, device, runs=1 + twin, words=words)
     threads = threads_per_job(1 + twin, registry) if device.type == "cpu" else None
-    jobs = [registry.start(TrainingJob(cfg, out=out, threads=threads))]
+    jobs = [registry.start(TrainingJob(cfg, out=out, threads=threads, plan=plan, name=name))]
     if twin:
-        jobs.append(registry.start(TrainingJob(cfg.with_overrides(lam=0.0), out=twin_dir_for(out), threads=threads)))
+        jobs.append(registry.start(TrainingJob(cfg.with_overrides(lam=0.0), out=twin_dir_for(out), threads=threads,
+                                               plan=plan, name=f"{name} (λ = 0)" if name else None)))
     return jobs
 
 

@@ -106,13 +106,14 @@ def share_gil() -> None:
 
 class TrainingJob:
     def __init__(self, cfg: TrainConfig | None = None, out: str | None = None, resume_from: str | None = None,
-                 threads: int | None = None):
+                 threads: int | None = None, plan=None, name: str | None = None):
         if (cfg is None) == (resume_from is None):
             raise ValueError("give either cfg (with out) for a new run, or resume_from")
         if cfg is not None and not out:
             raise ValueError("a new run needs out, the run directory to write")
         self._cfg, self._out, self._resume_from = cfg, out, resume_from
         self.threads = threads  # torch's intra-op threads for this job's thread (None: torch's default)
+        self._plan, self._name = plan, name  # the data's plan (splits.json) and the run's name (name.json)
         self._control = Control()
         self._lock = threading.Lock()
         self._seq = 0  # position of the next train/val record, so the two kinds merge in order
@@ -220,7 +221,7 @@ class TrainingJob:
                             self._keep(record["kind"], record)
                         self._snapshots = snapshots
                 else:
-                    self.trainer, run = start_run(self._cfg, self._out)
+                    self.trainer, run = start_run(self._cfg, self._out, plan=self._plan, name=self._name)
                 self._state = RunState.RUNNING
                 self.summary = self.trainer.run(run, self._control, self._on_event)
             finally:  # Trainer.run lets the run's lock go; this covers a failure before it (and

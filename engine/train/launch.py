@@ -3,6 +3,7 @@ resumed at its last good checkpoint. Rank 0's RunDir holds the run's lock (engin
 from __future__ import annotations
 
 from engine.config import TrainConfig
+from engine.data.plan import Plan
 from engine.errors import UserError
 from engine.eval.checkpoints import refuse_old_head
 from engine.runs import RunDir
@@ -10,8 +11,9 @@ from engine.train import distributed
 from engine.train.trainer import Trainer
 
 
-def start_run(cfg: TrainConfig, out: str) -> tuple[Trainer, RunDir]:
-    """A new trainer and its run directory (config.json and splits.json written, by rank 0 only).
+def start_run(cfg: TrainConfig, out: str, plan: Plan | None = None, name: str | None = None) -> tuple[Trainer, RunDir]:
+    """A new trainer and its run directory (config.json and splits.json written, by rank 0 only;
+    splits.json holds the data's plan (engine.data.plan) when given, name.json the run's `name`).
     Rank 0's RunDir holds the run's lock (Trainer.run lets it go at the end; release_lock() it if
     the run is never trained)."""
     trainer = Trainer(cfg)
@@ -19,7 +21,12 @@ def start_run(cfg: TrainConfig, out: str) -> tuple[Trainer, RunDir]:
     def create() -> RunDir:
         run = RunDir.create(out, trainer.cfg.to_dict(), lock=True)
         try:
-            run.write_json("splits.json", trainer.splits.report)
+            report = dict(trainer.splits.report)
+            if plan is not None:
+                report["plan"] = plan.to_dict()
+            run.write_json("splits.json", report)
+            if name:
+                run.set_run_name(name)
         except BaseException:
             run.release_lock()
             raise

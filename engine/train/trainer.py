@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from engine.config import TrainConfig
 from engine.data.episodes import (
     EpisodeSampler,
+    HeldOutSampler,
     channels_first,
     class_major_labels,
     take,
@@ -120,7 +121,8 @@ class Trainer:
         self.val_index = self.val_sampler.fixed(cfg.val_episodes, cfg.split_seed)
         # the adaptation curve at each validation: few fixed episodes of the validation classes, with
         # more shots than K for a metric learner's shot curve (as many as those classes hold)
-        self.curve_sampler = curve_sampler(self.model, splits.val, self.val_sampler)
+        self.curve_sampler = self.val_sampler if splits.val_held_out is not None else \
+            curve_sampler(self.model, splits.val, self.val_sampler)  # held-out queries: curves at K shots
         self.curve_index = self.curve_sampler.fixed(min(CURVE_EPISODES, cfg.val_episodes), cfg.split_seed)
         self.probe = self._probe()
         self.step = 0
@@ -131,6 +133,8 @@ class Trainer:
 
     def _val_sampler(self, splits: Splits) -> EpisodeSampler:
         try:
+            if splits.val_held_out is not None:
+                return HeldOutSampler(splits.val, splits.val_held_out, self.cfg.ways, self.cfg.shots, self.cfg.queries)
             return EpisodeSampler(splits.val, self.cfg.ways, self.cfg.shots, self.cfg.queries)
         except UserError as e:
             raise UserError(f"meta-validation split: {e}; give it more classes with --val-split "
