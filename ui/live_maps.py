@@ -47,14 +47,24 @@ def has_twin_map(view) -> bool:
         and len(view.twin_probe["split"]) == len(view.probe["split"])
 
 
-def map_pair(lm: LiveMap, view, key: str, prefs: dict, height: int, presenter: bool = False) -> None:
-    """The replay slider, then the run's map, and the twin's beside it (same method, same step,
-    aligned onto the run's map) when it has one."""
+def map_pair(lm: LiveMap, view, key: str, prefs: dict, height: int, presenter: bool = False,
+             maps=None, replay=None) -> None:
+    """The run's map, and the twin's beside it (same method, same step, aligned onto the run's map)
+    when it has one, drawn in the container `maps`; the replay slider in `replay` (both default to
+    where this is called, the slider above the maps)."""
+    replay = replay or st.container(horizontal=True, vertical_alignment="bottom")
+    maps = maps or st.container()
     if not view.snapshots or view.probe is None:
         if view.active:
-            st.info("The concept map appears with the first snapshot, a few seconds after training starts.")
+            maps.info("The concept map appears with the first snapshot, a few seconds after training starts.")
         return
-    step = _replay_step(view, key)
+    with replay:
+        step = _replay_step(view, key)
+    with maps:
+        _maps(lm, view, key, prefs, height, step, presenter)
+
+
+def _maps(lm: LiveMap, view, key: str, prefs: dict, height: int, step: int | None, presenter: bool) -> None:
     if not has_twin_map(view):
         _map_panel(lm, view, key, prefs, height, step, presenter=presenter)
         return
@@ -114,7 +124,7 @@ def _replay_step(view, key: str) -> int | None:
             st.session_state.pop(playing)
         else:
             frame = max([s for s in steps if s <= at] or steps[:1])
-    c1, c2 = st.columns([5, 1], vertical_alignment="bottom")
+    c1, c2 = st.container(width="stretch"), st.container(width="content")
     label = lambda o: f"latest (step {steps[-1]})" if o == LATEST else f"step {o}"  # noqa: E731
     if frame is None:
         choice = c1.select_slider("Replay", options=options, value=LATEST, key=f"{key}_replay", format_func=label,
