@@ -18,6 +18,8 @@ Stable keys (browser tests and zoom that survives refreshes use them; `key` defa
   {key}_regions    "Decision regions" toggle        {key}_replay   "Replay" slider (snapshot steps)
   {key}_play     "▶ Play" (steps the replay through the snapshots, spaced by training step)
   {key}_pause, {key}_resume, {key}_stop, {key}_clear   buttons "Pause", "Resume", "Stop", "Clear selection"
+  {key}_controls   the row above the maps: both runs' progress bars, Pause / Resume / Stop
+  {key}_settings   the row under the maps: Map, Colour by, Decision regions, and the replay ({key}_replayrow)
 """
 from __future__ import annotations
 
@@ -51,10 +53,15 @@ PANELS_CSS = """<style>
 [data-testid="stLayoutWrapper"]:has(> .st-key-KEY_curvescol) {flex: 2 1 340px !important; min-width: 0;}
 [data-testid="stLayoutWrapper"]:has(> .st-key-KEY_progress) {flex: 1 1 420px !important; min-width: 0;}
 .st-key-KEY_progress > [data-testid="stElementContainer"] {flex: 1 1 200px !important; min-width: 0;}
+[data-testid="stLayoutWrapper"]:has(> .st-key-KEY_replayrow) {flex: 1 1 320px !important; min-width: 0;}
+[data-testid="stLayoutWrapper"]:has(> [class*="st-key-KEY_side_"]) {flex: 1 1 PAIRMIN !important; min-width: 0;}
 </style>"""  # the progress bars: side by side, one under the other on a phone; Pause / Resume / Stop beside or under them
 MAP_FLEX = "3 1 480px"  # one map
 PAIR_FLEX = {True: "4 1 720px",  # presenter view: the two maps and the curves in one row on a 1366 px screen
              False: "1 1 100%"}  # beside the controls: the two maps take the row, the curves go below them
+# the two maps side by side while each is at least this wide, else one under the other (a narrower
+# map cuts its captions); presenter view keeps them side by side, sized for the screen
+PAIR_MIN = {True: "0px", False: "380px"}
 PRESENTER_MAP_HEIGHT = 470  # px: headline, status and replay above it still fit a 768 px high screen
 PRESENTER_PAIR_HEIGHT = 400  # px, each of the two maps (D's key adds its rows below the DEML one) on 768 px
 MAP_HEIGHT = 560  # px, outside presenter view (one map)
@@ -108,7 +115,8 @@ def _render(run_dir: str | None, key: str, presenter: bool, empty_hint: str | No
             st.caption(empty_hint)
         return
     pair = has_twin_map(view)
-    st.html(PANELS_CSS.replace("KEY", key).replace("MAPFLEX", PAIR_FLEX[presenter] if pair else MAP_FLEX))
+    st.html(PANELS_CSS.replace("KEY", key).replace("MAPFLEX", PAIR_FLEX[presenter] if pair else MAP_FLEX)
+            .replace("PAIRMIN", PAIR_MIN[presenter]))
     if presenter:
         st.subheader(headline(view), anchor=False)
         _notes(view, presenter)
