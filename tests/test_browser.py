@@ -134,7 +134,14 @@ def wait_for_episode_chart(page, timeout: float = 60):
     pytest.fail("the Adapt page drew no episode")
 
 
+FOLD = 768  # px: a 1366x768 laptop screen
+MAP_ON_SCREEN = 360  # px of the first map (its title, key and the top of the plot) visible without scrolling
+BOX = """sel => { const e = document.querySelector(sel); if (!e) return null;
+    const r = e.getBoundingClientRect(); return {top: r.top, bottom: r.bottom}; }"""
+
+
 def test_start_demo_shows_a_live_moving_concept_map(page, server, tmp_path):
+    page.set_viewport_size({"width": 1366, "height": FOLD})
     page.goto(server)
     settle(page)
     page.get_by_role("button", name="Start demo").click()
@@ -148,6 +155,11 @@ def test_start_demo_shows_a_live_moving_concept_map(page, server, tmp_path):
     assert first, "no concept map within 90 s of the click"
     to_map = time.monotonic() - clicked
     page.screenshot(path=str(tmp_path / "home-demo.png"), full_page=True)
+    # the live view is on screen after the click, no scrolling: the introduction folded away, the
+    # progress and controls in one row, the map's settings under it
+    box = page.evaluate(BOX, ".st-key-live_map")
+    assert box is not None, "no concept map panel (.st-key-live_map)"
+    assert 0 <= box["top"] <= FOLD - MAP_ON_SCREEN, f"the concept map starts at y = {box['top']:.0f} px on a {FOLD} px screen"
     moved = None
     while time.monotonic() - clicked < 120:
         time.sleep(1.0)

@@ -18,6 +18,8 @@ Stable keys (browser tests and zoom that survives refreshes use them; `key` defa
   {key}_regions    "Decision regions" toggle        {key}_replay   "Replay" slider (snapshot steps)
   {key}_play     "▶ Play" (steps the replay through the snapshots, spaced by training step)
   {key}_pause, {key}_resume, {key}_stop, {key}_clear   buttons "Pause", "Resume", "Stop", "Clear selection"
+  {key}_controls   the row above the maps: both runs' progress bars, Pause / Resume / Stop
+  {key}_settings   the row under the maps: Map, Colour by, Decision regions, and the replay ({key}_replayrow)
 """
 from __future__ import annotations
 
@@ -27,8 +29,9 @@ import streamlit as st
 
 from engine.errors import UserError
 from engine.eval.headline import paired_headline
+from engine.eval.twins import method_label
 from engine.learners import LEARNERS
-from engine.records import ACTIVE, PAUSABLE, RunState, adaptation_records
+from engine.records import PAUSABLE, RunState, adaptation_records
 from engine.runs import RunDir
 from engine.services.training import is_active, is_demo_dir, pause_runs, resume_runs, stop_runs
 from engine.viz import project
@@ -48,10 +51,17 @@ SETTING_WIDTH = 200  # px, the map's settings' select boxes
 PANELS_CSS = """<style>
 [data-testid="stLayoutWrapper"]:has(> .st-key-KEY_mapcol) {flex: MAPFLEX !important; min-width: 0;}
 [data-testid="stLayoutWrapper"]:has(> .st-key-KEY_curvescol) {flex: 2 1 340px !important; min-width: 0;}
-</style>"""
+[data-testid="stLayoutWrapper"]:has(> .st-key-KEY_progress) {flex: 1 1 420px !important; min-width: 0;}
+.st-key-KEY_progress > [data-testid="stElementContainer"] {flex: 1 1 200px !important; min-width: 0;}
+[data-testid="stLayoutWrapper"]:has(> .st-key-KEY_replayrow) {flex: 1 1 320px !important; min-width: 0;}
+[data-testid="stLayoutWrapper"]:has(> [class*="st-key-KEY_side_"]) {flex: 1 1 PAIRMIN !important; min-width: 0;}
+</style>"""  # the progress bars: side by side, one under the other on a phone; Pause / Resume / Stop beside or under them
 MAP_FLEX = "3 1 480px"  # one map
 PAIR_FLEX = {True: "4 1 720px",  # presenter view: the two maps and the curves in one row on a 1366 px screen
              False: "1 1 100%"}  # beside the controls: the two maps take the row, the curves go below them
+# the two maps side by side while each is at least this wide, else one under the other (a narrower
+# map cuts its captions); presenter view keeps them side by side, sized for the screen
+PAIR_MIN = {True: "0px", False: "380px"}
 PRESENTER_MAP_HEIGHT = 470  # px: headline, status and replay above it still fit a 768 px high screen
 PRESENTER_PAIR_HEIGHT = 400  # px, each of the two maps (D's key adds its rows below the DEML one) on 768 px
 MAP_HEIGHT = 560  # px, outside presenter view (one map)
@@ -104,26 +114,37 @@ def _render(run_dir: str | None, key: str, presenter: bool, empty_hint: str | No
         elif empty_hint:
             st.caption(empty_hint)
         return
+    pair = has_twin_map(view)
+    st.html(PANELS_CSS.replace("KEY", key).replace("MAPFLEX", PAIR_FLEX[presenter] if pair else MAP_FLEX)
+            .replace("PAIRMIN", PAIR_MIN[presenter]))
     if presenter:
         st.subheader(headline(view), anchor=False)
-    _status(view, key, presenter)
-    _paired_headline(view)
-    if presenter:
+        _notes(view, presenter)
+        _paired_headline(view)
         prefs = _settings(view, key, presenter)
-    else:  # the controls and the map's settings in one row, which wraps on a narrow screen
+    else:  # one compact row (progress of both runs, Pause / Resume / Stop), the headline, then the maps:
+        # a 1366x768 screen shows the maps without scrolling; the map's settings and the replay go under the maps
         with st.container(horizontal=True, vertical_alignment="bottom", key=f"{key}_controls"):
-            _controls(view, key)
-            prefs = _settings(view, key, presenter)
+            with st.container(horizontal=True, vertical_alignment="bottom", key=f"{key}_progress"):
+                _status(view, key, presenter)
+            with st.container(horizontal=True, width="content"):
+                _controls(view, key)
+        _notes(view, presenter)
         if refused := st.session_state.pop(f"_{key}_resume_refused", None):
             st.error(refused)
+        _paired_headline(view)
     # map and curves side by side (in presenter view sized so both fit a 1366x768 screen with the
     # headline); on a narrow screen the curves wrap below the map (PANELS_CSS) instead of squeezing it
-    pair = has_twin_map(view)
-    st.html(PANELS_CSS.replace("KEY", key).replace("MAPFLEX", PAIR_FLEX[presenter] if pair else MAP_FLEX))
     with st.container(horizontal=True, gap="medium", key=f"{key}_panels"):
         with st.container(key=f"{key}_mapcol"):
+            maps, below = st.container(), None
+            if not presenter:
+                below = st.container(horizontal=True, vertical_alignment="bottom", key=f"{key}_settings")
+                with below:
+                    prefs = _settings(view, key, presenter)
             heights = (PRESENTER_PAIR_HEIGHT, PAIR_HEIGHT) if pair else (PRESENTER_MAP_HEIGHT, MAP_HEIGHT)
-            map_pair(lm, view, key, prefs, height=heights[0] if presenter else heights[1], presenter=presenter)
+            map_pair(lm, view, key, prefs, height=heights[0] if presenter else heights[1], presenter=presenter,
+                     maps=maps, replay=below)
         with st.container(key=f"{key}_curvescol"):
             _curves_panel(view, key, height=(PRESENTER_PAIR_HEIGHT + 100 if pair else PRESENTER_MAP_HEIGHT + 60)
                           if presenter else None, metric=not (presenter and pair))
@@ -158,24 +179,35 @@ def _paired_headline(view) -> None:
 
 
 def _status(view, key: str, presenter: bool) -> None:
+    """The progress of the run and (beside it) of its twin, one bar each; presenter view: none (the
+    headline says the step). The run is named by what it is when its twin is beside it."""
+    if presenter:
+        return
     p = view.progress or {}
-    name = Path(view.run_dir).name
-    eta = f", about {p['eta_seconds']:.0f} s left" if p.get("eta_seconds") is not None and view.active else ""
-    if not presenter:  # presenter view: the headline says the step
-        st.progress(min(1.0, float(p.get("fraction", 0.0))),
-                    text=f"{name}: {view.state}, step {p.get('step', 0)}/{p.get('steps', 0)}{eta}")
-    if view.twin_progress is not None and not presenter:
-        tp = view.twin_progress
-        st.progress(min(1.0, float(tp.get("fraction", 0.0))),
-                    text=f"{_twin_label(view)}: {view.twin_state}, step {tp.get('step', 0)}/{tp.get('steps', 0)}")
+    eta = f", {_left(p['eta_seconds'])}" if p.get("eta_seconds") is not None and view.active else ""
+    twin = view.twin_progress
+    where = f" on {view.device}" if view.device and view.active and twin is None else ""
+    name = method_label(view.lam) if twin is not None and view.lam is not None else Path(view.run_dir).name
+    st.progress(min(1.0, float(p.get("fraction", 0.0))), width="stretch",
+                text=f"{name}{where}: {view.state}, step {p.get('step', 0)}/{p.get('steps', 0)}{eta}")
+    if twin is not None:
+        st.progress(min(1.0, float(twin.get("fraction", 0.0))), width="stretch",
+                    text=f"{_twin_label(view)}: {view.twin_state}, step {twin.get('step', 0)}/{twin.get('steps', 0)}")
+
+
+def _left(seconds: float) -> str:
+    return f"about {seconds:.0f} s left" if seconds < 120 else f"about {seconds / 60:.0f} min left"
+
+
+def _notes(view, presenter: bool) -> None:
+    """What the progress bars do not say: an error, warnings, who trained the run, how it was saved."""
+    p = view.progress or {}
     if view.error:
         st.error(view.error)
     for w in view.warnings[-3:]:
         st.warning(w)
-    if view.device and not presenter:
-        extra = " · the λ = 0 twin trains beside it (two runs share the cores)" \
-            if view.twin_state in ACTIVE and view.twin_state != RunState.STOPPING else ""
-        st.caption(f"{'training' if view.active else 'trained'} on {view.device}{extra}")
+    if view.device and not view.active and view.source != "disk" and not presenter:
+        st.caption(f"trained on {view.device}")
     elif view.state == RunState.ELSEWHERE:
         st.caption(f"another process trains this run ({view.holder}): what it has written so far is shown; "
                    "Resume is off until that training ends")

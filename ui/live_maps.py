@@ -1,6 +1,15 @@
 """The concept maps of the live view (ui.live draws the rest): the run's map, the lambda = 0 twin's
 map beside it (same method, same replay step, turned onto the run's map: engine.viz.live.LiveMap.twin_frame),
-the replay slider with "▶ Play", and the images behind a selection. Keys: see ui.live."""
+the replay slider with "▶ Play", and the images behind a selection. Keys: see ui.live.
+
+The points do not glide between snapshots, and cannot in st.plotly_chart (Streamlit 1.67): its
+element id is computed from the figure itself (streamlit/elements/plotly_chart.py,
+compute_and_register_element_id(..., key_as_main_identity=False, plotly_spec=...)), so a changed
+figure is a new element whose plot is drawn afresh in a new graph div; plotly's layout.transition
+only animates Plotly.react on the same div. Checked in Chromium on a minimal app (20 go.Scatter
+points with ids, constant text and layout, fixed axis ranges, uirevision, transition 1000 ms linear,
+x sampled every 50 ms): the div was replaced at each change and x went straight from the old value
+to the new one, with no value in between. Gliding needs a custom component that keeps its div."""
 from __future__ import annotations
 
 import time
@@ -47,18 +56,29 @@ def has_twin_map(view) -> bool:
         and len(view.twin_probe["split"]) == len(view.probe["split"])
 
 
-def map_pair(lm: LiveMap, view, key: str, prefs: dict, height: int, presenter: bool = False) -> None:
-    """The replay slider, then the run's map, and the twin's beside it (same method, same step,
-    aligned onto the run's map) when it has one."""
+def map_pair(lm: LiveMap, view, key: str, prefs: dict, height: int, presenter: bool = False,
+             maps=None, replay=None) -> None:
+    """The run's map, and the twin's beside it (same method, same step, aligned onto the run's map)
+    when it has one, drawn in the container `maps`; the replay slider in `replay` (both default to
+    where this is called, the slider above the maps)."""
+    replay = replay or st.container(horizontal=True, vertical_alignment="bottom")
+    maps = maps or st.container()
     if not view.snapshots or view.probe is None:
         if view.active:
-            st.info("The concept map appears with the first snapshot, a few seconds after training starts.")
+            maps.info("The concept map appears with the first snapshot, a few seconds after training starts.")
         return
-    step = _replay_step(view, key)
+    with replay:
+        step = _replay_step(view, key)
+    with maps:
+        _maps(lm, view, key, prefs, height, step, presenter)
+
+
+def _maps(lm: LiveMap, view, key: str, prefs: dict, height: int, step: int | None, presenter: bool) -> None:
     if not has_twin_map(view):
         _map_panel(lm, view, key, prefs, height, step, presenter=presenter)
         return
-    left, right = st.columns(2, gap="small")
+    with st.container(horizontal=True, gap="small"):  # ui.live's CSS: one under the other when narrow
+        left, right = st.container(key=f"{key}_side_run"), st.container(key=f"{key}_side_twin")
     with left:
         ref, snap = _map_panel(lm, view, key, prefs, height, step, title=_side_title(view.lam), presenter=presenter)
     with right:
@@ -114,7 +134,8 @@ def _replay_step(view, key: str) -> int | None:
             st.session_state.pop(playing)
         else:
             frame = max([s for s in steps if s <= at] or steps[:1])
-    c1, c2 = st.columns([5, 1], vertical_alignment="bottom")
+    row = st.container(horizontal=True, vertical_alignment="bottom", key=f"{key}_replayrow")
+    c1, c2 = row.container(width="stretch"), row.container(width="content")
     label = lambda o: f"latest (step {steps[-1]})" if o == LATEST else f"step {o}"  # noqa: E731
     if frame is None:
         choice = c1.select_slider("Replay", options=options, value=LATEST, key=f"{key}_replay", format_func=label,

@@ -14,7 +14,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from engine.records import adaptation_records
-from engine.viz.charts.style import MUTED, bottom_legend, finish
+from engine.viz.charts.style import MUTED, bottom_legend, figure, finish, trace
 
 AXIS_LABELS = {"inner_steps": "inner steps", "shots": "shots"}
 COLOR = "#3F6FB5"  # the run (as in the training curves)
@@ -61,11 +61,11 @@ def live_adaptation_curves(records, twin_records=None, title: str | None = "Adap
         raise ValueError("cannot draw curves against inner steps with curves against shots on one axis; "
                          f"got {sorted(axes)}")
     axis = axes.pop() if axes else None
-    fig = go.Figure()
+    fig = figure()
     for label, curves, color, dash in runs:
         for age, c in enumerate(reversed(curves)):  # the latest first, so it also leads the legend group
             newest = age == 0
-            fig.add_trace(go.Scatter(
+            fig.add_trace(trace(go.Scatter,
                 x=c["x"], y=c["accuracy"], mode="lines+markers" if newest else "lines",
                 name=f"{label}, step {c['step']}",
                 legendgroup=label, showlegend=newest, opacity=_opacity(age, len(curves)),
@@ -76,7 +76,7 @@ def live_adaptation_curves(records, twin_records=None, title: str | None = "Adap
     ways = next((int(c["ways"]) for _, curves, _, _ in runs for c in reversed(curves) if c.get("ways")), None)
     xs = [v for _, curves, _, _ in runs for c in curves for v in c["x"]]
     if ways and xs:
-        fig.add_trace(go.Scatter(
+        fig.add_trace(trace(go.Scatter,
             x=[min(xs), max(xs)], y=[1 / ways, 1 / ways], mode="lines", name=f"chance (1/{ways})",
             line=dict(color=MUTED, width=1.2, dash="dot"), hoverinfo="skip", meta={"chance": True}))
     what = f"{ways}-way" if ways else "fixed"

@@ -30,6 +30,7 @@ from engine.viz.charts.style import (
     as_vector,
     check_choice,
     check_regions,
+    figure,
     finish,
     key_trace,
     map_axes,
@@ -38,6 +39,7 @@ from engine.viz.charts.style import (
     palette,
     region_caption,
     region_heatmap,
+    trace,
 )
 from engine.viz.regions import probe_external_classes
 
@@ -179,7 +181,7 @@ def point_traces(xy: np.ndarray, probe: Probe, snapshot: Snapshot | None, color_
         custom[:, 2] = SPLIT_NAMES[code]
         custom[:, 3] = index[rows]
         color = SPLIT_COLORS[code] if color_by == "split" else fill[rows].tolist()
-        traces.append(go.Scattergl(
+        traces.append(trace(go.Scattergl,
             x=xy[rows, 0].astype(np.float32), y=xy[rows, 1].astype(np.float32), mode="markers",
             name=SPLIT_NAMES[code], legendgroup=SPLIT_NAMES[code], showlegend=False,
             marker=dict(symbol=SPLIT_SYMBOLS[code], size=SPLIT_SIZES[code], color=color, opacity=0.92,
@@ -204,7 +206,7 @@ def point_updates(xy: np.ndarray, probe: Probe, snapshot: Snapshot | None, color
             upd["text"] = d_line[rows].tolist()
         if fill is not None:
             upd["marker"] = dict(color=fill[rows].tolist())
-        out.append(go.Scattergl(**upd))
+        out.append(trace(go.Scattergl, **upd))
     return out
 
 
@@ -317,7 +319,7 @@ def concept_map(xy, probe: Probe, snapshot: Snapshot | None = None, color_by: st
     xy = as_points(xy, "xy", rows)
     check_snapshot(snapshot, rows, color_by)
     colors = ClassColors(probe)
-    fig = go.Figure()
+    fig = figure()
     if regions is not None:
         check_regions(regions)
         fig.add_trace(region_layer(probe, colors, regions))

@@ -20,9 +20,11 @@ from engine.viz.charts.style import (
     MUTED,
     bottom_legend,
     check_choice,
+    figure,
     finish,
     palette,
     rgba,
+    trace,
 )
 
 SERIES = {  # key -> (legend name, subplot column, colour): a colour per series, none shared
@@ -92,7 +94,7 @@ def _band(x, mean, half, color: str, alpha: float, group: str) -> go.Scatter | N
     if ok.sum() == 0:
         return None
     xs, lo, hi = x[ok], (mean - half)[ok], (mean + half)[ok]
-    return go.Scatter(x=np.concatenate([xs, xs[::-1]]), y=np.concatenate([hi, lo[::-1]]), fill="toself",
+    return trace(go.Scatter, x=np.concatenate([xs, xs[::-1]]), y=np.concatenate([hi, lo[::-1]]), fill="toself",
                       fillcolor=rgba(color, alpha), line=dict(width=0), mode="lines", hoverinfo="skip",
                       showlegend=False, legendgroup=group, name=f"{group} 95% CI")
 
@@ -107,12 +109,12 @@ def _add_run(fig: go.Figure, train: list[dict], val: list[dict], twin: bool, smo
             continue
         group = "twin" if twin else name
         if not twin:  # the raw values, faint, behind (the twin's would only add noise)
-            fig.add_trace(go.Scatter(x=steps[keep], y=raw[keep], mode="lines", name=f"{group} (raw)",
+            fig.add_trace(trace(go.Scatter, x=steps[keep], y=raw[keep], mode="lines", name=f"{group} (raw)",
                                      line=dict(color=rgba(color, 0.22), width=1), hoverinfo="skip",
                                      showlegend=False, legendgroup=group), row=1, col=col)
         fmt = ".1%" if col == 2 else ".3f"
         label = name + suffix
-        fig.add_trace(go.Scatter(x=steps[keep], y=smooth(raw, smooth_window)[keep], mode="lines", name=label,
+        fig.add_trace(trace(go.Scatter, x=steps[keep], y=smooth(raw, smooth_window)[keep], mode="lines", name=label,
                                  legendgroup=group, showlegend=not twin,
                                  line=dict(color=color, width=2.2 if not twin else 1.8, dash=dash),
                                  hovertemplate=f"{label}: %{{y:{fmt}}}<extra></extra>"), row=1, col=col)
@@ -125,7 +127,7 @@ def _add_run(fig: go.Figure, train: list[dict], val: list[dict], twin: bool, smo
         band = _band(vx, vy, vci, VAL_COLOR, 0.08 if twin else 0.16, group)
         if band is not None:
             fig.add_trace(band, row=1, col=2)
-        fig.add_trace(go.Scatter(
+        fig.add_trace(trace(go.Scatter,
             x=vx, y=vy, mode="lines+markers", name=f"validation accuracy ± 95% CI{suffix}", legendgroup=group,
             showlegend=not twin,
             line=dict(color=VAL_COLOR, width=2.4 if not twin else 1.8, dash=dash),
@@ -133,7 +135,7 @@ def _add_run(fig: go.Figure, train: list[dict], val: list[dict], twin: bool, smo
             customdata=np.asarray(vci, dtype=float),
             hovertemplate=f"{label}: %{{y:.1%}} ± %{{customdata:.1%}}<extra></extra>"), row=1, col=2)
     if twin:  # one legend entry for all of the twin's curves (a click shows or hides them together)
-        fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=f"{TWIN} twin (dashed)", legendgroup="twin",
+        fig.add_trace(trace(go.Scatter, x=[None], y=[None], mode="lines", name=f"{TWIN} twin (dashed)", legendgroup="twin",
                                  line=dict(color=MUTED, width=1.8, dash=dash), hoverinfo="skip"), row=1, col=1)
 
 
@@ -156,7 +158,7 @@ def _from_records(records: list[dict], key: str) -> int | None:
 
 def _chance(fig: go.Figure, level: float, name: str, color: str, x0: float, x1: float) -> None:
     """A dotted horizontal line at a chance accuracy over the steps drawn, in the accuracy panel."""
-    fig.add_trace(go.Scatter(x=[x0, x1], y=[level, level], mode="lines", name=name, legendgroup=name,
+    fig.add_trace(trace(go.Scatter, x=[x0, x1], y=[level, level], mode="lines", name=name, legendgroup=name,
                              line=dict(color=rgba(color, 0.85), width=1.6, dash=CHANCE_DASH),
                              hoverinfo="skip"), row=1, col=2)
 
@@ -174,7 +176,7 @@ def training_curves(metrics, twin_metrics=None, title: str = "Training", uirevis
     train, val = _check_metrics(metrics, "metrics")
     ways = _count(ways, "ways") or _from_records(list(metrics), "ways")
     external_classes = _count(external_classes, "external_classes") or _from_records(list(metrics), "external_classes")
-    fig = make_subplots(rows=1, cols=2, subplot_titles=(LOSS_TITLE, ACC_TITLE), horizontal_spacing=0.1)
+    fig = make_subplots(figure=figure(), rows=1, cols=2, subplot_titles=(LOSS_TITLE, ACC_TITLE), horizontal_spacing=0.1)
     _add_run(fig, train, val, twin=False, smooth_window=smooth_window)
     if twin_metrics is not None:
         ttrain, tval = _check_metrics(twin_metrics, "twin_metrics")

@@ -43,6 +43,20 @@ _CURATED = [
 ]
 
 
+def figure() -> go.Figure:
+    """An empty figure that skips plotly's per-property validation, for the figures the live view
+    builds again on every refresh (concept maps, curves). Validation checks every colour of every
+    point in Python, in the server process, holding the GIL against the training threads (a paired
+    test: about 3.6x slower per figure); these figures' properties are this code's own, and the
+    tests on fig.data / fig.layout check them. Traces go in with trace()."""
+    return go.Figure(_validate=False)
+
+
+def trace(cls, **props):
+    """A plotly trace `cls` (go.Scattergl, go.Scatter, go.Heatmap) without validation: see figure()."""
+    return cls(_validate=False, **props)
+
+
 def palette(n: int) -> list[str]:
     """n distinct colours: the curated ones, then golden-angle hues at alternating lightness
     (deterministic, so a class keeps its colour across refreshes)."""
@@ -248,23 +262,23 @@ def region_heatmap(regions, class_color, *, hover: bool = True, label: str = "D 
             scale += [[band / bands, col], [(band + 1) / bands, col]]
     scale[-1][0] = 1.0
     # z = k lands at (k + 0.5) / bands on the scale: the middle of band k's two stops
-    trace = dict(x=np.asarray(regions.x, dtype=float), y=np.asarray(regions.y, dtype=float), z=z,
+    spec = dict(x=np.asarray(regions.x, dtype=float), y=np.asarray(regions.y, dtype=float), z=z,
                  zmin=-0.5, zmax=bands - 0.5, colorscale=scale, showscale=False, zsmooth=False,
                  name="decision regions", showlegend=False, hoverongaps=False)
     if legendgroup:
-        trace["legendgroup"] = legendgroup
+        spec["legendgroup"] = legendgroup
     if legend:
-        trace["legend"] = legend
+        spec["legend"] = legend
     if keep.all():  # plain integers (as before) when every cell is shaded
-        trace["z"] = z.astype(np.int64)
+        spec["z"] = z.astype(np.int64)
     if hover:
         names = np.asarray(regions.class_names, dtype=object)
         pct = np.char.mod("%.0f%%", conf * 100)
-        trace.update(text=np.char.add(np.char.add(names[pred].astype(str), " · "), pct),
+        spec.update(text=np.char.add(np.char.add(names[pred].astype(str), " · "), pct),
                      hovertemplate=f"{label}: %{{text}} confident<extra>region</extra>")
     else:
-        trace.update(hoverinfo="skip")
-    return go.Heatmap(**trace)
+        spec.update(hoverinfo="skip")
+    return trace(go.Heatmap, **spec)
 
 
 def region_note(regions, what: str = "the discriminator's prediction") -> str:
@@ -303,6 +317,6 @@ def key_trace(name: str, color: str, symbol: str, *, group: str, legend: str = "
               size: int = 11) -> go.Scatter:
     """A legend entry only (no data drawn): a marker of `symbol` and `color` named `name`, in legend
     group `group` (clicking it shows or hides the group's traces) of the figure's legend `legend`."""
-    return go.Scatter(x=[None], y=[None], mode="markers", name=name, legendgroup=group, legend=legend,
+    return trace(go.Scatter, x=[None], y=[None], mode="markers", name=name, legendgroup=group, legend=legend,
                       showlegend=True, hoverinfo="skip",
                       marker=dict(symbol=symbol, color=color, size=size, line=dict(width=0.8, color="white")))
