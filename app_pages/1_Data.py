@@ -148,7 +148,7 @@ if s["classes"] > SHOWN_CLASSES:
                     key=page_key)
 for row in range(0, len(pv["tiles"]), 3):  # a row of 3 at a time: on a phone they stack in class order
     for col, t in zip(st.columns(3), pv["tiles"][row:row + 3]):
-        col.image(t["image"], caption=f"{t['name']}: {t['count']} images", width="stretch", output_format="PNG")
+        col.image(t["image"], caption=f"{t['name']}: {t['count']} image{'' if t['count'] == 1 else 's'}", width="stretch", output_format="PNG")
 with st.expander("Images per class"):
     st.dataframe([{"class": c, "images": n} for c, n in pv["counts"]], hide_index=True)
 

@@ -376,8 +376,9 @@ def test_uploaded_files_over_the_limits_are_never_read():
 def test_streamlit_limits_each_uploader():
     text = (REPO / ".streamlit" / "config.toml").read_text()
     assert "maxUploadSize" in text
-    for page in ("1_Data.py", "3_Adapt.py"):
-        source = (REPO / "app_pages" / page).read_text()
+    for files in (("app_pages/1_Data.py", "ui/class_builder.py", "engine/services/class_builder.py"),
+                  ("app_pages/3_Adapt.py",)):
+        source = "".join((REPO / f).read_text() for f in files)  # a page and the ui/ part that holds its uploaders
         assert source.count(".file_uploader(") == source.count("max_upload_size=")
         assert "read_uploaded(" in source
     assert Path(REPO / "app_pages" / "3_Adapt.py").read_text().count("f.getvalue()") == 0

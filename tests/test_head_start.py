@@ -141,11 +141,12 @@ def test_the_train_page_offers_the_head_start_for_an_upload_only(tmp_path, monke
     at = AppTest.from_file(str(REPO / "app_pages" / "2_Train.py"), default_timeout=60)
     at.run()
     assert not at.exception and not [c for c in at.checkbox if c.key == "train_head_start"]  # built-in glyphs
-    at.session_state["data_overrides"] = {"dataset": _upload(tmp_path / "up")}
+    at = AppTest.from_file(str(REPO / "app_pages" / "2_Train.py"), default_timeout=60)  # a new visit to Train
+    at.session_state["data_overrides"] = {"dataset": _upload(tmp_path / "up"), "ways": 2, "shots": 1, "queries": 1}  # as the Data page sends it
     at.run()
     box = at.checkbox(key="train_head_start")
     assert box.value is True and "Omniglot" in box.label
     assert any("from scratch" in c.value for c in at.caption)
     box.set_value(False)
     at.button(key="train_start").click().run()
-    assert sent and sent[-1].head_start == "off"
+    assert [e.value for e in at.error] == ["recorded"] and sent[-1].head_start == "off"

@@ -166,8 +166,8 @@ def test_classes_built_in_the_browser(page, uploads):
     assert sorted(p.name for p in Path(spec).iterdir()) == ["dots", "lines"]
     problems = warnings_text(page)
     assert "bad.png: not a readable image" in problems
-    assert captions(page)[-2:] == ["dots: 3 images", "lines: 1 images"]
-    assert "cannot be split" in page.error[0].value  # two classes: too few for a split, said plainly
+    assert captions(page)[-2:] == ["dots: 3 images", "lines: 1 image"]
+    assert "needs at least 2 classes of 2 or more images" in page.error[0].value  # 'lines' has one: said plainly
     assert page.button(key="data_use").disabled
 
 
