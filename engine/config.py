@@ -175,7 +175,7 @@ class TrainConfig:
         if not isinstance(d, dict):
             raise UserError(f"{source} is not a settings object (got {type(d).__name__}); the run cannot be rebuilt")
         known = {f.name: f for f in fields(cls)}
-        values = {k: v for k, v in d.items() if k in known}
+        values = {**RECORDED_DEFAULTS, **{k: v for k, v in d.items() if k in known}}
         for name, value in values.items():
             problem = _field_problem(name, value)
             if problem:
@@ -188,6 +188,9 @@ class TrainConfig:
     def with_overrides(self, **changes) -> TrainConfig:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
+
+# a recorded run missing a setting ran without it: where that differs from a new run's default
+RECORDED_DEFAULTS = {"head_start": "off"}  # runs made before the head start trained from scratch
 
 _NAMES = {  # settings whose value is one of a known set of names (None: looked up when checked)
     "polarity": ("auto", "keep"), "validation": ("classes", "images", "train"), "norm": ("batch", "group", "none"),

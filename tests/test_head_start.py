@@ -150,3 +150,11 @@ def test_the_train_page_offers_the_head_start_for_an_upload_only(tmp_path, monke
     box.set_value(False)
     at.button(key="train_start").click().run()
     assert [e.value for e in at.error] == ["recorded"] and sent[-1].head_start == "off"
+
+
+def test_a_run_recorded_before_the_head_start_resumes_from_scratch():
+    from engine.config import TrainConfig
+
+    assert TrainConfig().head_start == "auto"  # new runs decide by their data
+    assert TrainConfig.from_dict({"dataset": "some.zip"}).head_start == "off"  # an old config.json: as it trained
+    assert TrainConfig.from_dict({"head_start": "on"}).head_start == "on"
