@@ -144,7 +144,7 @@ def test_the_files_preprocessing_is_the_apps_within_two_gray_levels(channels, si
         png = io.BytesIO()
         Image.fromarray(arr).save(png, format="PNG")
         app = to_pixels(decode(png.getvalue(), TASK_UPLOAD, reduce_to=adapt.REDUCE_TO), channels, size)
-        x = torch.from_numpy(np.ascontiguousarray(arr if arr.ndim == 3 else arr[..., None]))[None]
+        x = torch.from_numpy(np.array(arr if arr.ndim == 3 else arr[..., None]))[None]
         got = (m.prepare(x) * 255).round().to(torch.uint8)[0].permute(1, 2, 0).numpy()
         assert got.shape == app.shape
         assert np.abs(got.astype(int) - app.astype(int)).max() <= 2, (h, w, c)
