@@ -1,4 +1,4 @@
-"""python -m engine {train, evaluate, curve, select, inspect, report, bench}.
+"""python -m engine {train, evaluate, curve, select, inspect, report, bench, export}.
 
 Progress goes to stderr; the last stdout line is one JSON object others can script against.
 Bad input exits with status 2 and one stderr line starting with "error:".
@@ -314,7 +314,7 @@ def cmd_bench(args) -> dict | None:
 
 
 def cmd_export(args) -> dict:
-    from engine.eval.export import export_run
+    from engine.services.export import export_run
 
     if not args.out.endswith(".pt"):
         raise UserError(f"the export is a TorchScript file: give -o a name ending in .pt (got {args.out})")

@@ -1,4 +1,4 @@
-"""The exported TorchScript file (engine.eval.export), loaded where the project cannot be imported,
+"""The exported TorchScript file (engine.services.export), loaded where the project cannot be imported,
 answers raw 105x105 Omniglot PNGs exactly as the Adapt page's engine path does."""
 from __future__ import annotations
 
@@ -133,7 +133,7 @@ def test_the_files_preprocessing_is_the_apps_within_two_gray_levels(channels, si
     and by the app (engine.data.images.decode + engine.data.imageset.to_pixels)."""
     from engine.data.images import TASK_UPLOAD, decode
     from engine.data.imageset import to_pixels
-    from engine.eval.export import Exported
+    from engine.services.export import Exported
 
     m = torch.jit.script(Exported(torch.nn.Identity(), size, channels, False, 0, {"centres": torch.zeros(2, 2)},
                                   ["a", "b"], 1.0, 0.0))

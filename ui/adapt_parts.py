@@ -9,8 +9,8 @@ import streamlit as st
 
 from engine.errors import UserError
 from engine.eval.calibration import Calibration
-from engine.eval.export import export_task, representation
 from engine.services import adapt
+from engine.services.export import export_task, representation
 
 SHAPE_KEYS = ("adapt_ways", "adapt_shots", "adapt_queries", "adapt_steps")  # per run
 PAGE_KEYS = ("adapt_source", "adapt_seed", "adapt_episodes", "adapt_n_classes")  # for every run
