@@ -99,11 +99,14 @@ if st.session_state.get("runs_selected") not in paths:
 
 def on_select() -> None:
     st.session_state["runs_delete_confirm"] = False  # a confirmation is for the run it was given for
-    set_current_run(st.session_state["runs_selected"])
+    if st.session_state["runs_selected"] in paths:  # a rename changes the labels; only a real choice moves the run
+        set_current_run(st.session_state["runs_selected"])
 
 
 selected = st.selectbox("Run", paths, key="runs_selected", format_func=lambda p: by_path[p].label(),
                         on_change=on_select)
+if selected not in by_path:  # a label from before a rename, sent back by the browser
+    selected = paths[catalog.find(runs, current_run()) or 0]
 run = by_path[selected]
 if run.state == RunState.RUNNING:
     st.caption("This run is training: evaluation and downloads use its newest checkpoint.")
@@ -117,6 +120,7 @@ def rename(path: str) -> None:
     except UserError as e:
         st.session_state["runs_flash"] = [("error", str(e))]
         return
+    st.session_state["runs_selected"] = path  # set again, so the list shows the run under its new label
     st.session_state["runs_flash"] = [("success", f"Renamed {os.path.basename(path)} to “{kept}”" if kept
                                        else f"{os.path.basename(path)} has no name now")]
 

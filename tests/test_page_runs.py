@@ -132,3 +132,7 @@ def test_a_run_is_renamed_on_the_page(root):
     assert RunDir(root / "deml").run_name() == "first letters"
     assert "Renamed deml to “first letters”" in at.success[0].value
     assert "first letters" in list(at.dataframe[0].value["run"])  # the runs table shows the name
+    box = at.selectbox(key="runs_selected")
+    assert box.value == str(root / "deml"), [e.value for e in at.error]  # still this run, and no error from the new label
+    assert not [e for e in at.error if "not a run" in e.value]  # (the fixture's broken run has its own error)
+    assert "first letters" in box.format_func(box.value)  # the list shows the new name
