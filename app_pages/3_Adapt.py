@@ -69,7 +69,14 @@ def data_page_task(cfg, path, stamp) -> adapt.Task:
 
 
 # --- the run --------------------------------------------------------------------------------------
-runs = [r for r in catalog.list_runs() if r.adaptable]
+every_run = catalog.list_runs()
+runs = [r for r in every_run if r.adaptable]
+waiting = next((r for r in every_run if not r.adaptable and r.readable and same(current_run(), r.path)), None)
+if waiting is not None:  # the person's own run, too young to adapt: say so, and keep it as the current run
+    every = (waiting.config or {}).get("checkpoint_every")
+    st.info(f"**{waiting.shown_name}** has no checkpoint yet (step {waiting.steps_done}"
+            + (f"; its first is written at step {every}" if every else "") + "): Adapt can use it once it has one."
+            + (" Meanwhile you can adapt another run below." if runs else ""))
 if not runs:
     st.info("No trained run to adapt yet. Press **Start demo** on the Home page or start a run on the **Train** "
             "page; as soon as it has written a checkpoint it appears here. From a terminal: "
@@ -88,7 +95,7 @@ if st.session_state.get("adapt_run") not in paths:
 run_dir = st.selectbox("Trained run", paths, key="adapt_run", format_func=lambda p: by_path[p].label(),
                        help="runs under the runs folder with at least one checkpoint; a run still training "
                             "is adapted from its newest checkpoint")
-if not same(url, run_dir):
+if not same(url, run_dir) and waiting is None:
     set_current_run(run_dir)
 st.session_state["adapt_url"] = current_run()
 

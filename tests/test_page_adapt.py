@@ -71,6 +71,20 @@ def test_adapt_follows_the_run_in_the_url(page, built):
     assert page.selectbox(key="adapt_run").value == str(built / "deml-lam0")
 
 
+def test_a_run_in_the_url_without_a_checkpoint_yet_is_named_and_kept(page, built):
+    import shutil
+
+    young = built / "young"
+    shutil.copytree(built / "deml", young)
+    shutil.rmtree(young / "checkpoints")
+    page.query_params["run"] = str(young)
+    page.run()
+    assert not page.exception
+    assert any("has no checkpoint yet" in i.value and "young" in i.value for i in page.info)
+    assert page.selectbox(key="adapt_run").value != str(young)  # another run is adapted meanwhile
+    assert page.query_params["run"] == [str(young)] or page.query_params["run"] == str(young)  # the person's run stays
+
+
 def test_adapt_to_uploaded_images_names_a_bad_file(page, built):
     page.run()
     page.radio(key="adapt_source").set_value("Upload your own").run()
