@@ -249,7 +249,7 @@ def use_data(overrides: dict) -> None:
     try:
         set_data_overrides(overrides)
         message = (f"The Train page will use `{overrides['dataset']}` as {overrides['ways']}-way "
-                   f"{overrides['shots']}-shot (external set: `{overrides['external']}`).")
+                   f"{overrides['shots']}-shot, as planned above.")
         st.session_state["data_use_result"] = ("success", message)
     except UserError as e:
         st.session_state["data_use_result"] = ("error", str(e))
@@ -263,3 +263,5 @@ if sp is None:
     right.error(f"Cannot train yet: {reason}" if reason else "Cannot train yet: see the problem above.")
 if result := st.session_state.pop("data_use_result", None):
     getattr(st, result[0])(result[1])
+    if result[0] == "success":
+        st.page_link("app_pages/2_Train.py", label="Go on to **Train** to start a run on it", icon=":material/arrow_forward:")
