@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from engine.config import preset
+from engine.config import TrainConfig, preset
 from engine.errors import UserError
 from engine.runs import RunDir
 from engine.train.job import JobRegistry, TrainingJob
@@ -145,3 +145,14 @@ def test_the_registry_refuses_a_second_job_in_the_same_folder_however_spelled(tm
     again = registry.start(TrainingJob(resume_from="runs/a/"))  # a finished job's folder may be reused
     assert again.join(30) and again.state == "finished", again.error
     assert registry.get("runs/a") is again
+
+
+def test_time_left_follows_the_recent_pace_not_the_slow_start(tmp_path):
+    job = TrainingJob(TrainConfig(steps=1000), out=str(tmp_path / "run"))
+    assert job._eta(0.0, 0, 1000) is None
+    assert job._eta(60.0, 10, 1000) == pytest.approx(60 / 10 * 990)  # too little history: the pace since the start
+    for t in range(61, 200):  # then 10 steps a second
+        eta = job._eta(float(t), 10 + (t - 60) * 10, 1000)
+    step = 10 + (199 - 60) * 10
+    assert eta == pytest.approx((1000 - step) / 10, rel=0.01)  # not the average since the start (~7 s a step)
+    assert job._eta(5.0, 20, 1000) == pytest.approx(5.0 / 20 * 980)  # went back in time (a resume): starts again

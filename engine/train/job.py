@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 import traceback
+from collections import deque
 from typing import Generic, TypeVar
 
 import torch
@@ -104,6 +105,10 @@ def share_gil() -> None:
     sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
 
 
+PACE_WINDOW_S = 30.0  # the time-left estimate follows the last half minute of training
+PACE_MIN_S = 3.0  # ... once it spans this much; before that, the pace since the start
+
+
 class TrainingJob:
     def __init__(self, cfg: TrainConfig | None = None, out: str | None = None, resume_from: str | None = None,
                  threads: int | None = None, plan=None, name: str | None = None):
@@ -115,6 +120,7 @@ class TrainingJob:
         self.threads = threads  # torch's intra-op threads for this job's thread (None: torch's default)
         self._plan, self._name = plan, name  # the data's plan (splits.json) and the run's name (name.json)
         self._control = Control()
+        self._pace: deque[tuple[float, int]] = deque()  # (training seconds, step) seen by progress(), for the ETA
         self._lock = threading.Lock()
         self._seq = 0  # position of the next train/val record, so the two kinds merge in order
         self._train: Thinned[MetricRecord] = Thinned(MAX_TRAIN_RECORDS)
@@ -179,12 +185,28 @@ class TrainingJob:
         with self._lock:
             return self._snapshots.items()[since:]
 
+    def _eta(self, seconds: float, step: int, total: int) -> float | None:
+        """Seconds left at the pace of the last PACE_WINDOW_S of training (the first steps are slow:
+        warm-up, early snapshots; and the pace changes when other jobs start or stop beside this one),
+        else at the pace since the start."""
+        with self._lock:
+            pace = self._pace
+            if not pace or step < pace[-1][1]:  # first call, or a resume from an earlier checkpoint
+                pace.clear()
+            pace.append((seconds, step))
+            while len(pace) > 2 and seconds - pace[1][0] >= PACE_WINDOW_S:
+                pace.popleft()
+            s0, k0 = pace[0]
+        if step > k0 and seconds - s0 >= PACE_MIN_S:
+            return (seconds - s0) / (step - k0) * (total - step)
+        return seconds / step * (total - step) if step else None
+
     def progress(self) -> dict:
         t = self.trainer
         step = t.step if t else 0
         total = t.cfg.steps if t else (self._cfg.steps if self._cfg else 0)
         seconds = t.seconds if t else 0.0
-        eta = seconds / step * (total - step) if step else None
+        eta = self._eta(seconds, step, total)
         return {"state": self.state, "step": step, "steps": total, "seconds": seconds, "eta_seconds": eta,
                 "fraction": step / total if total else 0.0, "error": self.error}
 
