@@ -160,6 +160,11 @@ def test_start_demo_shows_a_live_moving_concept_map(page, server, tmp_path):
     box = page.evaluate(BOX, ".st-key-live_map")
     assert box is not None, "no concept map panel (.st-key-live_map)"
     assert 0 <= box["top"] <= FOLD - MAP_ON_SCREEN, f"the concept map starts at y = {box['top']:.0f} px on a {FOLD} px screen"
+    # while the live view reruns, Streamlit's own "Running… Stop" (which stops no training) is hidden
+    display = page.evaluate("""() => { const el = document.createElement('div');
+        el.setAttribute('data-testid', 'stStatusWidget'); document.body.appendChild(el);
+        const d = getComputedStyle(el).display; el.remove(); return d; }""")
+    assert display == "none", "Streamlit's status widget (its Stop) would show"
     moved = None
     while time.monotonic() - clicked < 120:
         time.sleep(1.0)

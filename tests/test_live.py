@@ -156,8 +156,10 @@ def test_val_summary_pairs_the_twin_at_the_same_step():
     mine = [{"kind": "val", "step": 100, "val_acc": 0.6, "val_ci95": 0.02},
             {"kind": "val", "step": 200, "val_acc": 0.7, "val_ci95": 0.02}]
     twin = [{"kind": "val", "step": 100, "val_acc": 0.55}, {"kind": "val", "step": 300, "val_acc": 0.9}]
-    s = val_summary(mine, twin)
-    assert s["acc"] == 0.7 and s["twin_step"] == 100 and s["delta"] == pytest.approx(0.15)
+    s = val_summary(mine, twin)  # the latest step both validated, as the paired headline compares
+    assert s["step"] == s["twin_step"] == 100 and s["acc"] == 0.6 and s["delta"] == pytest.approx(0.05)
+    s = val_summary(mine, [{"kind": "val", "step": 300, "val_acc": 0.9}])  # no common step: this run's latest alone
+    assert s["step"] == 200 and s["acc"] == 0.7 and s["delta"] is None
     assert val_summary([{"kind": "train", "step": 1}]) is None
 
 

@@ -103,8 +103,11 @@ def presenter_from_url() -> bool:
     return st.query_params.get("presenter") == "1"
 
 
-# every page: less blank space above the title (Streamlit leaves 6rem), so a run's live view starts higher
-PAGE_CSS = """<style>[data-testid="stMainBlockContainer"] {padding-top: 3.5rem;}</style>"""
+# every page: less blank space above the title (Streamlit leaves 6rem), so a run's live view starts higher;
+# no Streamlit "Running… Stop" status at the top right: the live view reruns itself every second, and a
+# newcomer took that Stop for the training's (it stops only the page's script, not the run)
+PAGE_CSS = """<style>[data-testid="stMainBlockContainer"] {padding-top: 3.5rem;}
+[data-testid="stStatusWidget"] {display: none !important;}</style>"""
 
 
 def presenter_chrome(on: bool) -> None:

@@ -115,17 +115,19 @@ def config_lam(run: RunDir) -> float | None:
 
 
 def val_summary(metrics: list[MetricRecord], twin_metrics: list[MetricRecord] | None = None) -> dict | None:
-    """The latest validation accuracy (and its 95% CI), with the twin's at the same step or the
-    latest before it, and the difference in points. None before the first validation."""
-    vals = [m for m in val_records(metrics) if m.get("val_acc") is not None]
+    """The validation accuracy (and its 95% CI) at the latest step this run and its twin both validated,
+    with the twin's and the difference in points (so it agrees with the paired headline,
+    eval.headline); without a common step, this run's latest alone. None before the first validation."""
+    vals = {int(m["step"]): m for m in val_records(metrics) if m.get("val_acc") is not None}
     if not vals:
         return None
-    last = max(vals, key=lambda m: m["step"])
-    out = {"step": int(last["step"]), "acc": float(last["val_acc"]), "ci95": last.get("val_ci95"),
+    twin = {int(m["step"]): m for m in val_records(twin_metrics or []) if m.get("val_acc") is not None}
+    common = vals.keys() & twin.keys()
+    step = max(common) if common else max(vals)
+    last = vals[step]
+    out = {"step": step, "acc": float(last["val_acc"]), "ci95": last.get("val_ci95"),
            "twin_acc": None, "twin_step": None, "delta": None}
-    twin_vals = [m for m in val_records(twin_metrics or []) if m.get("val_acc") is not None
-                 and m["step"] <= last["step"]]
-    if twin_vals:
-        t = max(twin_vals, key=lambda m: m["step"])
-        out.update(twin_acc=float(t["val_acc"]), twin_step=int(t["step"]), delta=out["acc"] - float(t["val_acc"]))
+    if common:
+        t = float(twin[step]["val_acc"])
+        out.update(twin_acc=t, twin_step=step, delta=out["acc"] - t)
     return out
