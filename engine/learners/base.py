@@ -125,3 +125,9 @@ class MetaLearner(nn.Module):
 
     def centres(self, support, support_labels, ways: int) -> torch.Tensor | None:
         return None
+
+    def attention_scale(self) -> float | None:
+        """For learners that answer by attending over every support concept (softmax of the cosine
+        similarities times this scale, then the attention-weighted one-hot labels, as log-probabilities):
+        the scale; None for the others. What an exported model needs to answer as the learner does."""
+        return None

@@ -26,3 +26,6 @@ class MatchingNet(MetaLearner):
         probs = attention @ F.one_hot(support_labels, ways).to(attention.dtype)  # (T, N*Q, N), rows sum to 1
         # log-probabilities are valid logits: log_softmax leaves them unchanged
         return probs.clamp_min(1e-8).log()
+
+    def attention_scale(self) -> float:
+        return float(self.log_scale.exp())

@@ -12,11 +12,12 @@ The file holds
   support task's polarity flip (bright ink on dark paper) applied to every image;
 - the concept generator (traced at that size, in eval mode);
 - the support set's class representation, asked of the learner through its protocol
-  (engine.learners.base): its class centres (`centres`, scored by minus the squared distance) or, for
-  gradient learners, the head it adapted to the support set (`adapt`, scored by
-  engine.learners.head.head_logits). Before anything is written, the file's scores are checked
-  against the learner's own `logits` on the support set; a learner whose answers are neither
-  (matching networks compare each query to every support image) is refused with a message;
+  (engine.learners.base): its class centres (`centres`, scored by minus the squared distance), for
+  gradient learners the head it adapted to the support set (`adapt`, scored by
+  engine.learners.head.head_logits), or for matching networks the support concepts themselves
+  (`attention_scale`: each query attends over them). Before anything is written, the file's scores
+  are checked against the learner's own `logits` on the support set; a learner whose answers are none
+  of these is refused with a message;
 - the run's calibration (engine.eval.calibration): `temperature` divides the scores before the
   softmax, `unknown_below` is the threshold on `m.score(images)` (the largest score).
 """
@@ -42,7 +43,8 @@ from engine.runs import RunDir
 from engine.services.adapt import REDUCE_TO, Task, Upload, prepare_upload
 from engine.services.task_files import read_task_classes
 
-CENTRES, HEAD = 0, 1  # how the file scores a query's concept
+CENTRES, HEAD, ATTENTION = 0, 1, 2  # how the file scores a query's concept
+KIND_NAMES = {CENTRES: "class centres", HEAD: "adapted head", ATTENTION: "support concepts (attention)"}
 
 
 def lanczos_weights(n_in: int, n_out: int) -> torch.Tensor:
@@ -74,7 +76,10 @@ class Exported(nn.Module):
         self.classes = list(classes)
         self.temperature, self.unknown_below = float(temperature), float(unknown_below)
         self.centres = params.get("centres", torch.zeros(0))
-        self.head = {k: v for k, v in params.items() if k != "centres"}
+        self.support = params.get("support", torch.zeros(0))  # ATTENTION: unit support concepts (M, D)
+        self.onehot = params.get("onehot", torch.zeros(0))  # ... and their labels, one-hot (M, classes)
+        self.scale = params.get("scale", torch.ones(1))  # ... and the learner's similarity scale (1,)
+        self.head = {k: v for k, v in params.items() if k not in ("centres", "support", "onehot", "scale")}
 
     def reduce(self, x: torch.Tensor) -> torch.Tensor:
         """Images much larger than needed shrunk by an integer box filter to at least REDUCE_TO px a side,
@@ -116,6 +121,10 @@ class Exported(nn.Module):
         if self.kind == 0:
             c = self.centres
             return -(z.pow(2).sum(-1, keepdim=True) - 2.0 * z @ c.t() + c.pow(2).sum(-1).unsqueeze(0))
+        if self.kind == 2:  # matching networks: attention over every support concept
+            unit = z / torch.linalg.vector_norm(z, 2.0, [-1], True).clamp_min(1e-12)
+            attention = torch.softmax(unit @ self.support.t() * self.scale, -1)  # (N, M)
+            return torch.clamp(attention @ self.onehot, min=1e-8).log()  # (N, classes)
         return head_logits(self.head, z)
 
     def scores(self, images: torch.Tensor) -> torch.Tensor:
@@ -144,7 +153,7 @@ class ExportFile:
 
     data: bytes
     classes: list[str]
-    kind: str  # "class centres" or "adapted head"
+    kind: str  # KIND_NAMES: "class centres", "adapted head" or "support concepts (attention)"
     temperature: float
     unknown_below: float
     problems: list[str] = field(default_factory=list)
@@ -160,11 +169,17 @@ def representation(model: DEMLModel, task: Task, device, steps: int | None) -> t
         centres = model.learner.centres(zs[None], labels, task.ways)
         if centres is not None:
             return CENTRES, {"centres": centres[0].detach().cpu().float()}, zs
+        scale = model.learner.attention_scale()
+        if scale is not None:
+            unit = torch.nn.functional.normalize(zs, dim=-1)
+            onehot = torch.nn.functional.one_hot(labels[0], task.ways)
+            return ATTENTION, {"support": unit.detach().cpu().float(), "onehot": onehot.cpu().float(),
+                               "scale": torch.tensor([scale], dtype=torch.float32)}, zs
         if model.learner.adapts_by_steps:
             adapted = model.learner.adapt(zs[None], labels, task.ways, steps, training=False)[-1]
             return HEAD, {k: v[0].detach().cpu().float().contiguous() for k, v in adapted.items()}, zs
-    raise UserError(f"{model.learner.display_name} answers by comparing each query to every support image: it has "
-                    "no class centres or task head to export; export a run of another learner")
+    raise UserError(f"{model.learner.display_name} has no class centres, task head or support attention to "
+                    "export; export a run of another learner")
 
 
 def export_task(model: DEMLModel, task: Task, size: int, channels: int, device, steps: int | None = None,
@@ -193,7 +208,7 @@ def export_task(model: DEMLModel, task: Task, size: int, channels: int, device, 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.jit.save(module, buf)
-    return ExportFile(buf.getvalue(), list(task.class_names), "class centres" if kind == CENTRES else "adapted head",
+    return ExportFile(buf.getvalue(), list(task.class_names), KIND_NAMES[kind],
                      t, below, list(task.problems), calibration)
 
 
