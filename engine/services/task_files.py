@@ -8,27 +8,20 @@ checked and prepared exactly as images uploaded on the Adapt page are.
 from __future__ import annotations
 
 import os
-import zipfile
 from pathlib import Path
 
 from engine.config import uploads_root
 from engine.data import images
 from engine.data.images import TASK_UPLOAD, UploadLimits
 from engine.data.sources.folders import read_regular_file, scan_folder
-from engine.data.sources.zips import file_members, read_member
+from engine.data.sources.zips import file_members, open_zip, read_member
 from engine.errors import UserError
 from engine.services.adapt import NewClass, Upload
 
 
 def _zip_files(path: str, limits: UploadLimits) -> list[tuple[tuple[str, ...], bytes]]:
-    try:
-        zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as e:
-        raise UserError(f"{path} is not a readable zip archive ({e})") from None
+    zf, infos = open_zip(path, path, limits.max_members)
     with zf:
-        infos = zf.infolist()
-        if len(infos) > limits.max_members:
-            raise UserError(f"{path} declares {len(infos):,} members; the limit is {limits.max_members:,}")
         return [(parts, read_member(zf, info, limits.max_file_bytes)) for info, parts in file_members(infos)
                 if not isinstance(parts, str) and images.is_image_name(parts[-1]) and len(parts) >= 2]
 

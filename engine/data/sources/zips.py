@@ -10,16 +10,24 @@ from engine.data.sources.classes import assemble, is_archive
 from engine.errors import UserError
 
 
-def load_zip(path: str, prep: Preprocess, spec: str) -> ImageSet:
-    limits = images.READ
+def open_zip(path: str, spec: str, max_members: int) -> tuple[zipfile.ZipFile, list[zipfile.ZipInfo]]:
+    """The open archive (the caller closes it) and its members, or a UserError naming `spec`: not a
+    readable zip, or more members declared than `max_members` (checked before anything is read)."""
     try:
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as e:
         raise UserError(f"{spec} is not a readable zip archive ({e})") from None
+    infos = zf.infolist()
+    if len(infos) > max_members:
+        zf.close()
+        raise UserError(f"{spec} declares {len(infos):,} members; the limit is {max_members:,}")
+    return zf, infos
+
+
+def load_zip(path: str, prep: Preprocess, spec: str) -> ImageSet:
+    limits = images.READ
+    zf, infos = open_zip(path, spec, limits.max_zip_members)
     with zf:
-        infos = zf.infolist()
-        if len(infos) > limits.max_zip_members:
-            raise UserError(f"{spec} declares {len(infos):,} members; the limit is {limits.max_zip_members:,}")
         total = sum(i.file_size for i in infos)
         if total > limits.max_zip_bytes:
             raise UserError(f"{spec} declares {total / images.GiB:.1f} GiB uncompressed; the limit is "
