@@ -231,7 +231,7 @@ def test_uploaded_zip_trains_and_adapts_end_to_end(page, server, tmp_path):
     page.get_by_role("button", name="Use this data").click()
     page.get_by_text("The Train page will use").wait_for()
 
-    page.get_by_role("link", name="Train").click()  # in-app navigation keeps the session's data choice
+    page.get_by_role("link", name="Train", exact=True).click()  # in-app navigation keeps the session's data choice
     settle(page)
     for key, value in (("train_steps", "30"), ("train_ways", "3")):
         field = page.locator(f".st-key-{key} input")
@@ -266,7 +266,7 @@ def test_a_small_upload_trains_with_the_defaults_and_survives_a_refresh(page, se
     page.get_by_text("6 classes: trains as 3-way").wait_for()
     page.get_by_role("button", name="Use this data").click()
     page.get_by_text("The Train page will use").wait_for()
-    page.get_by_role("link", name="Train").click()
+    page.get_by_role("link", name="Go on to Train").click()  # the link under Use this data
     settle(page)
     assert page.get_by_text("six-classes.zip").count() > 0
     page.get_by_role("button", name="Start", exact=True).click()
