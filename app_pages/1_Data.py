@@ -197,13 +197,13 @@ mode = cols[3].selectbox("Validate on", list(VALIDATION), list(VALIDATION).index
                          help="held-out classes; when there are too few, held-out images of the training classes")
 split_help = "below 1: a fraction of the classes (or alphabets); 1 or more: a count"
 test = cols[4].number_input("Test", 0.0, 10_000.0, float(start.get("test_split", 0.2)), 0.05,
-                            key="data_test_split", help=split_help)
+                            key="data_test_split", format="%g", help=split_help)
 with st.expander("More split settings"):
     cols = st.columns(4)
     val = cols[0].number_input("Validation", 0.0, 10_000.0, float(start.get("val_split", 0.1)), 0.05,
-                               key="data_val_split", help=split_help + " (validation on classes only)")
+                               key="data_val_split", format="%g", help=split_help + " (validation on classes only)")
     ext_split = cols[1].number_input("External (auto)", 0.0, 10_000.0, float(start.get("external_split", 0.2)), 0.05,
-                                     key="data_external_split", help=split_help)
+                                     key="data_external_split", format="%g", help=split_help)
     train_limit = cols[2].number_input("Train limit (0 = all)", 0, 100_000, int(start.get("train_limit", 0)), 1,
                                        key="data_train_limit",
                                        help="at most this many meta-train classes (or alphabets): a scarce-data study")
