@@ -91,3 +91,11 @@ def _glyph_cache(tmp_path_factory):
         os.environ.pop("CONCEPTSCAPE_CACHE", None)
     else:
         os.environ["CONCEPTSCAPE_CACHE"] = before
+
+
+@pytest.fixture
+def uploads(tmp_path, monkeypatch) -> Path:
+    """An empty uploads folder ($CONCEPTSCAPE_UPLOADS) in a fresh working directory."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CONCEPTSCAPE_UPLOADS", str(tmp_path / "uploads"))
+    return tmp_path / "uploads"

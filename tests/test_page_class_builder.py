@@ -20,13 +20,6 @@ def png(seed: int, size=(8, 8)) -> bytes:
 
 
 @pytest.fixture
-def uploads(tmp_path, monkeypatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("CONCEPTSCAPE_UPLOADS", str(tmp_path / "uploads"))
-    return tmp_path / "uploads"
-
-
-@pytest.fixture
 def page(uploads) -> AppTest:
     at = AppTest.from_file(str(REPO / "app_pages" / "1_Data.py"), default_timeout=60)
     at.run()

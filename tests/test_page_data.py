@@ -35,13 +35,6 @@ def class_zip(classes: int = 6, per_class: int = 6, extra: dict[str, bytes] | No
 
 
 @pytest.fixture
-def uploads(tmp_path, monkeypatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("CONCEPTSCAPE_UPLOADS", str(tmp_path / "uploads"))
-    return tmp_path / "uploads"
-
-
-@pytest.fixture
 def page(uploads) -> AppTest:
     at = AppTest.from_file(str(REPO / "app_pages" / "1_Data.py"), default_timeout=60)
     at.run()
