@@ -160,6 +160,17 @@ def test_deml_benchmark_smoke():
     assert summary["pooled"]["20w1s"]["gain_equal_time"][0] == pytest.approx(expected)
 
 
+def test_deml_study_of_the_demo_recipe_trains_on_glyph_alphabets():
+    from engine.bench.deml import deml_benchmark
+
+    result = deml_benchmark(train_alphabets=2, steps=1, seeds=(0,), sweep=(), cross_domain="", episodes=2,
+                            val_episodes=2, recipe="demo", dataset=DEML_DATA, queries=1,
+                            overrides=TINY_MODEL, log=io.StringIO())
+    assert result["recipe"] == "demo" and result["dataset"].startswith("glyphs")
+    assert [a.startswith("alphabet") for a in result["train_alphabets"]] == [True, True]
+    assert set(result["runs"]) == {"deml", "vanilla", "pooled", "deml-eps"}
+
+
 def test_lambda_is_chosen_on_validation_and_reported_with_its_test_number():
     from engine.bench.deml import choose_lambda, summarise
     from engine.bench.summary import deml_table

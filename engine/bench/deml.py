@@ -71,15 +71,18 @@ def train_variant(cfg, splits, steps: int, episodes: int, until_seconds: float |
 
 def deml_benchmark(train_alphabets: int = 4, steps: int = 300, seeds=(0, 1, 2, 3, 4), lam: float = 1.0,
                    sweep=(0.3, 3.0), cross_domain: str = "glyphs", episodes: int = 1000,
-                   dataset: str | None = None, queries: int = TEST_QUERIES, overrides: dict | None = None,
+                   dataset: str | None = None, recipe: str = "omniglot", queries: int = TEST_QUERIES, overrides: dict | None = None,
                    controls: bool = True, val_episodes: int = VAL_EPISODES, log=sys.stderr) -> dict:
     """controls=False trains only the lambda > 0 runs (to extend a sweep); `bench summary` merges
-    such a result with a full one of the same settings."""
+    such a result with a full one of the same settings. `recipe` is the preset whose settings (and
+    data, unless `dataset` is given) every variant trains with: "demo" studies the app's demo on its
+    built-in glyphs."""
     if train_alphabets < 1 or steps < 1 or not seeds or episodes < 2 or val_episodes < 2:
         raise UserError("bench deml needs --train-alphabets, --steps >= 1, at least one seed, and --episodes "
                         "and --val-episodes >= 2")
-    base = preset("omniglot").with_overrides(train_limit=train_alphabets, lr_schedule="constant", dataset=dataset,
-                                             **(overrides or {}))
+    base = preset(recipe).with_overrides(train_limit=train_alphabets, lr_schedule="constant", **(overrides or {}))
+    if dataset:
+        base = base.with_overrides(dataset=dataset)
     data = {}  # variant name -> (config, splits), loaded once and shared by the seeds
 
     def variant(name: str, **changes):
@@ -112,7 +115,7 @@ def deml_benchmark(train_alphabets: int = 4, steps: int = 300, seeds=(0, 1, 2, 3
 
     splits = data["deml"][1]
     return {
-        "benchmark": "deml", "train_alphabets": splits.report["units"]["meta-train"],
+        "benchmark": "deml", "recipe": recipe, "dataset": base.dataset, "train_alphabets": splits.report["units"]["meta-train"],
         "external_alphabets": splits.report["units"]["external"], "test_alphabets": splits.report["units"]["meta-test"],
         "meta_train_classes": splits.train.num_classes, "steps": steps, "lam": lam, "seeds": list(seeds),
         "episodes": episodes, "val_episodes": val_episodes, "test_queries": queries,
@@ -187,6 +190,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--episodes", type=int, default=1000, help="meta-test episodes per setting")
     parser.add_argument("--val-episodes", type=int, default=VAL_EPISODES,
                         help="meta-validation episodes per setting (lambda is chosen on these)")
+    parser.add_argument("--recipe", default="omniglot", choices=("omniglot", "demo"),
+                        help="the preset every variant trains with: omniglot (its data) or demo (the app's built-in glyphs)")
     parser.add_argument("--no-controls", action="store_true",
                         help="only the lambda > 0 runs (extends a sweep; bench summary merges the results)")
 
@@ -195,4 +200,4 @@ def run(args) -> dict:
     study = dict(train_alphabets=args.train_alphabets, steps=args.steps, seeds=_numbers(args.seeds, int, "--seeds"),
                  sweep=_numbers(args.sweep, float, "--sweep"), cross_domain=args.cross_domain, episodes=args.episodes,
                  val_episodes=args.val_episodes)
-    return deml_benchmark(lam=args.lam, controls=not args.no_controls, **{**study, **(SMOKE if args.smoke else {})})
+    return deml_benchmark(lam=args.lam, recipe=args.recipe, controls=not args.no_controls, **{**study, **(SMOKE if args.smoke else {})})
