@@ -4,7 +4,10 @@ served (`streamlit run app.py`, runs in a temporary folder), Chromium opens it a
 open (watched) and closed (about:blank: no session refreshes anything) in alternating windows.
 Steps/s of the DEML run come from its metrics.jsonl at each window's ends; the result is the median
 of watched / unwatched over adjacent windows, so a shared, noisy machine still gives a fair ratio
-(the issue's target: >= 0.8). Needs Playwright and Chromium (requirements-dev.txt; CHROMIUM)."""
+(the issue's target: >= 0.8). Where the time goes: the cores each part used in each window (Linux
+/proc): training (the server's children, where the app's jobs train, and any training thread in the
+server itself), the rest of the server (Streamlit, figures, UMAP), Chromium, and everything else.
+Needs Playwright and Chromium (requirements-dev.txt; CHROMIUM)."""
 from __future__ import annotations
 
 import json
@@ -20,6 +23,7 @@ from pathlib import Path
 
 from engine.config import REPO
 from engine.errors import UserError
+from engine.train.job import OS_THREAD_NAME
 
 CHROMIUM = os.environ.get("CONCEPTSCAPE_CHROMIUM", "/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
@@ -41,6 +45,50 @@ def last_step(run_dir: Path) -> int:
         if isinstance(record, dict) and record.get("kind") == "train":
             return int(record["step"])
     return step
+
+
+PARTS = ("training", "server", "chromium", "other")
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _stat(path: str) -> tuple[str, int, float] | None:
+    """(comm, ppid, CPU seconds) of a /proc/.../stat file; None if it is gone."""
+    try:
+        text = Path(path).read_text()
+    except OSError:
+        return None
+    comm, rest = text[text.index("(") + 1:text.rindex(")")], text[text.rindex(")") + 2:].split()
+    return comm, int(rest[1]), (int(rest[11]) + int(rest[12])) / _TICK  # utime + stime
+
+
+def cpu_seconds(server: int) -> dict[str, float]:
+    """CPU seconds used so far by each of PARTS (module doc), from /proc; {} where there is no /proc."""
+    if not Path("/proc/stat").exists():
+        return {}
+    procs = {int(d): st for d in os.listdir("/proc") if d.isdigit() and (st := _stat(f"/proc/{d}/stat"))}
+    out = dict.fromkeys(PARTS, 0.0)
+    for tid in os.listdir(f"/proc/{server}/task"):
+        if (st := _stat(f"/proc/{server}/task/{tid}/stat")) is not None:
+            out["training" if st[0] == OS_THREAD_NAME.decode() else "server"] += st[2]
+
+    def descends(pid: int) -> bool:
+        for _ in range(20):
+            pid = procs[pid][1] if pid in procs else 0
+            if pid == server:
+                return True
+            if pid <= 1:
+                return False
+        return False
+
+    for pid, (comm, _, seconds) in procs.items():
+        if pid != server and descends(pid):
+            out["training"] += seconds
+        elif "chrom" in comm or comm == "headless_shell":
+            out["chromium"] += seconds
+    cpu = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    busy = sum(map(int, cpu)) - int(cpu[3]) - int(cpu[4])  # all but idle and iowait
+    out["other"] = busy / _TICK - sum(out[p] for p in PARTS[:3])
+    return out
 
 
 def _serve(runs: Path, port: int) -> subprocess.Popen:
@@ -90,6 +138,7 @@ def watched_ratio(rounds: int = 4, window_s: float = 15.0, warm_s: float = 10.0,
                 run_dir = Path(run) if Path(run).is_absolute() else REPO / run
                 time.sleep(warm_s)  # past the first steps' one-off costs
                 rates: dict[str, list[float]] = {"watched": [], "unwatched": []}
+                cores: dict[str, list[dict]] = {"watched": [], "unwatched": []}
                 for r in range(rounds):
                     for mode in ("watched", "unwatched") if r % 2 == 0 else ("unwatched", "watched"):
                         if mode == "watched":
@@ -97,11 +146,14 @@ def watched_ratio(rounds: int = 4, window_s: float = 15.0, warm_s: float = 10.0,
                             page.wait_for_selector(".st-key-live_map .main-svg")
                         else:
                             page.goto("about:blank")
-                        s0, t0 = last_step(run_dir), time.monotonic()
+                        s0, t0, c0 = last_step(run_dir), time.monotonic(), cpu_seconds(proc.pid)
                         time.sleep(window_s)
-                        rate = (last_step(run_dir) - s0) / (time.monotonic() - t0)
+                        seconds, c1 = time.monotonic() - t0, cpu_seconds(proc.pid)
+                        rate = (last_step(run_dir) - s0) / seconds
                         rates[mode].append(rate)
-                        print(f"[watched] round {r + 1}/{rounds} {mode}: {rate:.2f} steps/s", file=log, flush=True)
+                        cores[mode].append({p: round((c1[p] - c0[p]) / seconds, 3) for p in c0})
+                        print(f"[watched] round {r + 1}/{rounds} {mode}: {rate:.2f} steps/s, cores used: {cores[mode][-1]}",
+                              file=log, flush=True)
                 browser.close()
         finally:
             proc.terminate()
@@ -112,4 +164,6 @@ def watched_ratio(rounds: int = 4, window_s: float = 15.0, warm_s: float = 10.0,
     ratios = [w / u for w, u in zip(rates["watched"], rates["unwatched"]) if u > 0]
     return {"rounds": rounds, "window_s": window_s, "steps_per_s": rates,
             "ratio_median": round(statistics.median(ratios), 3) if ratios else None,
+            "cores_used_median": {mode: {p: round(statistics.median(w[p] for w in windows), 3) for p in windows[0]}
+                                  for mode, windows in cores.items() if windows and windows[0]},
             "note": "DEML run of Start demo (its twin trains beside it), live view open vs closed, paired windows"}

@@ -1,5 +1,7 @@
 """Starting, pausing, resuming and stopping training from the app: a run and the lambda = 0 twin
-started beside it move together. Jobs live in the process-wide registry (engine.train.job)."""
+started beside it move together. Jobs live in the process-wide registry (engine.train.job); each
+trains in a process of its own (engine.train.worker), so pages refreshing in the server never hold
+the GIL against training."""
 from __future__ import annotations
 
 import os
@@ -23,9 +25,10 @@ _prepared_lock = threading.Lock()
 
 def prepare_demo() -> threading.Thread:
     """Make Start demo fast, on a daemon thread; returns at once (app.py calls it when a server's
-    first page opens, next to the UMAP warm-up; idempotent). It reads the demo preset's data into the
-    in-process cache (drawn once, then from the disk cache: engine.data.sources.diskcache) and
-    imports what the trainer's first optimizer pulls in (torch._dynamo: 1-2 s on first use)."""
+    first page opens, next to the UMAP warm-up; idempotent). It starts the forkserver that training
+    processes come from (engine.train.worker.warm_up: it imports torch and the trainer once) and
+    draws the demo preset's data into the disk cache (engine.data.sources.diskcache), where a
+    training process reads it in a fraction of a second."""
     global _prepared
     with _prepared_lock:
         if _prepared is None:
@@ -38,17 +41,18 @@ def _prepare_demo() -> None:
     from engine.config import preset
     from engine.data.imageset import Preprocess
     from engine.data.sources import load_imageset
+    from engine.train import worker
 
+    try:
+        worker.warm_up()
+    except Exception:  # noqa: BLE001 - only a head start: the first job starts the forkserver itself
+        pass
     try:
         cfg = preset("demo")
         data = load_imageset(cfg.dataset, cfg.preprocess())
         if cfg.external not in ("auto", "none"):  # the demo's own external set, prepared as the trainer will
             load_imageset(cfg.external, Preprocess(data.image_size, data.channels, cfg.polarity))
     except Exception:  # noqa: BLE001 - the click's own load reports what is wrong, in the page's words
-        pass
-    try:
-        import torch._dynamo  # noqa: F401  (what torch.optim.Adam() imports the first time)
-    except Exception:  # noqa: BLE001 - only a head start: the trainer imports it again and reports
         pass
 
 
@@ -83,7 +87,7 @@ def running_demo(registry: JobRegistry = REGISTRY) -> str | None:
 def start_runs(cfg, out: str, twin: bool = False, registry: JobRegistry = REGISTRY,
                words: dict[str, str] | None = None, plan=None, name: str | None = None) -> list[TrainingJob]:
     """Start a TrainingJob for `cfg` in `out`, and with `twin` a second one with lam = 0 and every
-    other setting identical in twin_dir_for(out). Both run in background threads and share the
+    other setting identical in twin_dir_for(out). Each trains in a process of its own; they share the
     machine's cores. Raises UserError, before anything starts, for a twin of a run that already
     has lam = 0, when the server runs as many jobs as it may (engine.train.job.max_jobs), or when
     a step of the runs cannot fit in the memory available (engine.train.budget; `words` names the
@@ -97,10 +101,10 @@ def start_runs(cfg, out: str, twin: bool = False, registry: JobRegistry = REGIST
     device = resolve_device(cfg.device)
     check_step_memory(cfg, device, runs=1 + twin, words=words)
     threads = threads_per_job(1 + twin, registry) if device.type == "cpu" else None
-    jobs = [registry.start(TrainingJob(cfg, out=out, threads=threads, plan=plan, name=name))]
+    jobs = [registry.start(TrainingJob(cfg, out=out, threads=threads, plan=plan, name=name, process=True))]
     if twin:
         jobs.append(registry.start(TrainingJob(cfg.with_overrides(lam=0.0), out=twin_dir_for(out), threads=threads,
-                                               plan=plan, name=f"{name} (λ = 0)" if name else None)))
+                                               plan=plan, name=f"{name} (λ = 0)" if name else None, process=True)))
     return jobs
 
 
@@ -206,4 +210,5 @@ def resume_runs(run_dir: str, registry: JobRegistry = REGISTRY, root=None) -> li
             later.append(d)
     if later:
         registry.check_room(len(later))  # a run and its twin start together or not at all
-    return out + [registry.start(TrainingJob(resume_from=d)) for d in later]
+    threads = threads_per_job(len(later), registry) if later else None
+    return out + [registry.start(TrainingJob(resume_from=d, threads=threads, process=True)) for d in later]

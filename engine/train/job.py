@@ -1,4 +1,5 @@
-"""A training run in a background thread, controlled from other threads.
+"""A training run in a background thread (or, with process=True, in a process of its own that a
+background thread listens to: engine.train.worker), controlled from other threads.
 
 The app (or a test) starts a job, then polls it: `progress()`, `metrics(since)` and
 `snapshots(since)` copy what the trainer has produced under a short lock, so a consumer never
@@ -20,7 +21,7 @@ import threading
 import time
 import traceback
 from collections import deque
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import torch
 
@@ -29,6 +30,9 @@ from engine.errors import UserError
 from engine.records import DONE, KINDS, MetricRecord, RunState, Snapshot
 from engine.train.launch import resume_run, start_run
 from engine.train.trainer import Control, Trainer
+
+if TYPE_CHECKING:
+    from engine.train.worker import RunningTrainer
 
 MAX_SNAPSHOTS = 200  # ~2.5 MB each at the demo's probe: a 1,000,000-step run kept 4 GB of them
 MAX_TRAIN_RECORDS = 5_000  # one per step; charts need a few thousand points at most
@@ -83,6 +87,27 @@ def _env_int(name: str, default: int) -> int:
     return value if value >= 1 else default
 
 
+def kept_snapshot_steps(steps: list[int]) -> list[int]:
+    """The steps of a run's saved snapshots a resumed job keeps (thinned as a job keeps them)."""
+    kept: Thinned[int] = Thinned(MAX_SNAPSHOTS)
+    for step in steps:
+        kept.add(step)
+    return kept.items()
+
+
+OS_THREAD_NAME = b"cs-train"  # what top and bench live --browser see of a training thread
+
+
+def name_os_thread(name: bytes) -> None:
+    """Name the calling thread for the OS (Linux; Python 3.11 names only its own threading objects),
+    so per-thread CPU time can be told apart (engine/bench/watched.py). Elsewhere, nothing."""
+    try:
+        import ctypes
+        ctypes.CDLL(None).prctl(15, name[:15], 0, 0, 0)  # 15: PR_SET_NAME
+    except (OSError, AttributeError):
+        pass
+
+
 def max_jobs() -> int:
     """How many jobs may train at once in this server: $CONCEPTSCAPE_MAX_JOBS, else 4."""
     return _env_int("CONCEPTSCAPE_MAX_JOBS", DEFAULT_MAX_JOBS)
@@ -111,7 +136,7 @@ PACE_MIN_S = 3.0  # ... once it spans this much; before that, the pace since the
 
 class TrainingJob:
     def __init__(self, cfg: TrainConfig | None = None, out: str | None = None, resume_from: str | None = None,
-                 threads: int | None = None, plan=None, name: str | None = None):
+                 threads: int | None = None, plan=None, name: str | None = None, process: bool = False):
         if (cfg is None) == (resume_from is None):
             raise ValueError("give either cfg (with out) for a new run, or resume_from")
         if cfg is not None and not out:
@@ -119,7 +144,12 @@ class TrainingJob:
         self._cfg, self._out, self._resume_from = cfg, out, resume_from
         self.threads = threads  # torch's intra-op threads for this job's thread (None: torch's default)
         self._plan, self._name = plan, name  # the data's plan (splits.json) and the run's name (name.json)
-        self._control = Control()
+        self.process = process  # train in a child process (engine.train.worker) instead of this process's thread
+        if process:
+            from engine.train import worker
+            self._control = worker.SharedControl(worker.context())
+        else:
+            self._control = Control()
         self._pace: deque[tuple[float, int]] = deque()  # (training seconds, step) seen by progress(), for the ETA
         self._lock = threading.Lock()
         self._seq = 0  # position of the next train/val record, so the two kinds merge in order
@@ -129,13 +159,15 @@ class TrainingJob:
         self._snapshots: Thinned[Snapshot] = Thinned(MAX_SNAPSHOTS)
         self.finished_at: float | None = None  # time.monotonic() when the job ended
         self.warnings: list[str] = []
-        self.trainer: Trainer | None = None
+        self.trainer: Trainer | RunningTrainer | None = None  # RunningTrainer in process mode
         self.run_dir: str | None = resume_from or out
         self.summary: dict | None = None
         self.error: str | None = None
         self._state = RunState.STARTING
         self._started = time.monotonic()
-        self._thread = threading.Thread(target=self._main, name=f"train:{self.run_dir}", daemon=True)
+        self._thread = threading.Thread(target=self._listen if process else self._main, name=f"train:{self.run_dir}",
+                                        daemon=True)
+        self._child = None  # process mode: the training process, once started
 
     # --- control (any thread) ----------------------------------------------------------------
     def start(self) -> TrainingJob:
@@ -224,24 +256,26 @@ class TrainingJob:
         elif kind == "warning" and len(self.warnings) < 100:
             self.warnings.append(record["message"])
 
+    def _history(self, records: list[MetricRecord], snapshots: list[Snapshot]) -> None:
+        """What a resumed run already recorded (thinned), so views show the whole history."""
+        kept: Thinned[Snapshot] = Thinned(MAX_SNAPSHOTS)
+        for snap in snapshots:
+            kept.add(snap)
+        with self._lock:
+            for record in records:
+                self._keep(record["kind"], record)
+            self._snapshots = kept
+
     def _main(self) -> None:
         run = None
+        name_os_thread(OS_THREAD_NAME)
         if self.threads:  # per calling thread: jobs sharing the cores do not oversubscribe them
             torch.set_num_threads(self.threads)
         try:
             try:
                 if self._resume_from:
                     self.trainer, run = resume_run(self._resume_from)
-                    kept: Thinned = Thinned(MAX_SNAPSHOTS)  # which steps to keep, before loading any
-                    for step in run.snapshot_steps():
-                        kept.add(step)
-                    snapshots: Thinned = Thinned(MAX_SNAPSHOTS)
-                    for snap in run.load_snapshots(kept.items())[0]:  # damaged ones left out
-                        snapshots.add(snap)
-                    with self._lock:  # what the run already recorded (thinned), so views show the whole history
-                        for record in run.read_metrics():
-                            self._keep(record["kind"], record)
-                        self._snapshots = snapshots
+                    self._history(run.read_metrics(), run.load_snapshots(kept_snapshot_steps(run.snapshot_steps()))[0])
                 else:
                     self.trainer, run = start_run(self._cfg, self._out, plan=self._plan, name=self._name)
                 self._state = RunState.RUNNING
@@ -258,6 +292,55 @@ class TrainingJob:
             self.traceback = traceback.format_exc()
         finally:
             self.finished_at = time.monotonic()
+
+
+    # --- process mode: the thread listens to the child ----------------------------------------------
+    def _listen(self) -> None:
+        """Start the child (engine.train.worker.train_child) and turn what it sends into this job's
+        records and state until it exits; a child that dies without a word fails the job, saying so."""
+        from engine.train import worker
+
+        ctx = worker.context()
+        child = None
+        try:
+            receiving, sending = ctx.Pipe(duplex=False)
+            setup = dict(cfg=self._cfg, out=self._out, plan=self._plan, name=self._name,
+                         resume_from=self._resume_from, threads=self.threads)
+            child = self._child = ctx.Process(target=worker.train_child, args=(setup, sending, self._control),
+                                              name=f"train:{self.run_dir}", daemon=True)
+            child.start()
+            sending.close()  # the child holds the only sending end now: its exit is our EOF
+            while True:
+                try:
+                    kind, record = receiving.recv()
+                except EOFError:
+                    break
+                self._from_child(kind, record)
+        except Exception as e:  # noqa: BLE001 - e.g. no process could start: the app says so
+            self.error, self._state = f"the training process could not start: {type(e).__name__}: {e}", RunState.FAILED
+        finally:
+            if child is not None and child.pid is not None:
+                child.join()
+                if not self.done:
+                    self.error = f"the training process ended unexpectedly (exit code {child.exitcode})"
+                    self._state = RunState.FAILED
+            self.finished_at = time.monotonic()
+
+    def _from_child(self, kind: str, record: dict) -> None:
+        if kind == "started":
+            self.trainer = record["trainer"]
+            self._state = RunState.RUNNING
+        elif kind == "history":
+            self._history(record["records"], record["snapshots"])
+        elif kind == "ended":
+            self.summary, self._state = record["summary"], record["state"]
+        elif kind == "failed":
+            self.error, self.traceback = record["error"], record.get("traceback")
+            self._state = RunState.FAILED
+        else:
+            if kind == "train" and self.trainer is not None:
+                self.trainer.step, self.trainer.seconds = int(record["step"]), float(record["seconds"])
+            self._on_event(kind, record)
 
 
 class JobRegistry:

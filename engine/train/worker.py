@@ -1,0 +1,127 @@
+"""A TrainingJob's training in a process of its own (TrainingJob(..., process=True), what the app uses).
+
+Why a process: a training thread inside the Streamlit server shares the GIL with every page that
+refreshes; a watched demo trained at 0.43x its unwatched speed (BENCHMARKS.md, "Watched in a real
+browser"). In its own process the trainer only shares the cores.
+
+The child runs `train_child`: it starts (or resumes) the run exactly as a thread job does, and
+sends every record over a pipe as (kind, record), plus three of its own: "started" (what the views
+read of the trainer: RunningTrainer), "history" (a resumed run's records and snapshots) and
+"ended" / "failed". Pause and stop are a SharedControl both processes see. Children come from a
+forkserver that has imported torch and the trainer already (warm_up), so a job starts in
+milliseconds rather than the seconds a fresh interpreter needs to import torch.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch._dynamo  # noqa: F401  (what the trainer's first torch.optim.Adam() imports: 1-2 s, paid in the forkserver)
+
+from engine.config import TrainConfig
+from engine.errors import UserError
+from engine.records import RunState
+from engine.train.job import kept_snapshot_steps
+from engine.train.launch import resume_run, start_run
+from engine.train.trainer import Trainer
+
+
+@dataclass
+class RunningTrainer:
+    """What the views read of a trainer that runs in another process (job.trainer in process mode):
+    the fields of Trainer they use, kept current from the records the child sends."""
+
+    cfg: TrainConfig
+    probe: dict | None
+    device: torch.device
+    step: int
+    seconds: float
+
+    @classmethod
+    def of(cls, trainer: Trainer) -> RunningTrainer:
+        return cls(trainer.cfg, trainer.probe, trainer.device, trainer.step, trainer.seconds)
+
+
+class SharedControl:
+    """Control (engine.train.trainer) in shared memory: the app sets it, the child's loop reads it."""
+
+    def __init__(self, ctx):
+        self._flags = ctx.RawArray("b", 2)  # paused, stop
+
+    @property
+    def paused(self) -> bool:
+        return bool(self._flags[0])
+
+    @paused.setter
+    def paused(self, value: bool) -> None:
+        self._flags[0] = int(value)
+
+    @property
+    def stop(self) -> bool:
+        return bool(self._flags[1])
+
+    @stop.setter
+    def stop(self, value: bool) -> None:
+        self._flags[1] = int(value)
+
+
+_ctx = None
+
+
+def context():
+    """forkserver where the platform has it (Linux; its server imports this module, hence torch and
+    the trainer, once), else spawn."""
+    global _ctx
+    if _ctx is None:
+        if "forkserver" in mp.get_all_start_methods():
+            _ctx = mp.get_context("forkserver")
+            _ctx.set_forkserver_preload([__name__])
+        else:
+            _ctx = mp.get_context("spawn")
+    return _ctx
+
+
+def warm_up() -> None:
+    """Start the forkserver now (it imports torch: seconds), so the first job does not wait for it."""
+    if context().get_start_method() == "forkserver":
+        from multiprocessing import forkserver
+        forkserver.ensure_running()
+
+
+def train_child(setup: dict[str, Any], conn, control: SharedControl) -> None:
+    """The child's whole life: setup holds cfg, out, plan, name, resume_from and threads as the job got them."""
+    def send(kind: str, record: dict) -> None:
+        conn.send((kind, record))
+
+    run = None
+    try:
+        if setup["threads"]:
+            torch.set_num_threads(setup["threads"])
+        if setup["resume_from"]:
+            trainer, run = resume_run(setup["resume_from"])
+            kept = run.load_snapshots(kept_snapshot_steps(run.snapshot_steps()))[0]  # damaged ones left out
+            send("history", {"records": run.read_metrics(), "snapshots": kept})
+        else:
+            trainer, run = start_run(setup["cfg"], setup["out"], plan=setup["plan"], name=setup["name"])
+        send("started", {"trainer": RunningTrainer.of(trainer)})
+        summary = trainer.run(run, control, send)
+        stopped = control.stop and trainer.step < trainer.cfg.steps
+        send("ended", {"summary": summary, "state": RunState.STOPPED if stopped else RunState.FINISHED})
+    except UserError as e:
+        _last_word(send, {"error": str(e)})
+    except Exception as e:  # noqa: BLE001 - a bug or a full disk: the app says so and keeps running
+        _last_word(send, {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()})
+    finally:
+        if run is not None:
+            run.release_lock()
+        conn.close()
+
+
+def _last_word(send, failure: dict) -> None:
+    try:
+        send("failed", failure)
+    except OSError:  # the app is gone (its end of the pipe closed): nobody to tell
+        pass
