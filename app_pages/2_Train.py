@@ -47,7 +47,7 @@ def settings_form(base) -> tuple[dict, bool, str] | None:
         learner = c2.selectbox("Learner", learners, index=learners.index(base.learner), key="train_learner",
                                format_func=lambda n: LEARNERS[n].display_name, help="the meta-learner M")
         steps = c3.number_input("Steps", min_value=1, max_value=1_000_000, value=base.steps, step=100,
-                                key="train_steps", help="optimizer steps (the demo's 1500 take a few minutes on CPU)")
+                                key="train_steps", help="optimizer steps (the demo trains 300, a few minutes on CPU)")
         lam = c4.number_input("λ (discriminator weight)", min_value=0.0, value=float(base.lam), step=0.1,
                               format="%.2f", key="train_lam",
                               help="weight of the discrimination loss; 0 is the vanilla meta-learner")

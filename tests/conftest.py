@@ -1,6 +1,7 @@
 """Shared test fixtures."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -8,6 +9,12 @@ import pytest
 import torch
 
 from engine.config import shared_dir as _shared_path
+
+
+def glide_maps(at) -> dict[str, dict]:
+    """The concept maps an AppTest drew (ui.glide_map: custom components, not plotly_chart elements), by
+    key, in order: each one's plotly figure."""
+    return {c.key: json.loads(json.loads(c.proto.json_args)["spec"]) for c in at.get("component_instance")}
 
 
 @pytest.fixture(scope="session")

@@ -114,9 +114,26 @@ PLOT_DATA = """() => Array.from(document.querySelectorAll('.js-plotly-plot')).ma
     (gd._fullData || []).map(t => ({name: t.name || '', x: t.x ? Array.from(t.x) : [], y: t.y ? Array.from(t.y) : []})))"""
 
 
+def plot_data(page) -> list[list[dict]]:
+    """PLOT_DATA of every chart on the page, the concept maps' included: they are drawn in the iframes of
+    ui.glide_map's component."""
+    charts = []
+    for frame in page.frames:
+        try:
+            charts += frame.evaluate(PLOT_DATA)
+        except Exception:  # noqa: BLE001 - a frame replaced while it was read: read again next time
+            pass
+    return charts
+
+
+def wait_for_map(page, key: str = "live_map") -> None:
+    """Until the concept map with this key (ui.glide_map: a plot in an iframe) is drawn."""
+    page.frame_locator(f".st-key-{key} iframe").locator(".main-svg").first.wait_for()
+
+
 def concept_map_points(page) -> list[float] | None:
     """The coordinates plotted on the concept map (the chart whose traces are the splits)."""
-    for traces in page.evaluate(PLOT_DATA):
+    for traces in plot_data(page):
         names = {t["name"] for t in traces}
         if "meta-train" in names:
             return [v for t in traces if t["name"] in ("meta-train", "meta-test", "external")
@@ -128,7 +145,7 @@ def wait_for_episode_chart(page, timeout: float = 60):
     """Until the episode in concept space is drawn (a chart with the task's query points)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if any("query" in t["name"] for chart in page.evaluate(PLOT_DATA) for t in chart):
+        if any("query" in t["name"] for chart in plot_data(page) for t in chart):
             return
         time.sleep(0.5)
     pytest.fail("the Adapt page drew no episode")

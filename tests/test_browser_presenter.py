@@ -12,7 +12,7 @@ import pytest
 from engine.config import preset
 from engine.eval.twins import twin_dir_for
 from engine.train.launch import start_run
-from tests.test_browser import browser, server, settle  # noqa: F401 (fixtures)
+from tests.test_browser import browser, server, settle, wait_for_map  # noqa: F401 (fixtures)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 TINY_DEMO = dict(dataset="glyphs:classes=60,drawings=8,seed=1", steps=8, width=8, meta_batch=2, ext_batch=8,
@@ -55,8 +55,9 @@ def test_presenter_view_fits_the_screen(browser, server, workdir, tmp_path, widt
     try:
         page.goto(f"{server}/?run={urllib.parse.quote(run)}&presenter=1")
         settle(page)
-        for chart in ("live_map", "live_twin_map", "live_curves"):
-            page.wait_for_selector(f".st-key-{chart} .main-svg")
+        for chart in ("live_map", "live_twin_map"):
+            wait_for_map(page, chart)
+        page.wait_for_selector(".st-key-live_curves .main-svg")
         settle(page)
         page.screenshot(path=str(shots / f"presenter-{width}x{height}.png"))
         assert page.get_by_text("Demo · Prototypical networks DEML (λ = 1) · step 8/8").is_visible()
@@ -71,17 +72,16 @@ def test_presenter_view_fits_the_screen(browser, server, workdir, tmp_path, widt
         sidebar = page.evaluate(BOX, '[data-testid="stSidebar"]')
         assert sidebar is None or not sidebar["visible"] or sidebar["right"] <= 0, "the sidebar is open"
         assert page.get_by_role("button", name="Start demo").count() == 0
-        maps = [_in_viewport(page, f".st-key-{c} .main-svg", width, height) for c in ("live_map", "live_twin_map")]
+        maps = [_in_viewport(page, f".st-key-{c} iframe", width, height) for c in ("live_map", "live_twin_map")]
         assert maps[0]["right"] <= maps[1]["left"]  # side by side, the DEML map first
         _in_viewport(page, ".st-key-live_curves .main-svg", width, height)
-        titles = page.evaluate("() => Array.from(document.querySelectorAll('.st-key-live_twin_map .gtitle'))"
-                               ".map(e => e.textContent)")
-        assert titles and titles[0].startswith("vanilla (λ = 0) · step 8")
+        title = page.frame_locator(".st-key-live_twin_map iframe").locator(".gtitle").first.text_content()
+        assert title.startswith("vanilla (λ = 0) · step 8")
 
         # the same page without presenter view: the sidebar and the controls are back
         page.goto(f"{server}/?run={urllib.parse.quote(run)}")
         settle(page)
-        page.wait_for_selector(".st-key-live_map .main-svg")
+        wait_for_map(page)
         assert page.evaluate(BOX, '[data-testid="stSidebar"]')["right"] > 0
         assert page.get_by_role("button", name="Stop", exact=True).count() >= 1
         page.screenshot(path=str(shots / f"home-run-{width}x{height}.png"))

@@ -71,3 +71,19 @@ def test_a_training_process_that_dies_fails_the_job_and_says_so(tmp_path):
     os.kill(job._child.pid, signal.SIGKILL)
     assert job.join(30)
     assert job.state == "failed" and "ended unexpectedly" in job.error and "-9" in job.error
+
+
+def test_the_training_process_does_not_run_the_parents_main_script(tmp_path, monkeypatch):
+    """Streamlit runs each page as a module named __main__: a child prepared the usual way would run app.py
+    again before training (it did: the demo's processes sat at step 0 running the page)."""
+    import sys
+    import types
+
+    marker = tmp_path / "main-ran"
+    script = tmp_path / "page.py"
+    script.write_text(f"open({str(marker)!r}, 'w').close()\n")
+    page = types.ModuleType("__main__")
+    page.__file__ = str(script)
+    monkeypatch.setitem(sys.modules, "__main__", page)
+    job = run_to_end(TrainingJob(tiny(steps=2), str(tmp_path / "run"), threads=1, process=True))
+    assert job.state == "finished" and not marker.exists()

@@ -15,6 +15,7 @@ from engine.eval.twins import find_twin, twin_dir_for
 from engine.runs import RunDir
 from engine.train.job import REGISTRY
 from engine.viz import project
+from tests.conftest import glide_maps
 from ui import live, live_maps
 
 TINY_DEMO = dict(dataset="glyphs:classes=60,drawings=8,seed=1", steps=8, width=8, meta_batch=2, ext_batch=8,
@@ -95,17 +96,16 @@ def test_finished_short_run_shows_map_curves_and_replay(page):
     assert job.join(60) and job.state == "finished", job.error
     page.run()
     assert not page.exception
-    charts = [c.proto.id for c in page.get("plotly_chart")]
-    assert len(charts) == 3  # the concept map, the training curves and the adaptation curves
-    figs = list(specs(page).values())
-    assert figs[0]["layout"]["title"]["text"] == "<b>Concept space at step 8</b>"
-    assert any(t.get("name") == "meta loss" for t in figs[1]["data"])
+    # the concept map, the training curves and the adaptation curves
+    assert list(glide_maps(page)) == ["live_map"] and len(page.get("plotly_chart")) == 2
+    assert glide_maps(page)["live_map"]["layout"]["title"]["text"] == "<b>Concept space at step 8</b>"
+    assert any(t.get("name") == "meta loss" for t in list(specs(page).values())[0]["data"])
     assert page.metric[0].label == "Validation accuracy"
     assert any("step 8/8" in p.proto.text for p in page.get("progress"))
     replay = page.select_slider(key="live_replay")
     replay.set_value(4).run()  # an earlier snapshot, on the same map
     assert not page.exception
-    assert list(specs(page).values())[0]["layout"]["title"]["text"] == "<b>Concept space at step 4</b>"
+    assert glide_maps(page)["live_map"]["layout"]["title"]["text"] == "<b>Concept space at step 4</b>"
     page.selectbox(key="live_method").set_value("t-SNE").run()
     page.selectbox(key="live_color").set_value("correct").run()
     page.toggle(key="live_regions").set_value(False).run()
@@ -114,8 +114,8 @@ def test_finished_short_run_shows_map_curves_and_replay(page):
     assert not page.exception
     # no Start, Pause, Resume, Stop, no settings: only the replay's Play
     assert [b.key for b in page.button] == ["live_play"] and not page.selectbox
-    figs = list(specs(page).values())
-    assert len(figs) == 3 and figs[0]["layout"]["height"] == live.PRESENTER_MAP_HEIGHT
+    maps = list(glide_maps(page).values())
+    assert len(maps) + len(specs(page)) == 3 and maps[0]["layout"]["height"] == live.PRESENTER_MAP_HEIGHT
 
 
 def test_play_steps_the_replay_through_the_snapshots(page, monkeypatch):
@@ -128,7 +128,7 @@ def test_play_steps_the_replay_through_the_snapshots(page, monkeypatch):
     assert page.select_slider(key="live_replay").value == "latest"
     page.button(key="live_play").click().run()
     assert not page.exception
-    title = lambda: list(specs(page).values())[0]["layout"]["title"]["text"]  # noqa: E731
+    title = lambda: glide_maps(page)["live_map"]["layout"]["title"]["text"]  # noqa: E731
     assert title() == f"<b>Concept space at step {steps[0]}</b>"  # from the first snapshot
     assert page.button(key="live_play").label == "■ Stop"
     seen = set()
@@ -164,7 +164,7 @@ def test_twin_trains_beside_the_run_and_pairs(page):
     assert json.loads((Path(twin) / "config.json").read_text())["config"]["lam"] == 0
     page.run()
     assert not page.exception
-    charts = {c.key: json.loads(c.proto.spec) for c in page.get("plotly_chart")}
+    charts = {**glide_maps(page), **{c.key: json.loads(c.proto.spec) for c in page.get("plotly_chart")}}
     assert list(charts)[:3] == ["live_map", "live_twin_map", "live_curves"]  # the twin's map beside the run's
     assert charts["live_twin_map"]["layout"]["title"]["text"].startswith("<b>vanilla (λ = 0) · step")
     curves = charts["live_curves"]
@@ -173,7 +173,7 @@ def test_twin_trains_beside_the_run_and_pairs(page):
     page.query_params["run"] = twin  # the twin's own view: the DEML run is drawn solid beside it
     page.run()
     assert not page.exception
-    charts = {c.key: json.loads(c.proto.spec) for c in page.get("plotly_chart")}
+    charts = {**glide_maps(page), **{c.key: json.loads(c.proto.spec) for c in page.get("plotly_chart")}}
     assert "λ = 0 run dashed" in charts["live_curves"]["layout"]["title"]["text"]
     assert charts["live_twin_map"]["layout"]["title"]["text"].startswith("<b>its DEML run · step")
 

@@ -151,7 +151,7 @@ def _render(run_dir: str | None, key: str, presenter: bool, empty_hint: str | No
 
 
 def headline(view) -> str:
-    """The run by its name, for presenter view: "Demo · ProtoNet DEML (λ = 1) · step 320/1500"."""
+    """The run by its name, for presenter view: "Demo · ProtoNet DEML (λ = 3) · step 120/300"."""
     p = view.progress or {}
     what = "Demo" if is_demo_dir(view.run_dir) else Path(view.run_dir).name
     try:

@@ -2,14 +2,13 @@
 map beside it (same method, same replay step, turned onto the run's map: engine.viz.live.LiveMap.twin_frame),
 the replay slider with "▶ Play", and the images behind a selection. Keys: see ui.live.
 
-The points do not glide between snapshots, and cannot in st.plotly_chart (Streamlit 1.67): its
-element id is computed from the figure itself (streamlit/elements/plotly_chart.py,
+The maps are drawn by ui.glide_map, a custom component that keeps one plot per key, so the points
+glide from one snapshot's layout to the next. st.plotly_chart cannot (Streamlit 1.67): its element
+id is computed from the figure itself (streamlit/elements/plotly_chart.py,
 compute_and_register_element_id(..., key_as_main_identity=False, plotly_spec=...)), so a changed
-figure is a new element whose plot is drawn afresh in a new graph div; plotly's layout.transition
-only animates Plotly.react on the same div. Checked in Chromium on a minimal app (20 go.Scatter
-points with ids, constant text and layout, fixed axis ranges, uirevision, transition 1000 ms linear,
-x sampled every 50 ms): the div was replaced at each change and x went straight from the old value
-to the new one, with no value in between. Gliding needs a custom component that keeps its div."""
+figure is a new element whose plot is drawn afresh in a new graph div, and plotly's layout.transition
+only animates Plotly.react on the same div (checked in Chromium on a minimal app: the div was
+replaced at each change and x went straight from the old value to the new one)."""
 from __future__ import annotations
 
 import time
@@ -20,6 +19,7 @@ import streamlit as st
 from engine.eval.twins import method_label
 from engine.viz.charts import concept_map, nearest_neighbours, thumbnail_grid
 from engine.viz.live import LiveMap, selected_rows
+from ui.glide_map import glide_chart
 
 METHODS = {"UMAP": "umap", "PCA": "pca", "t-SNE": "tsne"}
 METHOD_LABELS = {v: k for k, v in METHODS.items()}
@@ -115,7 +115,7 @@ def _twin_map(lm: LiveMap, view, key: str, prefs: dict, height: int, ref_xy, ste
     except ValueError as e:
         st.warning(f"The twin's concept map cannot be drawn: {e}")
         return
-    st.plotly_chart(fig, key=f"{key}_twin_map", width="stretch", theme=None, config=MAP_TOOLS)
+    glide_chart(fig, key=f"{key}_twin_map", height=height, config=MAP_TOOLS)
 
 
 def _replay_step(view, key: str) -> int | None:
@@ -192,9 +192,7 @@ def _map_panel(lm: LiveMap, view, key: str, prefs: dict, height: int, step: int 
     except ValueError as e:  # e.g. concepts went NaN: say so, keep the page
         st.warning(f"The concept map cannot be drawn: {e}")
         return None, None
-    event = st.plotly_chart(fig, key=f"{key}_map", on_select="rerun", selection_mode=("points", "box", "lasso"),
-                            width="stretch", theme=None, config=MAP_TOOLS)
-    picked = selected_rows(_selection(event))
+    picked = selected_rows(glide_chart(fig, key=f"{key}_map", height=height, config=MAP_TOOLS))
     if picked and picked != st.session_state.get(f"_{key}_taken"):
         # the chart's own selection is reset whenever its figure changes (every new snapshot), and
         # an old figure's selection can come back with that figure: so the rows are kept here, drawn
@@ -207,13 +205,6 @@ def _map_panel(lm: LiveMap, view, key: str, prefs: dict, height: int, step: int 
         st.caption("Lasso or box-select points (tools at the top right of the map) to see their images; "
                    "click one point to see its nearest neighbours in concept space.")
     return xy, snap
-
-
-def _selection(event):
-    if event is None:
-        return None
-    sel = event.get("selection") if hasattr(event, "get") else getattr(event, "selection", None)
-    return sel
 
 
 def _highlight(fig, rows: list[int]) -> None:

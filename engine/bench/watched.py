@@ -133,7 +133,8 @@ def watched_ratio(rounds: int = 4, window_s: float = 15.0, warm_s: float = 10.0,
                 page.set_default_timeout(180_000)
                 page.goto(url)
                 page.get_by_role("button", name="Start demo").click()
-                page.wait_for_selector(".st-key-live_map .main-svg")
+                map_drawn = page.frame_locator(".st-key-live_map iframe").locator(".main-svg").first  # ui.glide_map
+                map_drawn.wait_for()
                 run = urllib.parse.parse_qs(urllib.parse.urlparse(page.url).query)["run"][0]
                 run_dir = Path(run) if Path(run).is_absolute() else REPO / run
                 time.sleep(warm_s)  # past the first steps' one-off costs
@@ -143,7 +144,7 @@ def watched_ratio(rounds: int = 4, window_s: float = 15.0, warm_s: float = 10.0,
                     for mode in ("watched", "unwatched") if r % 2 == 0 else ("unwatched", "watched"):
                         if mode == "watched":
                             page.goto(f"{url}/?run={urllib.parse.quote(run)}")
-                            page.wait_for_selector(".st-key-live_map .main-svg")
+                            map_drawn.wait_for()
                         else:
                             page.goto("about:blank")
                         s0, t0, c0 = last_step(run_dir), time.monotonic(), cpu_seconds(proc.pid)

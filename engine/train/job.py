@@ -308,7 +308,7 @@ class TrainingJob:
                          resume_from=self._resume_from, threads=self.threads)
             child = self._child = ctx.Process(target=worker.train_child, args=(setup, sending, self._control),
                                               name=f"train:{self.run_dir}", daemon=True)
-            child.start()
+            worker.start_child(child)
             sending.close()  # the child holds the only sending end now: its exit is our EOF
             while True:
                 try:

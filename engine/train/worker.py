@@ -14,8 +14,10 @@ milliseconds rather than the seconds a fresh interpreter needs to import torch.
 from __future__ import annotations
 
 import multiprocessing as mp
+import threading
 import traceback
 from dataclasses import dataclass
+from multiprocessing import spawn
 from typing import Any
 
 import torch
@@ -82,6 +84,31 @@ def context():
         else:
             _ctx = mp.get_context("spawn")
     return _ctx
+
+
+_start_lock = threading.Lock()
+
+
+def start_child(process) -> None:
+    """process.start(), minus the parent's __main__. multiprocessing prepares a child by running the
+    parent's main module again (as __mp_main__); in the app that is the page script Streamlit runs as
+    __main__, so every training process would run app.py first. train_child is imported from this
+    module, so the child needs no main module: its preparation data leave it out (patched only for
+    this start, under a lock)."""
+    with _start_lock:
+        original = spawn.get_preparation_data
+
+        def without_main(name):
+            data = original(name)
+            data.pop("init_main_from_path", None)
+            data.pop("init_main_from_name", None)
+            return data
+
+        spawn.get_preparation_data = without_main
+        try:
+            process.start()
+        finally:
+            spawn.get_preparation_data = original
 
 
 def warm_up() -> None:
