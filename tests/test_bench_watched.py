@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.bench.watched import CHROMIUM, PARTS, cpu_seconds, last_step, watched_ratio
+from engine.bench.watched import CHROMIUM, PARTS, cpu_seconds, last_step, watched_ratio, window_cores
 from engine.train.job import OS_THREAD_NAME, name_os_thread
 
 BURN = "import time\nt = time.process_time()\nwhile time.process_time() - t < {s}: pass\n"
@@ -20,7 +20,7 @@ BURN = "import time\nt = time.process_time()\nwhile time.process_time() - t < {s
 @pytest.mark.skipif(not Path("/proc/stat").exists(), reason="reads Linux /proc")
 def test_cpu_time_of_the_servers_children_and_training_threads_counts_as_training():
     before = cpu_seconds(os.getpid())
-    assert set(before) == set(PARTS)
+    assert set(window_cores(before, before, 1.0)) == set(PARTS)
     subprocess.run([sys.executable, "-c", BURN.format(s=0.4) + "time.sleep(0)"], check=True)  # a finished child
     child = subprocess.Popen([sys.executable, "-c", BURN.format(s=0.4) + "time.sleep(60)"])
     measured = threading.Event()
@@ -33,15 +33,16 @@ def test_cpu_time_of_the_servers_children_and_training_threads_counts_as_trainin
         thread = threading.Thread(target=train)
         thread.start()
         deadline = time.monotonic() + 30
-        while cpu_seconds(os.getpid())["training"] - before["training"] < 0.6 and time.monotonic() < deadline:
+        training = lambda: window_cores(before, cpu_seconds(os.getpid()), 1.0)["training"]  # noqa: E731 (CPU seconds)
+        while training() < 0.6 and time.monotonic() < deadline:
             time.sleep(0.1)
-        during = cpu_seconds(os.getpid())
+        during = window_cores(before, cpu_seconds(os.getpid()), 1.0)
     finally:
         measured.set()
         child.kill()
     thread.join()
     # the child still running (0.4 s) and the named thread (0.3 s); the finished child is not a process any more
-    assert 0.6 <= during["training"] - before["training"] < 1.5
+    assert 0.6 <= during["training"] < 1.5
     assert during["other"] >= 0
 
 

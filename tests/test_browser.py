@@ -157,6 +157,40 @@ BOX = """sel => { const e = document.querySelector(sel); if (!e) return null;
     const r = e.getBoundingClientRect(); return {top: r.top, bottom: r.bottom}; }"""
 
 
+# in the concept map's frame (ui/glide_map_frontend/index.html): the first meta-train point's position, every `ms`
+SAMPLER = """ms => { window.__samples = []; const gd = document.getElementById('map'); const t0 = performance.now();
+    window.__sampler = setInterval(() => {
+        const t = (gd._fullData || []).find(t => t.name === 'meta-train');
+        if (t && t.x && t.x.length) window.__samples.push([performance.now() - t0, t.x[0], t.y[0]]); }, ms); }"""
+MOVES_EVERY_S = 2.5  # the issue asks a move every 2 s; 0.5 s of slack for a loaded CI machine
+GLIDE_GAP_MS = 250  # changes closer than this belong to one move (a glide's frames come every 75 ms)
+
+
+def map_motion(samples: list[list[float]]) -> dict:
+    """From [ms, x, y] samples of one point: the longest time it stood still and the median number of
+    changes per move (1: it jumped; a glide draws several frames)."""
+    changes = [t for (t, *p), (_, *q) in zip(samples[1:], samples) if p != q]
+    if not changes:
+        return {"moves": 0, "longest_still_s": samples[-1][0] / 1000 if samples else None, "steps_per_move": 0}
+    moves = [[changes[0]]]
+    for t in changes[1:]:
+        if t - moves[-1][-1] < GLIDE_GAP_MS:
+            moves[-1].append(t)
+        else:
+            moves.append([t])
+    still = [b[0] - a[-1] for a, b in zip(moves, moves[1:])] + [changes[0] - samples[0][0], samples[-1][0] - changes[-1]]
+    return {"moves": len(moves), "longest_still_s": round(max(still) / 1000, 2),
+            "steps_per_move": float(np.median([len(m) for m in moves]))}
+
+
+def test_map_motion_tells_a_glide_from_a_jump():
+    jumps = [[t, float(t // 1000), 0.0] for t in range(0, 5000, 25)]  # one jump a second
+    assert map_motion(jumps) == {"moves": 4, "longest_still_s": 1.0, "steps_per_move": 1.0}
+    glide = [[t, (t // 1000) + min(1.0, (t % 1000) / 600), 0.0] for t in range(0, 5000, 75)]  # 600 ms glides
+    motion = map_motion(glide)
+    assert motion["steps_per_move"] >= 7 and motion["longest_still_s"] < 0.5
+
+
 def test_start_demo_shows_a_live_moving_concept_map(page, server, tmp_path):
     page.set_viewport_size({"width": 1366, "height": FOLD})
     page.goto(server)
@@ -190,9 +224,18 @@ def test_start_demo_shows_a_live_moving_concept_map(page, server, tmp_path):
             moved = now
             break
     assert moved is not None, "the concept map did not change between refreshes"
-    (tmp_path / "timing.json").write_text(json.dumps({"click_to_map_s": to_map,
-                                                       "click_to_first_move_s": time.monotonic() - clicked}))
-    print(f"click to concept map: {to_map:.1f} s; to its first move: {time.monotonic() - clicked:.1f} s")
+    to_move = time.monotonic() - clicked
+    # then watch one point for 20 s, sampled every 25 ms in the map's own frame: it must move at least
+    # every 2 s, and glide (each move a burst of small steps, not one jump)
+    frame = page.query_selector(".st-key-live_map iframe").content_frame()
+    frame.evaluate(SAMPLER, 25)
+    time.sleep(20)
+    motion = map_motion(frame.evaluate("() => { clearInterval(window.__sampler); return window.__samples; }"))
+    (tmp_path / "timing.json").write_text(json.dumps({"click_to_map_s": to_map, "click_to_first_move_s": to_move,
+                                                       **motion}))
+    print(f"click to concept map: {to_map:.1f} s; to its first move: {to_move:.1f} s; then {motion}")
+    assert motion["longest_still_s"] <= MOVES_EVERY_S, motion
+    assert motion["steps_per_move"] >= 3, f"the points jumped instead of gliding: {motion}"
     page.get_by_role("button", name="Stop").first.click()  # leave the cores to the other tests
 
 

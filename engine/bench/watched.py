@@ -61,15 +61,18 @@ def _stat(path: str) -> tuple[str, int, float] | None:
     return comm, int(rest[1]), (int(rest[11]) + int(rest[12])) / _TICK  # utime + stime
 
 
-def cpu_seconds(server: int) -> dict[str, float]:
-    """CPU seconds used so far by each of PARTS (module doc), from /proc; {} where there is no /proc."""
+def cpu_seconds(server: int) -> dict[tuple[str, int], float]:
+    """CPU seconds used so far, by (part of PARTS, pid) (module doc; "other" under pid 0), from /proc;
+    {} where there is no /proc. Per pid, so a process that ends within a window drops out of it
+    instead of taking its time away from the others (window_cores)."""
     if not Path("/proc/stat").exists():
         return {}
     procs = {int(d): st for d in os.listdir("/proc") if d.isdigit() and (st := _stat(f"/proc/{d}/stat"))}
-    out = dict.fromkeys(PARTS, 0.0)
+    out: dict[tuple[str, int], float] = {}
     for tid in os.listdir(f"/proc/{server}/task"):
         if (st := _stat(f"/proc/{server}/task/{tid}/stat")) is not None:
-            out["training" if st[0] == OS_THREAD_NAME.decode() else "server"] += st[2]
+            part = "training" if st[0] == OS_THREAD_NAME.decode() else "server"
+            out[(part, server)] = out.get((part, server), 0.0) + st[2]
 
     def descends(pid: int) -> bool:
         for _ in range(20):
@@ -82,19 +85,37 @@ def cpu_seconds(server: int) -> dict[str, float]:
 
     for pid, (comm, _, seconds) in procs.items():
         if pid != server and descends(pid):
-            out["training"] += seconds
+            out[("training", pid)] = seconds
         elif "chrom" in comm or comm == "headless_shell":
-            out["chromium"] += seconds
+            out[("chromium", pid)] = seconds
     cpu = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
     busy = sum(map(int, cpu)) - int(cpu[3]) - int(cpu[4])  # all but idle and iowait
-    out["other"] = busy / _TICK - sum(out[p] for p in PARTS[:3])
+    out[("machine", 0)] = busy / _TICK
     return out
+
+
+def window_cores(before: dict, after: dict, seconds: float) -> dict[str, float]:
+    """Cores each of PARTS used between two cpu_seconds() readings `seconds` apart: processes alive
+    at both ends, and those started in between; "other" is the machine's busy time less the rest."""
+    used = dict.fromkeys(PARTS, 0.0)
+    for key, value in after.items():
+        if key[0] in used:
+            used[key[0]] += value - before.get(key, 0.0)
+    used["other"] = after.get(("machine", 0), 0.0) - before.get(("machine", 0), 0.0) - sum(used.values())
+    return {part: round(max(0.0, v) / seconds, 3) for part, v in used.items()}
+
+
+DEMO_STEPS = 100_000  # the served demo trains this long, so every window finds it training (it is stopped after)
+# streamlit run, in a process whose demo preset trains DEMO_STEPS (the demo itself is over in about 300
+# steps: too short for alternating windows); everything else as the app serves it
+SERVE = ("import sys; from engine import config; config.PRESETS['demo'] = dict(config.PRESETS['demo'], steps={steps}); "
+         "from streamlit.web import cli; sys.argv = ['streamlit', 'run', {app!r}] + {flags!r}; cli.main()")
 
 
 def _serve(runs: Path, port: int) -> subprocess.Popen:
     env = {**os.environ, "CONCEPTSCAPE_RUNS": str(runs), "CONCEPTSCAPE_UPLOADS": str(runs.parent / "uploads")}
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"), "--server.port", str(port),
-                             "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+    flags = ["--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+    proc = subprocess.Popen([sys.executable, "-c", SERVE.format(steps=DEMO_STEPS, app=str(REPO / "app.py"), flags=flags)],
                             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -152,7 +173,7 @@ def watched_ratio(rounds: int = 4, window_s: float = 15.0, warm_s: float = 10.0,
                         seconds, c1 = time.monotonic() - t0, cpu_seconds(proc.pid)
                         rate = (last_step(run_dir) - s0) / seconds
                         rates[mode].append(rate)
-                        cores[mode].append({p: round((c1[p] - c0[p]) / seconds, 3) for p in c0})
+                        cores[mode].append(window_cores(c0, c1, seconds) if c0 else {})
                         print(f"[watched] round {r + 1}/{rounds} {mode}: {rate:.2f} steps/s, cores used: {cores[mode][-1]}",
                               file=log, flush=True)
                 browser.close()
