@@ -104,7 +104,7 @@ def presenter_from_url() -> bool:
 
 
 # every page: less blank space above the title (Streamlit leaves 6rem), so a run's live view starts higher;
-# no Streamlit "Running… Stop" status at the top right: the live view reruns itself every second, and a
+# no Streamlit "Running… Stop" status at the top right: the live view reruns itself every 2 s, and a
 # newcomer took that Stop for the training's (it stops only the page's script, not the run)
 PAGE_CSS = """<style>[data-testid="stMainBlockContainer"] {padding-top: 3.5rem;}
 [data-testid="stStatusWidget"] {display: none !important;}</style>"""

@@ -3,8 +3,8 @@ training curves, the replay slider and the images behind a selection.
 
     live_view(run_dir, presenter=presenter())
 
-It refreshes about once a second while the run (or the lambda = 0 twin beside it) trains, inside
-`st.fragment(run_every=1.0)`, so the rest of the page never reruns and nothing blocks. When the run
+It refreshes every REFRESH_S (2 s) while the run (or the lambda = 0 twin beside it) trains, inside
+`st.fragment(run_every=REFRESH_S)`, so the rest of the page never reruns and nothing blocks. When the run
 ends, the fragment that was polling asks for ONE full rerun, which draws the page without polling;
 a fragment that was not polling never does (that is what keeps it from rerunning forever). State
 kept between refreshes (the projectors) lives in engine.viz.live.LiveMap, one per session.
@@ -43,7 +43,9 @@ from ui.live_maps import CURVE_TOOLS, METHOD_LABELS, METHODS, cached_figure, has
 COLOR_LABELS = {"class": "class", "split": "split", "prediction": "discriminator's prediction",
                 "correct": "discriminator right / wrong"}
 SESSION_KEY = "_conceptscape_live_map"  # st.session_state[SESSION_KEY]: this session's LiveMap
-REFRESH_S = 1.0
+# the live view redraws every 2 s: a map moves at each redraw (a snapshot comes every ~1.5 s), and each redraw
+# costs the browser CPU that a 2-core machine takes from training (bench live --browser)
+REFRESH_S = 2.0
 CURVES_S = 2.0  # while training, the training curves are drawn again at most this often (each step adds to them)
 PLAY_TICK_S = 0.4  # the replay's frame interval
 SETTING_WIDTH = 200  # px, the map's settings' select boxes

@@ -68,11 +68,11 @@ def cpu_seconds(server: int) -> dict[tuple[str, int], float]:
     if not Path("/proc/stat").exists():
         return {}
     procs = {int(d): st for d in os.listdir("/proc") if d.isdigit() and (st := _stat(f"/proc/{d}/stat"))}
-    out: dict[tuple[str, int], float] = {}
-    for tid in os.listdir(f"/proc/{server}/task"):
-        if (st := _stat(f"/proc/{server}/task/{tid}/stat")) is not None:
-            part = "training" if st[0] == OS_THREAD_NAME.decode() else "server"
-            out[(part, server)] = out.get((part, server), 0.0) + st[2]
+    # the server: its whole time (threads that ended included) less its training threads' (app jobs in a thread)
+    threads = [st for tid in os.listdir(f"/proc/{server}/task") if (st := _stat(f"/proc/{server}/task/{tid}/stat"))]
+    training = sum(st[2] for st in threads if st[0] == OS_THREAD_NAME.decode())
+    out: dict[tuple[str, int], float] = {("training", server): training,
+                                         ("server", server): procs[server][2] - training if server in procs else 0.0}
 
     def descends(pid: int) -> bool:
         for _ in range(20):
