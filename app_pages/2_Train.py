@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from engine.config import preset, runs_root
+from engine.config import runs_root, train_page_start
 from engine.data.plan import Words, plan_config
 from engine.errors import UserError
 from engine.learners import LEARNERS, build_learner
@@ -25,12 +25,13 @@ HEAD_START_MEASURED = ("On 6-class uploads of Omniglot alphabets it never saw (6
 
 
 def defaults():
-    """The demo preset with the Data page's choice on top: settings that train well on a CPU."""
+    """The demo's recipe (engine.config.train_page_start) with the Data page's choice on top: settings
+    that train well on a CPU."""
     try:
-        return preset("demo").with_overrides(**data_overrides())
+        return train_page_start().with_overrides(**data_overrides())
     except (UserError, TypeError) as e:
         st.warning(f"The data chosen on the Data page cannot be used ({e}); using the built-in glyphs.")
-        return preset("demo")
+        return train_page_start()
 
 
 def settings_form(base) -> tuple[dict, bool, str] | None:

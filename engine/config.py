@@ -270,6 +270,13 @@ PRESETS = {
 }
 
 
+def train_page_start() -> TrainConfig:
+    """Where the app's Train page (and the Data page's plan) starts: the demo preset's recipe on all of
+    the data. The demo itself keeps only 2 glyph alphabets for meta-training (its measured story);
+    a person's own data trains on every class it has."""
+    return preset("demo").with_overrides(train_limit=0)
+
+
 def preset(name: str | None) -> TrainConfig:
     if name is None:
         return TrainConfig()

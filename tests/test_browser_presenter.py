@@ -28,7 +28,7 @@ def workdir(tmp_path_factory):
     """The server's runs folder, holding one finished tiny demo run and its λ = 0 twin (named as
     Start demo names them)."""
     root = tmp_path_factory.mktemp("app")
-    cfg = preset("demo").with_overrides(**TINY_DEMO)
+    cfg = preset("demo").with_overrides(**TINY_DEMO, train_limit=0)  # 3 tiny alphabets: all meta-train
     out = str(root / "runs" / "20260101-120000-demo")
     for c, d in ((cfg, out), (cfg.with_overrides(lam=0.0), twin_dir_for(out))):
         trainer, run = start_run(c, d)
@@ -60,7 +60,7 @@ def test_presenter_view_fits_the_screen(browser, server, workdir, tmp_path, widt
         page.wait_for_selector(".st-key-live_curves .main-svg")
         settle(page)
         page.screenshot(path=str(shots / f"presenter-{width}x{height}.png"))
-        assert page.get_by_text("Demo · Prototypical networks DEML (λ = 1) · step 8/8").is_visible()
+        assert page.get_by_text("Demo · Prototypical networks DEML (λ = 3) · step 8/8").is_visible()
         assert page.title() == "Demo · Conceptscape"  # the tab names the run
         headline = page.get_by_text("DEML vs vanilla:").first
         assert headline.is_visible() and "validation accuracy, 8 episodes, paired" in headline.inner_text()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import TrainConfig, preset, shared_dir
+from engine.config import TrainConfig, shared_dir, train_page_start
 from engine.data.plan import FLAGS, GLYPHS_EXTERNAL, Words, counts_fit, fit_plan
 from engine.errors import UserError
 from engine.runs import RunDir
@@ -43,8 +43,8 @@ def test_settings_that_fit_are_kept_unchanged():
     plan = fit_plan([20] * 400, True, BASE)
     assert not plan.fitted and plan.overrides() == {}
     assert (plan.ways, plan.shots, plan.queries, plan.validation) == (5, 1, 5, "classes")
-    demo = preset("demo")  # presets for built-in data fit as they are
-    assert fit_plan([20] * 400, True, demo).overrides() == {}
+    start = train_page_start()  # the Train page's starting point fits the built-in data as it is
+    assert start.train_limit == 0 and fit_plan([20] * 400, True, start).overrides() == {}
 
 
 @pytest.mark.parametrize("classes, per_class, gray, ways, validation, external", [

@@ -16,6 +16,8 @@ from engine.errors import UserError
 
 # TrainConfig overrides for --smoke: a tiny model (and, where the data is not fixed, tiny built-in data)
 SMOKE_DATA = "glyphs:classes=60,drawings=8,seed=1"
+# ... as overrides: on 3 tiny alphabets every meta-train alphabet trains (the demo preset keeps 2 of 10)
+SMOKE_DATA_SET = dict(dataset=SMOKE_DATA, train_limit=0)
 SMOKE_MODEL = dict(width=8, concept_dim=16, meta_batch=2, ext_batch=8, val_episodes=4, probe_classes=2,
                    probe_per_class=2)
 

@@ -27,7 +27,7 @@ import time
 import plotly.io
 import torch
 
-from engine.bench import SMOKE_DATA, SMOKE_MODEL, add_rounds, check_rounds
+from engine.bench import SMOKE_DATA_SET, SMOKE_MODEL, add_rounds, check_rounds
 from engine.bench.machine import machine
 from engine.config import preset
 from engine.train.job import JobRegistry, TrainingJob
@@ -37,7 +37,7 @@ from engine.viz.live import LiveMap
 from engine.viz.project import wait_for_umap
 
 # a tiny model on tiny data, three snapshots, one round of two half-second windows, one thread count
-SMOKE = dict(overrides=dict(dataset=SMOKE_DATA, **SMOKE_MODEL), snapshots=3, repeats=1, rounds=1, window_s=0.5,
+SMOKE = dict(overrides=dict(**SMOKE_DATA_SET, **SMOKE_MODEL), snapshots=3, repeats=1, rounds=1, window_s=0.5,
              threads=(1,))
 
 

@@ -5,7 +5,7 @@ import statistics
 import sys
 import time
 
-from engine.bench import SMOKE_DATA, SMOKE_MODEL, add_rounds, check_rounds
+from engine.bench import SMOKE_DATA_SET, SMOKE_MODEL, add_rounds, check_rounds
 from engine.bench.machine import machine
 from engine.config import TrainConfig, preset
 from engine.train.trainer import Trainer
@@ -63,5 +63,5 @@ def run(args) -> dict:
     sizes = dict(rounds=check_rounds(args.rounds))
     cfg = preset(args.preset).with_overrides(learner=args.learner, lam=args.lam, device=args.device)
     if args.smoke:
-        cfg, sizes = cfg.with_overrides(dataset=SMOKE_DATA, **SMOKE_MODEL), SMOKE
+        cfg, sizes = cfg.with_overrides(**SMOKE_DATA_SET, **SMOKE_MODEL), SMOKE
     return throughput(cfg, **sizes)

@@ -163,12 +163,12 @@ FIELD_WORDS = Words({"ways": "Ways (N)", "shots": "Shots (K)", "queries": "Queri
 
 def fit_data_plan(spec: str, image_size: int | None = None, chosen: Mapping | None = None, explicit=(),
                   words: Words = FIELD_WORDS) -> tuple[dict, Plan]:
-    """The plan for SPEC on the Train page's starting point (the demo preset): `chosen` TrainConfig
+    """The plan for SPEC on the Train page's starting point (engine.config.train_page_start): `chosen` TrainConfig
     fields on top, those in `explicit` kept as chosen. Returns (the fields to store for training:
     dataset, image_size, external, N/K/Q, split; the Plan). UserError, in `words`, when nothing trains."""
-    from engine.config import preset
+    from engine.config import train_page_start
 
-    base = preset("demo").with_overrides(dataset=spec, image_size=image_size, **dict(chosen or {}))
+    base = train_page_start().with_overrides(dataset=spec, image_size=image_size, **dict(chosen or {}))
     cfg, plan = plan_config(base, frozenset(explicit), words)
     keep = ("dataset", "external", "ways", "shots", "queries", "lam", "validation", "val_split", "test_split",
             "external_split", "train_limit", "rotations")
