@@ -327,8 +327,9 @@ def test_a_small_upload_trains_with_the_defaults_and_survives_a_refresh(page, se
     page.get_by_role("button", name="Use this data").click()
     page.get_by_text("The Train page will use").wait_for()
     page.get_by_role("link", name="Go on to Train").click()  # the link under Use this data
+    page.wait_for_url("**/Train**")  # a page change in the app: settle() alone can read the Data page still
     settle(page)
-    assert page.get_by_text("six-classes.zip").count() > 0
+    page.get_by_text("six-classes.zip").first.wait_for()  # the Train page names the upload
     page.get_by_role("button", name="Start", exact=True).click()
     page.wait_for_url("**run=**")
     deadline = time.monotonic() + 120
