@@ -49,9 +49,11 @@ def component_folder() -> Path:
 
 
 def glide_chart(fig, *, key: str, height: int, config: dict | None = None, glide: bool = True) -> dict | None:
-    """Draw `fig` in the keyed component (`height` px tall); with `glide`, points it shares with the
-    figure drawn before glide there. Returns the latest selection or click ({"points": [...]}) or None."""
+    """Draw `fig` in the keyed component, as tall as the figure (its layout.height, else `height` px: a
+    map with a region key is taller than asked); with `glide`, points it shares with the figure drawn
+    before glide there. Returns the latest selection or click ({"points": [...]}) or None."""
     global _component
     if _component is None:
         _component = components.declare_component("glide_map", path=str(component_folder()))
-    return _component(spec=fig.to_json(), height=int(height), config=config or {}, glide=glide, key=key, default=None)
+    tall = int(fig.layout.height or height)
+    return _component(spec=fig.to_json(), height=tall, config=config or {}, glide=glide, key=key, default=None)
