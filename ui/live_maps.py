@@ -194,9 +194,8 @@ def _map_panel(lm: LiveMap, view, key: str, prefs: dict, height: int, step: int 
         return None, None
     picked = selected_rows(glide_chart(fig, key=f"{key}_map", height=height, config=MAP_TOOLS))
     if picked and picked != st.session_state.get(f"_{key}_taken"):
-        # the chart's own selection is reset whenever its figure changes (every new snapshot), and
-        # an old figure's selection can come back with that figure: so the rows are kept here, drawn
-        # as the selection until a different one or "Clear selection", and a selection is taken once
+        # the map hands back its last selection at every redraw: so the rows are kept here, drawn as
+        # the selection until a different one or "Clear selection", and a selection is taken once
         st.session_state[rows_key] = (run, picked)
         st.session_state[f"_{key}_taken"] = rows = picked
     if rows:

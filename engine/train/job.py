@@ -95,6 +95,11 @@ def kept_snapshot_steps(steps: list[int]) -> list[int]:
     return kept.items()
 
 
+def end_state(control, trainer: Trainer) -> RunState:
+    """How a training loop that returned ended: stopped before its last step on request, else finished."""
+    return RunState.STOPPED if control.stop and trainer.step < trainer.cfg.steps else RunState.FINISHED
+
+
 OS_THREAD_NAME = b"cs-train"  # what top and bench live --browser see of a training thread
 
 
@@ -283,8 +288,7 @@ class TrainingJob:
             finally:  # Trainer.run lets the run's lock go; this covers a failure before it (and
                 if run is not None:  # comes before the job is seen as done)
                     run.release_lock()
-            self._state = RunState.STOPPED if self._control.stop and self.trainer.step < self.trainer.cfg.steps \
-                else RunState.FINISHED
+            self._state = end_state(self._control, self.trainer)
         except UserError as e:
             self.error, self._state = str(e), RunState.FAILED
         except Exception as e:  # a bug or a full disk: the app must keep running and say so
@@ -292,7 +296,6 @@ class TrainingJob:
             self.traceback = traceback.format_exc()
         finally:
             self.finished_at = time.monotonic()
-
 
     # --- process mode: the thread listens to the child ----------------------------------------------
     def _listen(self) -> None:

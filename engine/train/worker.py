@@ -25,8 +25,7 @@ import torch._dynamo  # noqa: F401  (what the trainer's first torch.optim.Adam()
 
 from engine.config import TrainConfig
 from engine.errors import UserError
-from engine.records import RunState
-from engine.train.job import kept_snapshot_steps
+from engine.train.job import end_state, kept_snapshot_steps
 from engine.train.launch import resume_run, start_run
 from engine.train.trainer import Trainer
 
@@ -135,8 +134,7 @@ def train_child(setup: dict[str, Any], conn, control: SharedControl) -> None:
             trainer, run = start_run(setup["cfg"], setup["out"], plan=setup["plan"], name=setup["name"])
         send("started", {"trainer": RunningTrainer.of(trainer)})
         summary = trainer.run(run, control, send)
-        stopped = control.stop and trainer.step < trainer.cfg.steps
-        send("ended", {"summary": summary, "state": RunState.STOPPED if stopped else RunState.FINISHED})
+        send("ended", {"summary": summary, "state": end_state(control, trainer)})
     except UserError as e:
         _last_word(send, {"error": str(e)})
     except Exception as e:  # noqa: BLE001 - a bug or a full disk: the app says so and keeps running
