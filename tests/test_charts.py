@@ -27,7 +27,7 @@ from engine.viz.charts import (
     tile,
     training_curves,
 )
-from engine.viz.charts.concept_map import ClassColors
+from engine.viz.charts.concept_map import WEBGL_FROM, ClassColors
 from engine.viz.charts.style import (
     CORRECT,
     MAP_PAD,
@@ -91,7 +91,8 @@ def xy(probe):
 
 
 def points(fig):
-    return [t for t in fig.data if isinstance(t, go.Scattergl)]
+    """The traces that draw probe images (key-only legend entries carry no customdata)."""
+    return [t for t in fig.data if isinstance(t, go.Scatter | go.Scattergl) and t.customdata is not None]
 
 
 def annotation_texts(fig) -> list[str]:
@@ -99,10 +100,11 @@ def annotation_texts(fig) -> list[str]:
 
 
 # ------------------------------------------------------------------------------ concept_map
-def test_concept_map_one_webgl_trace_per_split_with_rows_in_customdata(probe, xy):
+def test_concept_map_one_points_trace_per_split_with_rows_in_customdata(probe, xy):
     snap = make_snapshot(probe)
     fig = concept_map(xy, probe, snap)
     traces = points(fig)
+    assert all(isinstance(t, go.Scatter) for t in traces)  # SVG: a small probe costs the browser less
     assert len(traces) == 3 and fig.data[:3] == tuple(traces)  # the points first, legend entries after
     assert [t.name for t in traces] == SPLITS
     for code, t in enumerate(traces):
@@ -124,6 +126,15 @@ def test_concept_map_one_webgl_trace_per_split_with_rows_in_customdata(probe, xy
     assert fig.layout.xaxis.showticklabels is False and fig.layout.yaxis.showticklabels is False
     assert fig.layout.title.text and "step 10" in fig.layout.title.text
     assert concept_map(xy, probe, uirevision="run-7").layout.uirevision == "run-7"
+
+
+def test_concept_map_large_point_sets_are_webgl_in_figure_and_frames():
+    big = make_probe(per_class=WEBGL_FROM // 9 + 1)  # 3 splits x 3 classes
+    assert len(big["split"]) >= WEBGL_FROM
+    pts = np.random.default_rng(2).normal(size=(len(big["split"]), 2))
+    assert all(isinstance(t, go.Scattergl) for t in points(concept_map(pts, big)))
+    fig = replay([(0, pts), (5, pts + 1)], big)
+    assert all(isinstance(t, go.Scattergl) for f in fig.frames for t in f.data)  # frames match their traces
 
 
 def test_concept_map_without_snapshot_has_no_d_line(probe, xy):
@@ -373,7 +384,7 @@ def test_replay_frames_slider_buttons_and_fixed_ranges(probe):
     assert yr[0] < allxy[:, 1].min() and yr[1] > allxy[:, 1].max()
     # frames carry positions (and what D changes) only, one update per split trace
     for (_, pts), snap, frame in zip(frames, snaps, fig.frames):
-        assert len(frame.data) == 3 and all(isinstance(t, go.Scattergl) for t in frame.data)
+        assert len(frame.data) == 3 and all(isinstance(t, go.Scatter) for t in frame.data)
         assert frame.traces == (0, 1, 2)
         assert all(t.customdata is None and t.hovertemplate is None for t in frame.data)
         ext_rows = np.flatnonzero(probe["split"] == 2)

@@ -32,6 +32,9 @@ REPO = Path(__file__).resolve().parents[1]
 LEARNERS = ("protonet", "maml")
 STOP_AFTER = 3  # the 2-process runs stop here (asked on rank 1 only), then one process finishes them
 REL = 1e-5  # float rounding: the processes sum the same numbers in another order
+# the learner's log-probabilities come after its inner loop, which amplifies that rounding (seen: 1.04e-5
+# of the scale on one Xeon, after 1 then 2 processes against 2)
+LEARNER_REL = 1e-4
 # Gradients are sums over ~10^5 pixels that largely cancel: the first conv bias's gradient carries
 # ~1e-4 relative rounding error in one float32 process already (measured against float64).
 GRAD_REL = 1e-3
@@ -157,7 +160,7 @@ def assert_same_function(trainer: Trainer, state_a: dict, state_b: dict, what: s
         outs.append((z, torch.log_softmax(trainer.model.discriminator(z), -1).detach(),
                      torch.log_softmax(logits, -1).detach()))
     for name, u, v in zip(("concepts", "discriminator", "learner"), *outs):
-        assert_close(u, v, f"{what}: {name} outputs")
+        assert_close(u, v, f"{what}: {name} outputs", rel=LEARNER_REL if name == "learner" else REL)
 
 
 def assert_params_match(state_a: dict, state_b: dict, what: str):

@@ -79,7 +79,10 @@ def test_a_negligible_lambda_ends_where_lambda_zero_does(learner):
         probe = torch.from_numpy(trainer.probe["images"]).permute(0, 3, 1, 2).float() / 255
         with eval_mode(trainer.model):
             ends[lam] = summary["val_accuracy"], trainer.model.concepts(probe)
-    assert ends[0.0][0] == pytest.approx(ends[1e-9][0], abs=1e-6)
+    # the same answers but, at most, one validation query whose two top scores are within float noise
+    # (seen on one Xeon: 0.575 against 0.56875, one of 160 queries)
+    one_query = 1 / (trainer.cfg.val_episodes * trainer.cfg.ways * trainer.cfg.queries)
+    assert ends[0.0][0] == pytest.approx(ends[1e-9][0], abs=one_query + 1e-9)
     # G's concepts, close (not its raw weights, nor to 1e-6: a conv bias before BatchNorm gets only a
     # float-noise gradient, which Adam turns into full-size steps that differ between any two runs;
     # the running means then lag behind them a little differently)

@@ -211,7 +211,7 @@ def _highlight(fig, rows: list[int]) -> None:
     wanted = set(rows)
     for trace in fig.data:
         cd = getattr(trace, "customdata", None)
-        if cd is None or trace.type != "scattergl":
+        if cd is None or trace.type not in ("scatter", "scattergl"):
             continue
         trace.selectedpoints = [i for i, c in enumerate(cd) if int(c[0]) in wanted] if wanted else None
 

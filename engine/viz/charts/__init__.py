@@ -16,7 +16,8 @@ One module per chart family, one shared look (style.py):
   nearest_neighbours(concepts, index, k=8) -> rows (a data helper)   thumbnails.py
 
 Every figure has a stable layout.uirevision (zoom and selections survive live refreshes), and
-bad input raises ValueError saying what is wrong. Point sets are WebGL (go.Scattergl).
+bad input raises ValueError saying what is wrong. Concept-map points are SVG
+(go.Scatter) up to concept_map.WEBGL_FROM points, WebGL (go.Scattergl) above.
 """
 from engine.viz.charts.adaptation_live import live_adaptation_curves
 from engine.viz.charts.concept_map import COLOR_BY, concept_map, concept_map_pca, pca_2d

@@ -164,10 +164,22 @@ def _hover_d(probe, snapshot, rows: int) -> list[str]:
 HOVER = "<b>%{customdata[1]}</b><br>%{customdata[2]} · image %{customdata[3]}%{text}<extra></extra>"
 
 
+# A probe of a few hundred points is drawn as SVG: on a machine without a GPU, Chromium reads a WebGL
+# canvas back on every redraw, so a live map in WebGL took a watched run's CPU (bench live --browser:
+# Chromium 0.52 -> 0.40 of a core for 150 points). WebGL from here up, where SVG gets slow.
+WEBGL_FROM = 1000
+
+
+def point_kind(rows: int) -> type[go.Scatter] | type[go.Scattergl]:
+    """The plotly trace class for a point set of `rows` points (see WEBGL_FROM)."""
+    return go.Scattergl if rows >= WEBGL_FROM else go.Scatter
+
+
 def point_traces(xy: np.ndarray, probe: Probe, snapshot: Snapshot | None, color_by: str, colors: ClassColors,
-                 splits: list[int] | None = None) -> list[go.Scattergl]:
-    """One Scattergl per split present (in split order), markers shaped by split."""
+                 splits: list[int] | None = None) -> list[go.Scatter | go.Scattergl]:
+    """One points trace per split present (in split order), markers shaped by split."""
     split = np.asarray(probe["split"])
+    kind = point_kind(len(split))
     present = splits if splits is not None else [c for c in SPLIT_NAMES if (split == c).any()]
     fill = np.asarray(point_colors(probe, snapshot, color_by, colors), dtype=object)
     d_line = np.asarray(_hover_d(probe, snapshot, len(split)), dtype=object)
@@ -181,7 +193,7 @@ def point_traces(xy: np.ndarray, probe: Probe, snapshot: Snapshot | None, color_
         custom[:, 2] = SPLIT_NAMES[code]
         custom[:, 3] = index[rows]
         color = SPLIT_COLORS[code] if color_by == "split" else fill[rows].tolist()
-        traces.append(trace(go.Scattergl,
+        traces.append(trace(kind,
             x=xy[rows, 0].astype(np.float32), y=xy[rows, 1].astype(np.float32), mode="markers",
             name=SPLIT_NAMES[code], legendgroup=SPLIT_NAMES[code], showlegend=False,
             marker=dict(symbol=SPLIT_SYMBOLS[code], size=SPLIT_SIZES[code], color=color, opacity=0.92,
@@ -191,7 +203,7 @@ def point_traces(xy: np.ndarray, probe: Probe, snapshot: Snapshot | None, color_
 
 
 def point_updates(xy: np.ndarray, probe: Probe, snapshot: Snapshot | None, color_by: str, colors: ClassColors,
-                  splits: list[int]) -> list[go.Scattergl]:
+                  splits: list[int]) -> list[go.Scatter | go.Scattergl]:
     """What changes between two snapshots of point_traces (positions, D's hover line, colours
     that depend on D): an animation frame carries only this."""
     split = np.asarray(probe["split"])
@@ -206,7 +218,7 @@ def point_updates(xy: np.ndarray, probe: Probe, snapshot: Snapshot | None, color
             upd["text"] = d_line[rows].tolist()
         if fill is not None:
             upd["marker"] = dict(color=fill[rows].tolist())
-        out.append(trace(go.Scattergl, **upd))
+        out.append(trace(point_kind(len(split)), **upd))
     return out
 
 
