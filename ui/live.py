@@ -46,7 +46,9 @@ SESSION_KEY = "_conceptscape_live_map"  # st.session_state[SESSION_KEY]: this se
 # the live view redraws every 2 s: a map moves at each redraw (a snapshot comes every ~1.5 s), and each redraw
 # costs the browser CPU that a 2-core machine takes from training (bench live --browser)
 REFRESH_S = 2.0
-CURVES_S = 2.0  # while training, the training curves are drawn again at most this often (each step adds to them)
+# while training, the training curves are drawn again at most this often (each step adds to them, and each
+# redraw costs the browser CPU that training needs: at 2 s, a fifth of a core; bench live --browser)
+CURVES_S = 6.0
 PLAY_TICK_S = 0.4  # the replay's frame interval
 SETTING_WIDTH = 200  # px, the map's settings' select boxes
 # map and curves side by side where both have room (3 : 2), else the curves below the map

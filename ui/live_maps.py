@@ -27,7 +27,9 @@ LATEST = "latest"
 MAX_THUMBS = 64
 NEIGHBOURS = 8
 FIGURES_KEY = "_conceptscape_live_figures"  # st.session_state: name -> (version, figure, built at)
-TWIN_MAP_S = 1.5  # while training, the twin's map is drawn again at most this often (snapshots come every ~2 s)
+# while training, the twin's map is laid out and drawn again at most this often (the run's map: at every
+# snapshot, ~2 s); every 2 s as well, the two maps cost a watched run a tenth of its speed (bench live --browser)
+TWIN_MAP_S = 4.0
 PLAY_S = 10.0  # "▶ Play" replays from the first snapshot to the latest in this many seconds
 # the plot toolbars keep only the tools these charts need, so they stay clear of the titles on narrow screens
 _NOT_NEEDED = ["toImage", "zoomIn2d", "zoomOut2d", "autoScale2d"]
@@ -48,6 +50,16 @@ def cached_figure(name: str, version: tuple, build, min_interval: float = 0.0):
     fig = build()
     store[name] = (version, fig, now)
     return fig
+
+
+def recent_figure(name: str, settings: tuple, within: float):
+    """The figure cached_figure kept as `name` if it was built less than `within` s ago with these
+    `settings` (the first item of its version), else None: what lets a caller skip the work that
+    comes before building it."""
+    kept = st.session_state.get(FIGURES_KEY, {}).get(name)
+    if kept is not None and kept[0][0] == settings and time.monotonic() - kept[2] < within:
+        return kept[1]
+    return None
 
 
 def has_twin_map(view) -> bool:
@@ -92,26 +104,27 @@ def _side_title(lam) -> str:
 
 def _twin_map(lm: LiveMap, view, key: str, prefs: dict, height: int, ref_xy, step: int, live: bool = False) -> None:
     """The twin's map: its snapshot at (or just before) the step on the run's map, aligned onto it.
-    `live` (training, no replay): drawn again at most every TWIN_MAP_S (each run's snapshots would
-    otherwise redraw it: twice as often as either map changes)."""
+    `live` (training, no replay): laid out and drawn again at most every TWIN_MAP_S, unless a setting
+    changed (each laid-out frame costs a UMAP refit that a 2-core machine takes from training)."""
     twin, method = view.twin_dir, prefs["method"]
+    name = "its DEML run" if view.lam == 0 else method_label(0.0)
+    settings = (twin, method, prefs["color"], prefs["regions"], name, height)
+    fig = recent_figure(f"{key}_twin_map", settings, TWIN_MAP_S) if live else None
     try:
-        xy, regions, snap = lm.twin_frame(view.twin_snapshots, view.twin_probe, ref_xy, step, run=twin,
-                                          method=method, regions=prefs["regions"])
-        if xy is None:
-            st.caption("The twin's map appears with its first snapshot.")
-            return
-        shown = lm.method_shown(twin, method) or method
-        color = prefs["color"] if prefs["color"] in ("class", "split") or "disc_pred" in snap else "class"
-        note = f"{METHOD_LABELS.get(shown, shown)}, turned to match the map beside it"
-        name = "its DEML run" if view.lam == 0 else method_label(0.0)
-        fig = cached_figure(f"{key}_twin_map", (twin, int(snap["step"]), lm.layout_version(twin, method),
-                                                lm.layout_version(view.run_dir, method), note, color,
-                                                name, height, regions is not None), lambda: concept_map(
-                          xy, view.twin_probe, snap, color_by=color, regions=regions, method_note=note,
-                          title=f"{name} · step {int(snap['step'])}",
-                          uirevision=f"{key}-twinmap-{twin}-{method}", height=height),
-                            min_interval=TWIN_MAP_S if live else 0.0)
+        if fig is None:
+            xy, regions, snap = lm.twin_frame(view.twin_snapshots, view.twin_probe, ref_xy, step, run=twin,
+                                              method=method, regions=prefs["regions"])
+            if xy is None:
+                st.caption("The twin's map appears with its first snapshot.")
+                return
+            shown = lm.method_shown(twin, method) or method
+            color = prefs["color"] if prefs["color"] in ("class", "split") or "disc_pred" in snap else "class"
+            note = f"{METHOD_LABELS.get(shown, shown)}, turned to match the map beside it"
+            fig = cached_figure(f"{key}_twin_map", (settings, int(snap["step"]), lm.layout_version(twin, method),
+                                                    lm.layout_version(view.run_dir, method), note, regions is not None),
+                                lambda: concept_map(xy, view.twin_probe, snap, color_by=color, regions=regions,
+                                                    method_note=note, title=f"{name} · step {int(snap['step'])}",
+                                                    uirevision=f"{key}-twinmap-{twin}-{method}", height=height))
     except ValueError as e:
         st.warning(f"The twin's concept map cannot be drawn: {e}")
         return
