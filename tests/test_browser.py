@@ -127,8 +127,9 @@ def plot_data(page) -> list[list[dict]]:
 
 
 def wait_for_map(page, key: str = "live_map") -> None:
-    """Until the concept map with this key (ui.glide_map: a plot in an iframe) is drawn."""
-    page.frame_locator(f".st-key-{key} iframe").locator(".main-svg").first.wait_for()
+    """Until the concept map with this key (ui.glide_map: a plot in an iframe) has its points drawn
+    (before the first snapshot the frame holds a message)."""
+    page.frame_locator(f".st-key-{key} iframe").locator(".scatterlayer path.point").first.wait_for()
 
 
 def concept_map_points(page) -> list[float] | None:

@@ -26,6 +26,7 @@ from engine.viz.charts import (
     thumbnail_grid,
     tile,
     training_curves,
+    waiting_map,
 )
 from engine.viz.charts.concept_map import WEBGL_FROM, ClassColors
 from engine.viz.charts.style import (
@@ -815,3 +816,11 @@ def test_concept_map_and_replay_from_a_real_run():
     assert len(anim.to_json()) < 400_000  # frames stay small
     assert training_curves(metrics).layout.uirevision == "training-curves"
     assert len(points(concept_map_pca(probe, snaps[-1]))) == 3
+
+
+def test_waiting_map_is_an_empty_frame_of_the_maps_size_with_its_message():
+    fig = waiting_map("appears soon", title="DEML (λ = 3)", height=430)
+    assert not fig.data and fig.layout.height == 430
+    assert [a.text for a in fig.layout.annotations] == ["appears soon"]
+    assert "DEML (λ = 3)" in fig.layout.title.text
+    assert fig.layout.xaxis.visible is False and fig.layout.yaxis.visible is False

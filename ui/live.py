@@ -3,7 +3,8 @@ training curves, the replay slider and the images behind a selection.
 
     live_view(run_dir, presenter=presenter())
 
-It refreshes every REFRESH_S (2 s) while the run (or the lambda = 0 twin beside it) trains, inside
+It refreshes every REFRESH_S (2 s) while the run (or the lambda = 0 twin beside it) trains (every
+FIRST_MAP_S until the first snapshot, so the first map comes as soon as it can), inside
 `st.fragment(run_every=REFRESH_S)`, so the rest of the page never reruns and nothing blocks. When the run
 ends, the fragment that was polling asks for ONE full rerun, which draws the page without polling;
 a fragment that was not polling never does (that is what keeps it from rerunning forever). State
@@ -33,7 +34,14 @@ from engine.eval.twins import method_label
 from engine.learners import LEARNERS
 from engine.records import PAUSABLE, RunState, adaptation_records
 from engine.runs import RunDir
-from engine.services.training import is_active, is_demo_dir, pause_runs, resume_runs, stop_runs
+from engine.services.training import (
+    awaits_first_snapshot,
+    is_active,
+    is_demo_dir,
+    pause_runs,
+    resume_runs,
+    stop_runs,
+)
 from engine.viz import project
 from engine.viz.charts import live_adaptation_curves, training_curves
 from engine.viz.live import LiveMap
@@ -46,6 +54,7 @@ SESSION_KEY = "_conceptscape_live_map"  # st.session_state[SESSION_KEY]: this se
 # the live view redraws every 2 s: a map moves at each redraw (a snapshot comes every ~1.5 s), and each redraw
 # costs the browser CPU that a 2-core machine takes from training (bench live --browser)
 REFRESH_S = 2.0
+FIRST_MAP_S = 0.5  # until the first snapshot, so the first map is drawn as soon as there is one
 # while training, the training curves are drawn again at most this often (each step adds to them, and each
 # redraw costs the browser CPU that training needs: at 2 s, a fifth of a core; bench live --browser)
 CURVES_S = 6.0
@@ -101,11 +110,13 @@ def live_view(run_dir: str | None, *, key: str = "live", presenter: bool = False
 
 
 def _interval(run_dir: str | None, key: str) -> float | None:
-    """How often the live view redraws itself: quickly while a replay plays, every REFRESH_S while
-    the run trains, never otherwise."""
+    """How often the live view redraws itself: quickly while a replay plays or the first snapshot is
+    awaited, every REFRESH_S while the run trains, never otherwise."""
     if st.session_state.get(f"_{key}_playing") is not None:
         return PLAY_TICK_S
-    return REFRESH_S if is_active(run_dir) else None
+    if not is_active(run_dir):
+        return None
+    return FIRST_MAP_S if awaits_first_snapshot(run_dir) else REFRESH_S
 
 
 # ------------------------------------------------------------------------------------------------

@@ -17,7 +17,8 @@ import numpy as np
 import streamlit as st
 
 from engine.eval.twins import method_label
-from engine.viz.charts import concept_map, nearest_neighbours, thumbnail_grid
+from engine.records import ACTIVE
+from engine.viz.charts import concept_map, nearest_neighbours, thumbnail_grid, waiting_map
 from engine.viz.live import LiveMap, selected_rows
 from ui.glide_map import glide_chart
 
@@ -63,24 +64,29 @@ def recent_figure(name: str, settings: tuple, within: float):
 
 
 def has_twin_map(view) -> bool:
-    """Whether the view shows the twin's map beside the run's (the twin has snapshots on the same probe)."""
-    return bool(view.twin_snapshots) and view.twin_probe is not None and view.probe is not None \
-        and len(view.twin_probe["split"]) == len(view.probe["split"])
+    """Whether the view shows the twin's map beside the run's: the twin has snapshots, or trains and
+    will have them, on the same probe. Decided from the start of training, so that neither map's
+    element moves (a moved element is a new frame that loads plotly.js again) when the first come."""
+    if view.twin_dir is None or not (view.twin_snapshots or view.twin_state in ACTIVE):
+        return False
+    return view.twin_probe is None or view.probe is None or len(view.twin_probe["split"]) == len(view.probe["split"])
 
 
 def map_pair(lm: LiveMap, view, key: str, prefs: dict, height: int, presenter: bool = False,
              maps=None, replay=None) -> None:
     """The run's map, and the twin's beside it (same method, same step, aligned onto the run's map)
     when it has one, drawn in the container `maps`; the replay slider in `replay` (both default to
-    where this is called, the slider above the maps)."""
+    where this is called, the slider above the maps). While training waits for its first snapshot,
+    each map's element holds a message: its page and plotly.js load meanwhile."""
     replay = replay or st.container(horizontal=True, vertical_alignment="bottom")
     maps = maps or st.container()
-    if not view.snapshots or view.probe is None:
-        if view.active:
-            maps.info("The concept map appears with the first snapshot, a few seconds after training starts.")
+    drawable = bool(view.snapshots) and view.probe is not None
+    if not drawable and not view.active:
         return
-    with replay:
-        step = _replay_step(view, key)
+    step = None
+    if drawable:
+        with replay:
+            step = _replay_step(view, key)
     with maps:
         _maps(lm, view, key, prefs, height, step, presenter)
 
@@ -98,6 +104,12 @@ def _maps(lm: LiveMap, view, key: str, prefs: dict, height: int, step: int | Non
                   live=step is None and view.active)
 
 
+def _waiting(key: str, title: str, height: int) -> None:
+    """A map's element before its first snapshot (the same element the map is drawn in)."""
+    glide_chart(waiting_map("The concept map appears with the first snapshot,<br>a few seconds after training starts.",
+                            title=title, height=height), key=key, height=height, config=MAP_TOOLS)
+
+
 def _side_title(lam) -> str:
     return "Concept space" if lam is None else method_label(lam)
 
@@ -108,6 +120,9 @@ def _twin_map(lm: LiveMap, view, key: str, prefs: dict, height: int, ref_xy, ste
     changed (each laid-out frame costs a UMAP refit that a 2-core machine takes from training)."""
     twin, method = view.twin_dir, prefs["method"]
     name = "its DEML run" if view.lam == 0 else method_label(0.0)
+    if ref_xy is None or not view.twin_snapshots or view.twin_probe is None:
+        _waiting(f"{key}_twin_map", name, height)
+        return
     settings = (twin, method, prefs["color"], prefs["regions"], name, height)
     fig = recent_figure(f"{key}_twin_map", settings, TWIN_MAP_S) if live else None
     try:
@@ -115,7 +130,7 @@ def _twin_map(lm: LiveMap, view, key: str, prefs: dict, height: int, ref_xy, ste
             xy, regions, snap = lm.twin_frame(view.twin_snapshots, view.twin_probe, ref_xy, step, run=twin,
                                               method=method, regions=prefs["regions"])
             if xy is None:
-                st.caption("The twin's map appears with its first snapshot.")
+                _waiting(f"{key}_twin_map", name, height)
                 return
             shown = lm.method_shown(twin, method) or method
             color = prefs["color"] if prefs["color"] in ("class", "split") or "disc_pred" in snap else "class"
@@ -176,6 +191,9 @@ def _map_panel(lm: LiveMap, view, key: str, prefs: dict, height: int, step: int 
                title: str | None = None, presenter: bool = False) -> tuple[np.ndarray | None, dict | None]:
     """The run's map at replay `step` (None: live); returns (xy, snapshot) shown, for the twin's beside it."""
     run, method, want_regions = view.run_dir, prefs["method"], prefs["regions"]
+    if not view.snapshots or view.probe is None:
+        _waiting(f"{key}_map", title or "Concept space", height)
+        return None, None
     try:
         if step is None:
             xy, regions, note = lm.refresh(view.snapshots, view.probe, run=run, method=method, regions=want_regions)

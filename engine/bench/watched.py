@@ -1,6 +1,7 @@
 """What a watched demo costs, in a real browser (python -m engine bench live --browser): the app is
 served (`streamlit run app.py`, runs in a temporary folder), Chromium opens it and presses Start demo
-(the demo and its lambda = 0 twin train inside the server, as for a visitor), then the live view is
+(the demo and its lambda = 0 twin train inside the server, as for a visitor; the time from that click
+to the first concept map, on this fresh server, is reported too), then the live view is
 open (watched) and closed (about:blank: no session refreshes anything) in alternating windows, each
 starting settle_s after the switch (the rest of the page loads in that time: a viewer loads it once).
 Steps/s of the DEML run come from its metrics.jsonl at each window's ends; the result is the median
@@ -156,8 +157,13 @@ def watched_ratio(rounds: int = 4, window_s: float = 15.0, warm_s: float = 10.0,
                 page.set_default_timeout(180_000)
                 page.goto(url)
                 page.get_by_role("button", name="Start demo").click()
-                map_drawn = page.frame_locator(".st-key-live_map iframe").locator(".main-svg").first  # ui.glide_map
+                clicked = time.monotonic()
+                # a marker drawn on the map (ui.glide_map's frame; before the first snapshot it holds a message)
+                map_drawn = page.frame_locator(".st-key-live_map iframe").locator(".scatterlayer path.point").first
                 map_drawn.wait_for()
+                click_to_map = time.monotonic() - clicked
+                print(f"[watched] Start demo to the first concept map on a fresh server: {click_to_map:.1f} s",
+                      file=log, flush=True)
                 run = urllib.parse.parse_qs(urllib.parse.urlparse(page.url).query)["run"][0]
                 run_dir = Path(run) if Path(run).is_absolute() else REPO / run
                 time.sleep(warm_s)  # past the first steps' one-off costs
@@ -187,7 +193,7 @@ def watched_ratio(rounds: int = 4, window_s: float = 15.0, warm_s: float = 10.0,
             except subprocess.TimeoutExpired:
                 proc.kill()
     ratios = [w / u for w, u in zip(rates["watched"], rates["unwatched"]) if u > 0]
-    return {"rounds": rounds, "window_s": window_s, "steps_per_s": rates,
+    return {"click_to_map_s": round(click_to_map, 2), "rounds": rounds, "window_s": window_s, "steps_per_s": rates,
             "ratio_median": round(statistics.median(ratios), 3) if ratios else None,
             "cores_used_median": {mode: {p: round(statistics.median(w[p] for w in windows), 3) for p in windows[0]}
                                   for mode, windows in cores.items() if windows and windows[0]},

@@ -154,6 +154,12 @@ def is_active(run_dir: str | None, registry: JobRegistry = REGISTRY) -> bool:
     return bool(run_dir) and jobs[0] is None and RunDir(run_dir).locked_by() is not None
 
 
+def awaits_first_snapshot(run_dir: str | None, registry: JobRegistry = REGISTRY) -> bool:
+    """Is the run's job here starting or training with no snapshot yet (its map not drawable)?"""
+    job, _ = run_jobs(run_dir, registry)
+    return job is not None and not job.done and not job.snapshots()
+
+
 def confined(run_dir: str, root=None) -> list[str]:
     """The run and its twin's folder, each checked to lie strictly inside the runs root (UserError
     otherwise): the app acts only on runs there, however a path reached it."""

@@ -356,6 +356,18 @@ def concept_map(xy, probe: Probe, snapshot: Snapshot | None = None, color_by: st
     return fig
 
 
+def waiting_map(message: str, title: str = "Concept space", height: int = 560) -> go.Figure:
+    """The concept map's frame before its first snapshot: `message` where the points will be (the
+    app draws it in the map's own element, so the map appears in place, with nothing to load)."""
+    fig = figure()
+    fig.add_annotation(text=message, xref="paper", yref="paper", x=0.5, y=0.5, showarrow=False,
+                       font=dict(size=14, color=MUTED), name="waiting")
+    finish(fig, title=title, uirevision="waiting-map", height=height, margin=MAP_MARGIN)
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    return fig
+
+
 def pca_2d(concepts) -> np.ndarray:
     """(P, D) -> (P, 2) on the first two principal components (deterministic signs; zeros pad a
     missing second component)."""
