@@ -45,7 +45,8 @@ def _in_viewport(page, selector: str, width: int, height: int) -> dict:
 
 @pytest.mark.parametrize("width,height", [(1366, 768), (1920, 1080)])
 def test_presenter_view_fits_the_screen(browser, server, workdir, tmp_path, width, height):  # noqa: F811
-    """Both concept maps (DEML and its λ = 0 twin), the curves and the paired headline on one screen."""
+    """Both concept maps (DEML and its λ = 0 twin), their plots level, the training and adaptation
+    curves and the paired headline on one screen."""
     shots = Path(os.environ.get("CONCEPTSCAPE_SHOTS", tmp_path))
     shots.mkdir(parents=True, exist_ok=True)
     run = str(workdir / "runs" / "20260101-120000-demo")
@@ -75,6 +76,11 @@ def test_presenter_view_fits_the_screen(browser, server, workdir, tmp_path, widt
         maps = [_in_viewport(page, f".st-key-{c} iframe", width, height) for c in ("live_map", "live_twin_map")]
         assert maps[0]["right"] <= maps[1]["left"]  # side by side, the DEML map first
         _in_viewport(page, ".st-key-live_curves .main-svg", width, height)
+        _in_viewport(page, ".st-key-live_adaptation .main-svg", width, height)  # whole, not cut at the bottom
+        # the two maps' plots level with each other (D's region caption over the DEML one only)
+        plots = [page.frame_locator(f".st-key-{c} iframe").locator(".nsewdrag").first.bounding_box()
+                 for c in ("live_map", "live_twin_map")]
+        assert abs(plots[0]["y"] - plots[1]["y"]) <= 2, plots
         title = page.frame_locator(".st-key-live_twin_map iframe").locator(".gtitle").first.text_content()
         assert title.startswith("vanilla (λ = 0) · step 8")
 

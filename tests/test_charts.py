@@ -290,7 +290,7 @@ def test_regions_only_for_the_probes_external_classes_with_a_key(probe, xy):
     assert np.isnan(z[~shown]).all() and not np.isnan(z[shown]).any()  # other classes blank
     assert heat.hoverongaps is False
     header, *keys = [t for t in fig.data if t.showlegend and t.legendgroup == "regions"]
-    assert "D's regions" in header.name  # the key says what it is
+    assert header.name == "<b>D's regions</b> (3 of 5):"  # the key says what it is, and how many of D's classes
     assert [t.name for t in keys] == ["ext-class-0", "ext-class-1", "ext-class-2"]  # classes 1, 2, 3 by name
     colors = ClassColors(probe)
     assert [t.marker.color for t in keys] == [colors.external(c) for c in (1, 2, 3)]
@@ -307,7 +307,7 @@ def test_regions_caption_over_the_plot_never_on_it(probe, xy):
     caption = next(a for a in fig.layout.annotations if a.name == "regions")
     flat = caption.text.replace("<br>", " ")
     assert REGION_CAPTION in flat and "approximate" in flat
-    assert "the probe's 3 of 5 classes shaded" in flat
+    assert caption.text.count("<br>") == 1  # two short lines
     for a in fig.layout.annotations:  # every note sits above the plot area
         assert a.yref == "paper" and a.y >= 1 and a.yanchor == "bottom"
     sub = next(a for a in fig.layout.annotations if a.name == "subtitle")

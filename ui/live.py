@@ -77,6 +77,9 @@ PAIR_FLEX = {True: "4 1 720px",  # presenter view: the two maps and the curves i
 PAIR_MIN = {True: "0px", False: "380px"}
 PRESENTER_MAP_HEIGHT = 470  # px: headline, status and replay above it still fit a 768 px high screen
 PRESENTER_PAIR_HEIGHT = 400  # px, each of the two maps (D's key adds its rows below the DEML one) on 768 px
+# px, presenter view: the training curves and the adaptation curves under them, together as tall as the
+# maps with the replay under them (a 768 px high screen shows both whole, under the headline)
+PRESENTER_CURVES_HEIGHTS = (390, 230)
 MAP_HEIGHT = 560  # px, outside presenter view (one map)
 PAIR_HEIGHT = 520  # px, outside presenter view, each of the two maps side by side
 
@@ -161,8 +164,8 @@ def _render(run_dir: str | None, key: str, presenter: bool, empty_hint: str | No
             map_pair(lm, view, key, prefs, height=heights[0] if presenter else heights[1], presenter=presenter,
                      maps=maps, replay=below)
         with st.container(key=f"{key}_curvescol"):
-            _curves_panel(view, key, height=(PRESENTER_PAIR_HEIGHT + 100 if pair else PRESENTER_MAP_HEIGHT + 60)
-                          if presenter else None, metric=not (presenter and pair))
+            heights = PRESENTER_CURVES_HEIGHTS if presenter else (None, None)
+            _curves_panel(view, key, height=heights[0], adaptation_height=heights[1], metric=not (presenter and pair))
 
 
 def headline(view) -> str:
@@ -226,7 +229,7 @@ def _notes(view, presenter: bool) -> None:
     elif view.state == RunState.ELSEWHERE:
         st.caption(f"another process trains this run ({view.holder}): what it has written so far is shown; "
                    "Resume is off until that training ends")
-    elif view.source == "disk":
+    elif view.source == "disk" and not presenter:  # presenter view: the headline says the step
         secs = p.get("seconds") or 0.0
         st.caption(f"saved run: {p.get('step', 0)} of {p.get('steps', 0)} steps, {secs:.0f} s of training")
         if view.twin_state == RunState.ELSEWHERE:
@@ -287,7 +290,8 @@ def _twin_label(view) -> str:
     return "its DEML run (λ > 0)" if view.lam == 0 else "λ = 0 twin"
 
 
-def _curves_panel(view, key: str, height: int | None, metric: bool = True) -> None:
+def _curves_panel(view, key: str, height: int | None, adaptation_height: int | None = None,
+                  metric: bool = True) -> None:
     """The validation accuracy (`metric`; presenter view with the pair has the headline instead), the
     training curves and the adaptation curves."""
     summary = val_summary(view.metrics, view.twin_metrics) if metric else None
@@ -315,10 +319,10 @@ def _curves_panel(view, key: str, height: int | None, metric: bool = True) -> No
         st.warning(f"The training curves cannot be drawn: {e}")
         return
     st.plotly_chart(fig, key=f"{key}_curves", width="stretch", theme=None, config=CURVE_TOOLS)
-    _adaptation_panel(view, key)
+    _adaptation_panel(view, key, adaptation_height)
 
 
-def _adaptation_panel(view, key: str) -> None:
+def _adaptation_panel(view, key: str, height: int | None = None) -> None:
     """Under the training curves: the adaptation curve measured at each validation (the DEML run solid,
     its λ = 0 twin dashed; the latest bold, earlier ones fading)."""
     main, twin = view.metrics, view.twin_metrics or None
@@ -329,9 +333,10 @@ def _adaptation_panel(view, key: str) -> None:
             st.caption("The adaptation curve appears with the first validation.")
         return
     try:
-        version = (view.run_dir, len(adaptation_records(main)), len(adaptation_records(twin or [])), twin is None)
+        version = (view.run_dir, len(adaptation_records(main)), len(adaptation_records(twin or [])), twin is None, height)
         fig = cached_figure(f"{key}_adaptation", version, lambda: live_adaptation_curves(
-            main, twin, name="DEML" if twin is not None else "this run", uirevision=f"{key}-adaptation-{view.run_dir}"))
+            main, twin, name="DEML" if twin is not None else "this run", uirevision=f"{key}-adaptation-{view.run_dir}",
+            height=height))
     except ValueError as e:
         st.warning(f"The adaptation curves cannot be drawn: {e}")
         return

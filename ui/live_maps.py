@@ -98,10 +98,11 @@ def _maps(lm: LiveMap, view, key: str, prefs: dict, height: int, step: int | Non
     with st.container(horizontal=True, gap="small"):  # ui.live's CSS: one under the other when narrow
         left, right = st.container(key=f"{key}_side_run"), st.container(key=f"{key}_side_twin")
     with left:
-        ref, snap = _map_panel(lm, view, key, prefs, height, step, title=_side_title(view.lam), presenter=presenter)
+        ref, snap, top = _map_panel(lm, view, key, prefs, height, step, title=_side_title(view.lam),
+                                    presenter=presenter)
     with right:
         _twin_map(lm, view, key, prefs, height, ref, int(snap["step"]) if snap is not None else 0,
-                  live=step is None and view.active)
+                  live=step is None and view.active, top=top)
 
 
 def _waiting(key: str, title: str, height: int) -> None:
@@ -114,8 +115,10 @@ def _side_title(lam) -> str:
     return "Concept space" if lam is None else method_label(lam)
 
 
-def _twin_map(lm: LiveMap, view, key: str, prefs: dict, height: int, ref_xy, step: int, live: bool = False) -> None:
-    """The twin's map: its snapshot at (or just before) the step on the run's map, aligned onto it.
+def _twin_map(lm: LiveMap, view, key: str, prefs: dict, height: int, ref_xy, step: int, live: bool = False,
+              top: int = 0) -> None:
+    """The twin's map: its snapshot at (or just before) the step on the run's map, aligned onto it,
+    its plot level with it (`top`: the run's map's top margin, taller with D's region caption).
     `live` (training, no replay): laid out and drawn again at most every TWIN_MAP_S, unless a setting
     changed (each laid-out frame costs a UMAP refit that a 2-core machine takes from training)."""
     twin, method = view.twin_dir, prefs["method"]
@@ -136,10 +139,12 @@ def _twin_map(lm: LiveMap, view, key: str, prefs: dict, height: int, ref_xy, ste
             color = prefs["color"] if prefs["color"] in ("class", "split") or "disc_pred" in snap else "class"
             note = f"{METHOD_LABELS.get(shown, shown)}, turned to match the map beside it"
             fig = cached_figure(f"{key}_twin_map", (settings, int(snap["step"]), lm.layout_version(twin, method),
-                                                    lm.layout_version(view.run_dir, method), note, regions is not None),
+                                                    lm.layout_version(view.run_dir, method), note, regions is not None,
+                                                    top),
                                 lambda: concept_map(xy, view.twin_probe, snap, color_by=color, regions=regions,
                                                     method_note=note, title=f"{name} · step {int(snap['step'])}",
-                                                    uirevision=f"{key}-twinmap-{twin}-{method}", height=height))
+                                                    uirevision=f"{key}-twinmap-{twin}-{method}", height=height,
+                                                    min_top=top))
     except ValueError as e:
         st.warning(f"The twin's concept map cannot be drawn: {e}")
         return
@@ -188,12 +193,13 @@ def _play(key: str, span: tuple[int, int] | None) -> None:
 
 
 def _map_panel(lm: LiveMap, view, key: str, prefs: dict, height: int, step: int | None,
-               title: str | None = None, presenter: bool = False) -> tuple[np.ndarray | None, dict | None]:
-    """The run's map at replay `step` (None: live); returns (xy, snapshot) shown, for the twin's beside it."""
+               title: str | None = None, presenter: bool = False) -> tuple[np.ndarray | None, dict | None, int]:
+    """The run's map at replay `step` (None: live); returns what the twin's map beside it follows:
+    (xy, snapshot) shown and the figure's top margin (0 when none is drawn)."""
     run, method, want_regions = view.run_dir, prefs["method"], prefs["regions"]
     if not view.snapshots or view.probe is None:
         _waiting(f"{key}_map", title or "Concept space", height)
-        return None, None
+        return None, None, 0
     try:
         if step is None:
             xy, regions, note = lm.refresh(view.snapshots, view.probe, run=run, method=method, regions=want_regions)
@@ -222,7 +228,7 @@ def _map_panel(lm: LiveMap, view, key: str, prefs: dict, height: int, step: int 
                                            color, title, height, tuple(rows)), build)
     except ValueError as e:  # e.g. concepts went NaN: say so, keep the page
         st.warning(f"The concept map cannot be drawn: {e}")
-        return None, None
+        return None, None, 0
     picked = selected_rows(glide_chart(fig, key=f"{key}_map", height=height, config=MAP_TOOLS))
     if picked and picked != st.session_state.get(f"_{key}_taken"):
         # the map hands back its last selection at every redraw: so the rows are kept here, drawn as
@@ -234,7 +240,7 @@ def _map_panel(lm: LiveMap, view, key: str, prefs: dict, height: int, step: int 
     elif not presenter:  # a room watches presenter view: no how-to under the map
         st.caption("Lasso or box-select points (tools at the top right of the map) to see their images; "
                    "click one point to see its nearest neighbours in concept space.")
-    return xy, snap
+    return xy, snap, int(fig.layout.margin.t or 0)
 
 
 def _highlight(fig, rows: list[int]) -> None:

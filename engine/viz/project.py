@@ -288,7 +288,7 @@ class ConceptProjector:
             return "umap", ""
         if status == "failed":
             return "pca", f"UMAP is unavailable ({umap_error()}): showing PCA"
-        return "pca", "UMAP is warming up (first use compiles for ~10 s): showing PCA meanwhile"
+        return "pca", "PCA for now: UMAP is getting ready (~10 s)"
 
     def _fit_raw(self, X: np.ndarray, method: str, init: np.ndarray | None, n_epochs: int | None = None,
                  refine: bool = False, learning_rate: float = 1.0) -> np.ndarray:

@@ -52,7 +52,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 GRID_MARGIN = 0.15  # fraction of the layout's extent added around it, for every region grid
 EXACT_METHOD = "exact: D itself on the PCA plane"
-APPROX_METHOD = "approximate: D's answers at the nearest probe points (UMAP/t-SNE)"
+APPROX_METHOD = "approximate: D at the nearest points (UMAP/t-SNE)"
 
 
 def grid_axes(xy: np.ndarray, bounds: tuple[float, float, float, float] | None = None,

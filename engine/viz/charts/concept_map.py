@@ -56,11 +56,12 @@ _LEGEND = dict(orientation="v", x=1.01, xanchor="left", xref="paper", y=1.0, yan
 # run off a narrow figure; the regions' key starts with an entry of its own that says what it is)
 MAP_LEGEND = dict(orientation="h", x=0.0, xanchor="left", xref="paper", y=-0.01, yanchor="top", yref="paper",
                   font=dict(size=12))
+KEY_ROW_PX, KEY_COLUMNS = 19, 2  # the region key's height per row, and its entries per row
 REGION_LEGEND = dict(orientation="h", x=0.0, xanchor="left", xref="paper", y=0.0, yanchor="bottom",
                      yref="container", font=dict(size=12),
-                     traceorder="normal")  # one group: "normal" flows its entries in rows, not a column
-REGION_KEY_HEADER = "<b>D's regions:</b>"
-KEY_ROW_PX, KEY_COLUMNS = 19, 2  # the region key's height per row, and its entries per row on a narrow map
+                     traceorder="normal",  # one group: "normal" flows its entries in rows, not a column
+                     entrywidth=1 / KEY_COLUMNS, entrywidthmode="fraction")  # so many to a row, whatever their names
+REGION_KEY_HEADER = "<b>D's regions</b>"  # then how many of D's classes are shaded
 SPLIT_KEY_COLOR = MUTED  # a split's legend marker when colour means class or D (shape is the split)
 REGION_GROUP = "regions"
 
@@ -270,12 +271,6 @@ def region_layer(probe, colors: ClassColors, regions, *, hover: bool = True) -> 
                           shown=shown_region_classes(probe, regions), legendgroup=REGION_GROUP, legend="legend2")
 
 
-def region_text(probe, regions) -> str:
-    """The caption of a map with regions: what D is, what the shading means, exact or approximate."""
-    shown = shown_region_classes(probe, regions)
-    return region_caption(regions, None if shown is None else len(shown), len(regions.class_names))
-
-
 def region_keys(probe, colors: ClassColors, regions) -> list[go.Scatter]:
     """Legend entries naming the shaded classes, in their colours, after a header entry saying what
     they are (clicking one hides the regions)."""
@@ -283,7 +278,9 @@ def region_keys(probe, colors: ClassColors, regions) -> list[go.Scatter]:
     classes = shown if shown is not None else np.unique(np.asarray(regions.pred))
     color = region_colorer(probe, colors, regions)
     names = list(map(str, regions.class_names))
-    header = key_trace(REGION_KEY_HEADER, "rgba(0,0,0,0)", "square", group=REGION_GROUP, legend="legend2")
+    total = len(names)
+    count = f" ({len(classes)} of {total})" if shown is not None and len(classes) < total else ""  # short: 2 to a row
+    header = key_trace(f"{REGION_KEY_HEADER}{count}:", "rgba(0,0,0,0)", "square", group=REGION_GROUP, legend="legend2")
     header.marker.line.width = 0
     return [header] + [key_trace(names[c] if 0 <= c < len(names) else f"class {c}", color(int(c)), "square",
                                  group=REGION_GROUP, legend="legend2")
@@ -316,7 +313,8 @@ def top_notes(fig: go.Figure, subtitle: str, regions_text: str | None) -> int:
 
 
 def concept_map(xy, probe: Probe, snapshot: Snapshot | None = None, color_by: str = "class", regions=None, title: str | None = None,
-                uirevision: str = "concept-map", method_note: str | None = None, height: int = 560) -> go.Figure:
+                uirevision: str = "concept-map", method_note: str | None = None, height: int = 560,
+                min_top: int = 0) -> go.Figure:
     """The probe images at positions xy (P, 2), coloured by class, split, the discriminator's
     prediction or whether it is right; marker shape = split (one trace per split, a legend entry
     per split under the map). `regions` (a RegionGrid of D's predictions on this plane) is drawn
@@ -325,7 +323,8 @@ def concept_map(xy, probe: Probe, snapshot: Snapshot | None = None, color_by: st
     approximate; `method_note` (e.g. "UMAP warming up: PCA shown") goes under the title. Equal
     scale on x and y, ranges fitted to the points with a fixed margin; `height` in pixels, and the
     region key, when shown, adds its rows below (KEY_ROW_PX each, KEY_COLUMNS to a row) so it never
-    squeezes the plot into a strip."""
+    squeezes the plot into a strip. `min_top`: the top margin (px) at least this, so a map beside one
+    with more notes (D's region caption) keeps its plot level with it."""
     check_choice(color_by, "color_by", COLOR_BY)
     rows = check_probe(probe)
     xy = as_points(xy, "xy", rows)
@@ -345,7 +344,7 @@ def concept_map(xy, probe: Probe, snapshot: Snapshot | None = None, color_by: st
         height += KEY_ROW_PX * -(-len(keys) // KEY_COLUMNS)
     step = snapshot.get("step") if snapshot is not None else None
     subtitle = subtitle_lines(color_by, snapshot, method_note)
-    top = top_notes(fig, subtitle, region_text(probe, regions) if regions is not None else None)
+    top = max(int(min_top), top_notes(fig, subtitle, region_caption(regions) if regions is not None else None))
     finish(fig, title=map_title(title, "Concept space", step), uirevision=uirevision,
            height=height, margin={**MAP_MARGIN, "t": top})
     xr, yr = map_ranges([xy])

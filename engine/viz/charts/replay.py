@@ -19,7 +19,6 @@ from engine.viz.charts.concept_map import (
     point_updates,
     region_keys,
     region_layer,
-    region_text,
     split_keys,
     subtitle_lines,
 )
@@ -34,6 +33,7 @@ from engine.viz.charts.style import (
     map_axes,
     map_ranges,
     note,
+    region_caption,
 )
 
 FRAME_MS = 450  # per frame while playing
@@ -100,7 +100,7 @@ def replay(frames, probe, snapshots=None, color_by: str = "class", regions=None,
 
     def frame_note(i: int) -> str:
         r = regions[i] if regions is not None else None
-        return region_text(probe, r) if r is not None else ""
+        return region_caption(r) if r is not None else ""
 
     first = n - 1 if start == "last" else 0
     fig = go.Figure(data=frame_data(first, full=True))

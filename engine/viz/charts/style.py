@@ -290,26 +290,22 @@ def region_note(regions, what: str = "the discriminator's prediction") -> str:
     return "<br>".join([f"Shading: {what}, paler = less sure", *lines])
 
 
-REGION_CAPTION = ("Shading: the concept discriminator D's answer among the external classes — "
-                  "stronger colour = more confident")
+REGION_CAPTION = "Shading: concept discriminator D's answer · deeper = surer"
 
 
-def region_method_line(regions, shown: int | None = None, total: int | None = None) -> str:
-    """Exact or approximate, and how (the words of RegionGrid.method), plus how many classes are shaded."""
+def region_method_line(regions) -> str:
+    """Exact or approximate, and how (the words of RegionGrid.method)."""
     kind = "exact" if bool(regions.exact) else "approximate"
     method = str(regions.method or "").strip()
     how = method if method.lower().startswith(kind) else (f"{kind}: {method}" if method else kind)
-    line = f"Regions {how}"
-    if shown is not None and total is not None and shown < total:
-        line += f" · the probe's {shown} of {total} classes shaded"
-    return line
+    return f"Regions {how}"
 
 
-def region_caption(regions, shown: int | None = None, total: int | None = None, width: int = 68) -> str:
-    """The caption over a concept map with D's regions: what D is and what the shading means, then
-    whether the regions are exact or approximate (lines wrapped to `width` characters)."""
+def region_caption(regions, width: int = NOTE_WIDTH) -> str:
+    """The caption over a concept map with D's regions, two short lines: what D is and what the
+    shading means, then whether the regions are exact or approximate (wrapped to `width` characters)."""
     lines = textwrap.wrap(REGION_CAPTION, width, break_long_words=False)
-    lines += textwrap.wrap(region_method_line(regions, shown, total), width, break_long_words=False)
+    lines += textwrap.wrap(region_method_line(regions), width, break_long_words=False)
     return "<br>".join(lines)
 
 
