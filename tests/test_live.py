@@ -7,7 +7,7 @@ import pytest
 
 from engine.config import TrainConfig
 from engine.eval.twins import twin_dir_for
-from engine.services.training import is_active, new_run_dir
+from engine.services.training import awaits_first_snapshot, is_active, new_run_dir
 from engine.train.job import JobRegistry, TrainingJob
 from engine.viz import project
 from engine.viz.live import LiveMap, selected_rows
@@ -181,10 +181,11 @@ TINY = dict(dataset="glyphs:classes=60,drawings=8,seed=1", steps=6, width=8, met
 def test_read_a_run_from_its_job_and_from_disk(tmp_path):
     registry = JobRegistry()
     out = str(tmp_path / "run")
+    assert not awaits_first_snapshot(out, registry)  # no job: nothing to wait for
     job = registry.start(TrainingJob(TrainConfig(**TINY), out=out))
     assert is_active(out, registry) or job.done
     assert job.join(60) and job.state == "finished", job.error
-    assert not is_active(out, registry)
+    assert not is_active(out, registry) and not awaits_first_snapshot(out, registry)
     lm = LiveMap(warm_up=False)
     live = lm.read(out, registry)
     assert live.source == "job" and live.state == "finished" and live.device == "CPU"
@@ -196,3 +197,24 @@ def test_read_a_run_from_its_job_and_from_disk(tmp_path):
     xy, _, _ = lm.refresh(saved.snapshots, saved.probe, run=out, method="pca")
     assert xy.shape == (len(saved.probe["split"]), 2)
     assert lm.read(str(tmp_path / "missing"), registry).source == "none"
+
+
+def test_the_view_awaits_a_first_snapshot_only_while_a_job_has_none():
+    class Job:  # what awaits_first_snapshot reads of a TrainingJob
+        def __init__(self, done, snapshots):
+            self.done, self._snapshots = done, snapshots
+
+        def snapshots(self):
+            return self._snapshots
+
+    class Registry:
+        def __init__(self, job):
+            self.job = job
+
+        def get(self, run_dir):
+            return self.job if run_dir == "runs/a" else None
+
+    assert awaits_first_snapshot("runs/a", Registry(Job(False, [])))  # starting: poll quickly
+    assert not awaits_first_snapshot("runs/a", Registry(Job(False, [{"step": 0}])))  # the map can be drawn
+    assert not awaits_first_snapshot("runs/a", Registry(Job(True, [])))  # failed before any: nothing comes
+    assert not awaits_first_snapshot(None, Registry(Job(False, [])))

@@ -164,8 +164,9 @@ def _render(run_dir: str | None, key: str, presenter: bool, empty_hint: str | No
             map_pair(lm, view, key, prefs, height=heights[0] if presenter else heights[1], presenter=presenter,
                      maps=maps, replay=below)
         with st.container(key=f"{key}_curvescol"):
-            heights = PRESENTER_CURVES_HEIGHTS if presenter else (None, None)
-            _curves_panel(view, key, height=heights[0], adaptation_height=heights[1], metric=not (presenter and pair))
+            curve_heights = PRESENTER_CURVES_HEIGHTS if presenter else (None, None)
+            _curves_panel(view, key, height=curve_heights[0], adaptation_height=curve_heights[1],
+                          metric=not (presenter and pair))
 
 
 def headline(view) -> str:

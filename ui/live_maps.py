@@ -29,7 +29,8 @@ MAX_THUMBS = 64
 NEIGHBOURS = 8
 FIGURES_KEY = "_conceptscape_live_figures"  # st.session_state: name -> (version, figure, built at)
 # while training, the twin's map is laid out and drawn again at most this often (the run's map: at every
-# snapshot, ~2 s); every 2 s as well, the two maps cost a watched run a tenth of its speed (bench live --browser)
+# snapshot, ~2 s); drawn as often as the run's, it cost the browser and the server about 0.3 of a core of
+# the 2 that training needs (BENCHMARKS.md, the watched demo)
 TWIN_MAP_S = 4.0
 PLAY_S = 10.0  # "▶ Play" replays from the first snapshot to the latest in this many seconds
 # the plot toolbars keep only the tools these charts need, so they stay clear of the titles on narrow screens
