@@ -217,7 +217,7 @@ def add_arguments(parser) -> None:
 def run(args) -> dict:
     if getattr(args, "browser", False):
         from engine.bench.watched import watched_ratio
-        sizes = dict(rounds=1, window_s=3.0, warm_s=1.0, settle_s=0.5) if args.smoke else dict(rounds=check_rounds(args.rounds))
+        sizes = dict(rounds=1, window_s=3.0, warm_s=1.0, settle_s=0.5, kept_windows=1) if args.smoke else dict(rounds=check_rounds(args.rounds))
         return {"benchmark": "live", "preset": "demo", "machine": machine(), "watched": watched_ratio(**sizes)}
     sizes = {"rounds": check_rounds(args.rounds), **(SMOKE if args.smoke else {})}
     return live_benchmark(args.preset, **sizes)

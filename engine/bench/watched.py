@@ -3,7 +3,9 @@ served (`streamlit run app.py`, runs in a temporary folder), Chromium opens it a
 (the demo and its lambda = 0 twin train inside the server, as for a visitor; the time from that click
 to the first concept map, on this fresh server, is reported too), then the live view is
 open (watched) and closed (about:blank: no session refreshes anything) in alternating windows, each
-starting settle_s after the switch (the rest of the page loads in that time: a viewer loads it once).
+starting settle_s after the switch (the rest of the page loads in that time: a viewer loads it once);
+then the view is left open for kept_windows more windows, whose cores say whether watching costs
+more as the run goes on.
 Steps/s of the DEML run come from its metrics.jsonl at each window's ends; the result is the median
 of watched / unwatched over adjacent windows, so a shared, noisy machine still gives a fair ratio
 (the issue's target: >= 0.8). Where the time goes: the cores each part used in each window (Linux
@@ -138,7 +140,7 @@ def _free_port() -> int:
 
 
 def watched_ratio(rounds: int = 4, window_s: float = 15.0, warm_s: float = 10.0, settle_s: float = 3.0,
-                  log=sys.stderr) -> dict:
+                  kept_windows: int = 3, log=sys.stderr) -> dict:
     """Watched against unwatched steps/s of a demo started from the page (see the module docstring)."""
     try:
         from playwright.sync_api import sync_playwright
@@ -185,6 +187,17 @@ def watched_ratio(rounds: int = 4, window_s: float = 15.0, warm_s: float = 10.0,
                         cores[mode].append(window_cores(c0, c1, seconds) if c0 else {})
                         print(f"[watched] round {r + 1}/{rounds} {mode}: {rate:.2f} steps/s, cores used: {cores[mode][-1]}",
                               file=log, flush=True)
+                # then the page left open, as a viewer watches: does the view's cost grow with the run?
+                page.goto(f"{url}/?run={urllib.parse.quote(run)}")
+                map_drawn.wait_for()
+                time.sleep(settle_s)
+                kept_open = []
+                for k in range(kept_windows):
+                    t0, c0 = time.monotonic(), cpu_seconds(proc.pid)
+                    time.sleep(window_s)
+                    kept_open.append(window_cores(c0, cpu_seconds(proc.pid), time.monotonic() - t0) if c0 else {})
+                    print(f"[watched] kept open, window {k + 1}/{kept_windows}: cores used: {kept_open[-1]}",
+                          file=log, flush=True)
                 browser.close()
         finally:
             proc.terminate()
@@ -197,4 +210,6 @@ def watched_ratio(rounds: int = 4, window_s: float = 15.0, warm_s: float = 10.0,
             "ratio_median": round(statistics.median(ratios), 3) if ratios else None,
             "cores_used_median": {mode: {p: round(statistics.median(w[p] for w in windows), 3) for p in windows[0]}
                                   for mode, windows in cores.items() if windows and windows[0]},
-            "note": "DEML run of Start demo (its twin trains beside it), live view open vs closed, paired windows"}
+            "kept_open_cores": kept_open,
+            "note": "DEML run of Start demo (its twin trains beside it), live view open vs closed, paired windows; "
+                    "then kept_windows windows with the view left open"}
