@@ -85,7 +85,7 @@ def test_throughput_benchmark_reports_a_ratio(learner):
 
 @pytest.mark.slow
 def test_projection_benchmark_smoke():
-    from engine.bench.projection import projection_benchmark
+    from engine.bench.projection import REFINE_SWEEP, projection_benchmark
 
     result = projection_benchmark(None, points=(60,), reps=1, stability_max_points=60, log=io.StringIO())
     (row,) = result["results"]
@@ -94,6 +94,10 @@ def test_projection_benchmark_smoke():
     assert stability["frames"] == result["source"]["snapshots"]
     # the measured claim: warm-started, aligned updates move less than independent (aligned) refits
     assert stability["ratio_update_vs_aligned_refits"] < 1.0
+    sweep = row["refine_sweep"]  # each epoch count of the sweep: a time and a trustworthiness in (0, 1]
+    assert {f"epochs_{e}" for e in REFINE_SWEEP} < set(sweep) and 0 < sweep["fresh_fit_trustworthiness"] <= 1
+    assert all(sweep[f"epochs_{e}"]["update_s"] > 0 and 0 < sweep[f"epochs_{e}"]["trustworthiness"] <= 1
+               for e in REFINE_SWEEP)
 
 
 TINY_MODEL = dict(width=8, concept_dim=16, val_episodes=4, probe_classes=2, probe_per_class=2)

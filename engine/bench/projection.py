@@ -1,7 +1,7 @@
 """Benchmark of the live concept map (python -m engine bench projection [RUN_DIR]): how long a
-refresh takes (UMAP warm-started update, a cold UMAP fit, PCA, decision regions) for 500 / 2,000 /
-5,000 probe points, and how still the map stays over a run's snapshot sequence (update() frames
-against independent refits). Timings are medians within one process; stability is a ratio.
+refresh takes (UMAP warm-started update, a cold UMAP fit, PCA, decision regions) for 150 / 500 /
+2,000 / 5,000 probe points, how still the map stays over a run's snapshot sequence (update() frames
+against independent refits), and what the epochs of a warm refit buy (REFINE_SWEEP). Timings are medians within one process; stability is a ratio.
 
 Concepts come from RUN_DIR's snapshots when given (subsampled, or tiled with a small fixed jitter
 when the probe has fewer points than asked), else from synthetic drifting clusters.
@@ -145,7 +145,32 @@ def _stability(frames: list[np.ndarray], seed: int, log) -> dict:
     return out
 
 
-def projection_benchmark(run_dir: str | None, points=(500, 2000, 5000), seed: int = 0, log=sys.stderr,
+REFINE_SWEEP = (30, 50, 100)  # UMAP epochs per warm refit compared (project.REFINE_EPOCHS is the one used)
+
+
+def _refine_sweep(frames: list[np.ndarray], seed: int, log) -> dict:
+    """For each epoch count of REFINE_SWEEP: the median time of a warm refit (update) and the mean
+    trustworthiness (k=10) of the frames laid out by a projector that refits so, against fresh fits."""
+    from sklearn.manifold import trustworthiness
+
+    fresh = [ConceptProjector("umap", seed=seed).fit(f).embedding_ for f in frames]
+    out = {"fresh_fit_trustworthiness": round(float(np.mean(
+        [trustworthiness(f, e, n_neighbors=10) for f, e in zip(frames, fresh)])), 4)}
+    for epochs in REFINE_SWEEP:
+        proj = ConceptProjector("umap", seed=seed, refine_epochs=epochs).fit(frames[0])
+        times, trust = [], []
+        for f in frames[1:]:
+            t0 = time.perf_counter()
+            proj.update(f)
+            times.append(time.perf_counter() - t0)
+            trust.append(trustworthiness(f, proj.embedding_, n_neighbors=10))
+        out[f"epochs_{epochs}"] = {"update_s": round(statistics.median(times), 4),
+                                   "trustworthiness": round(float(np.mean(trust)), 4)}
+    print("  warm refit by epochs: " + ", ".join(f"{k} {v}" for k, v in out.items()), file=log, flush=True)
+    return out
+
+
+def projection_benchmark(run_dir: str | None, points=(150, 500, 2000, 5000), seed: int = 0, log=sys.stderr,
                          reps: int = 5, stability_max_points: int = 2000) -> dict:
     t_all, load_start = time.perf_counter(), _load()
     t0 = time.perf_counter()
@@ -194,6 +219,7 @@ def projection_benchmark(run_dir: str | None, points=(500, 2000, 5000), seed: in
         print("  " + ", ".join(f"{k} {v}" for k, v in r.items() if k != "points"), file=log, flush=True)
         if n <= stability_max_points and len(frames) >= 3:
             r["stability"] = _stability(frames, seed, log)
+            r["refine_sweep"] = _refine_sweep(frames, seed, log)
         results.append(r)
     import sklearn
     import umap
@@ -217,7 +243,12 @@ SMOKE = dict(points=(60,), reps=1, stability_max_points=60)
 def add_arguments(parser) -> None:
     parser.add_argument("--run", metavar="RUN_DIR", help="take concepts from this run's snapshots "
                         "(default: synthetic drifting clusters)")
+    parser.add_argument("--points", type=lambda v: tuple(int(x) for x in v.split(",")), default=None,
+                        metavar="N,N,...", help="probe sizes to measure (default 150,500,2000,5000; 150 is the demo's probe)")
 
 
 def run(args) -> dict:
-    return projection_benchmark(args.run, **(SMOKE if args.smoke else {}))
+    sizes = dict(SMOKE) if args.smoke else {}
+    if args.points:
+        sizes["points"] = args.points
+    return projection_benchmark(args.run, **sizes)

@@ -47,8 +47,8 @@ METHODS = ("umap", "pca", "tsne")
 # unchanged concepts, at the same trustworthiness as independent fits (engine.bench.projection).
 REFINE_LEARNING_RATE = 0.1
 # UMAP epochs of a warm-started refit: each live map refits at every snapshot, in the server beside the
-# training. On 150 drifting points, 50 kept the trustworthiness of 100 (0.897 against 0.900; a fresh fit
-# 0.890) in under half the time (19 against 42 ms); 30 lost it (0.862). BENCHMARKS.md, the live view.
+# training. On 150 drifting points, 50 kept the trustworthiness of 100 (0.897 against 0.896; fresh fits
+# 0.891) in 26 ms against 45; 30 lost it (0.868). `python -m engine bench projection --points 150`.
 REFINE_EPOCHS = 50
 
 # ----------------------------------------------------------------------------------------------
