@@ -166,8 +166,8 @@ HOVER = "<b>%{customdata[1]}</b><br>%{customdata[2]} · image %{customdata[3]}%{
 
 
 # A probe of a few hundred points is drawn as SVG: on a machine without a GPU, Chromium reads a WebGL
-# canvas back on every redraw, so a live map in WebGL took a watched run's CPU (bench live --browser:
-# Chromium 0.52 -> 0.40 of a core for 150 points). WebGL from here up, where SVG gets slow.
+# canvas back on every redraw (GLES2::ReadPixels in a trace of a watched demo), CPU a 2-core machine
+# takes from training (BENCHMARKS.md, the watched demo). WebGL from here up, where SVG gets slow.
 WEBGL_FROM = 1000
 
 
