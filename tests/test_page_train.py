@@ -167,6 +167,8 @@ def test_twin_trains_beside_the_run_and_pairs(page):
     charts = {**glide_maps(page), **{c.key: json.loads(c.proto.spec) for c in page.get("plotly_chart")}}
     assert list(charts)[:3] == ["live_map", "live_twin_map", "live_curves"]  # the twin's map beside the run's
     assert charts["live_twin_map"]["layout"]["title"]["text"].startswith("<b>vanilla (λ = 0) · step")
+    notes = " ".join(a["text"] for a in charts["live_twin_map"]["layout"]["annotations"]).replace("<br>", " ")
+    assert "No shading: with λ\u00a0=\u00a00 the discriminator never trains" in notes.replace("</i> <i>", " ")  # why unshaded
     curves = charts["live_curves"]
     assert any("λ = 0" in (t.get("name") or "") for t in curves["data"])  # the twin, dashed beside it
     assert any("λ = 0 twin: finished" in p.proto.text for p in page.get("progress"))
@@ -176,6 +178,7 @@ def test_twin_trains_beside_the_run_and_pairs(page):
     charts = {**glide_maps(page), **{c.key: json.loads(c.proto.spec) for c in page.get("plotly_chart")}}
     assert "λ = 0 run dashed" in charts["live_curves"]["layout"]["title"]["text"]
     assert charts["live_twin_map"]["layout"]["title"]["text"].startswith("<b>its DEML run · step")
+    assert "No shading" not in str(charts["live_twin_map"]["layout"]["annotations"])  # the DEML run's D trains
 
 
 

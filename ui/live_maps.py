@@ -139,6 +139,9 @@ def _twin_map(lm: LiveMap, view, key: str, prefs: dict, height: int, ref_xy, ste
             shown = lm.method_shown(twin, method) or method
             color = prefs["color"] if prefs["color"] in ("class", "split") or "disc_pred" in snap else "class"
             note = f"{METHOD_LABELS.get(shown, shown)}, turned to match the map beside it"
+            if prefs["regions"] and regions is None and not bool(snap.get("disc_trained", True)):
+                # why one map is shaded and not the other ("λ = 0" kept on one line: no-break spaces)
+                note += ". No shading: with λ\u00a0=\u00a00 the discriminator never trains"
             fig = cached_figure(f"{key}_twin_map", (settings, int(snap["step"]), lm.layout_version(twin, method),
                                                     lm.layout_version(view.run_dir, method), note, regions is not None,
                                                     top),
