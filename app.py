@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from engine.services.training import prepare_demo
-from engine.viz.project import start_umap_warmup
+from engine.services.training import prepare_server
 from ui.common import keep_run, presenter_chrome, presenter_from_url, presenter_toggle
 
 # url_path is each page's URL (/Data, ...): links, bookmarks and the browser tests use them
@@ -25,7 +24,6 @@ keep_run()  # the sidebar's links drop ?run=: the run this session views is put 
 kiosk = presenter_from_url()  # presenter view (?presenter=1 or the toggle): the sidebar starts folded
 st.set_page_config(page_title="Conceptscape" if page.url_path == "" else f"{page.title} · Conceptscape",
                    layout="wide", initial_sidebar_state="collapsed" if kiosk else "auto")
-start_umap_warmup()  # import and compile UMAP on a background thread now; maps show PCA until it is ready
-prepare_demo()  # the demo's data into memory (and the disk cache) on a background thread: Start demo finds it
+prepare_server()  # on a background thread: the training processes' forkserver, the demo's data, then UMAP
 presenter_chrome(presenter_toggle())  # the toggle, in the sidebar of every page; pages read ui.common.presenter()
 page.run()

@@ -73,12 +73,23 @@ def test_prefetch_of_a_bad_spec_is_quiet_and_the_load_reports():
         load_imageset("glyphs:colours=3")
 
 
-def test_prepare_demo_reads_the_demo_preset(cache, monkeypatch):
+def test_prepare_server_warms_the_forkserver_then_the_data_then_umap(cache, monkeypatch):
+    """One after the other, so that on 2 cores the forkserver's imports (what Start demo waits for)
+    do not race UMAP's compilation."""
     from engine import config
+    from engine.data import sources
     from engine.services import training
+    from engine.train import worker
+    from engine.viz import project
 
+    done = []
+    load = sources.load_imageset
+    monkeypatch.setattr(worker, "warm_up", lambda: done.append("forkserver"))
+    monkeypatch.setattr(sources, "load_imageset", lambda *a, **k: done.append("data") or load(*a, **k))
+    monkeypatch.setattr(project, "start_umap_warmup", lambda: done.append("umap"))
     monkeypatch.setitem(config.PRESETS, "demo", dict(config.PRESETS["demo"], dataset=SPEC))
-    training._prepare_demo()
+    training._prepare_server()
+    assert done[0] == "forkserver" and done[-1] == "umap" and "data" in done
     forbid_generation(monkeypatch)
     clear_cache()  # a new process: the disk cache alone
     assert load_imageset(SPEC).num_classes == 12

@@ -87,3 +87,12 @@ def test_the_training_process_does_not_run_the_parents_main_script(tmp_path, mon
     monkeypatch.setitem(sys.modules, "__main__", page)
     job = run_to_end(TrainingJob(tiny(steps=2), str(tmp_path / "run"), threads=1, process=True))
     assert job.state == "finished" and not marker.exists()
+
+
+def test_warm_up_returns_once_the_forkserver_has_forked_a_child():
+    import sys
+
+    from engine.train import worker
+
+    assert worker.warm_up() is (sys.platform == "linux")  # forkserver on Linux: a child came from it
+    assert "torch._dynamo" in worker.PRELOAD  # imported by the forkserver, not by the app's server

@@ -42,7 +42,6 @@ from engine.services.training import (
     resume_runs,
     stop_runs,
 )
-from engine.viz import project
 from engine.viz.charts import live_adaptation_curves, training_curves
 from engine.viz.live import LiveMap
 from engine.viz.run_view import val_summary
@@ -95,7 +94,6 @@ def live_view(run_dir: str | None, *, key: str = "live", presenter: bool = False
               empty_hint: str | None = None) -> None:
     """Draw the live view of `run_dir` (None: only `empty_hint`). `presenter` hides the controls and
     enlarges the map and the curves."""
-    project.start_umap_warmup()  # idempotent: UMAP is compiled on a background thread, PCA is shown meanwhile
     every = _interval(run_dir, key)
     if presenter and run_dir:  # the browser tab names the run too (a room sees the tab on a shared screen)
         st.set_page_config(page_title=f"{'Demo' if is_demo_dir(run_dir) else Path(run_dir).name} · Conceptscape")

@@ -23,25 +23,29 @@ _prepared: threading.Thread | None = None
 _prepared_lock = threading.Lock()
 
 
-def prepare_demo() -> threading.Thread:
-    """Make Start demo fast, on a daemon thread; returns at once (app.py calls it when a server's
-    first page opens, next to the UMAP warm-up; idempotent). It starts the forkserver that training
-    processes come from (engine.train.worker.warm_up: it imports torch and the trainer once) and
-    draws the demo preset's data into the disk cache (engine.data.sources.diskcache), where a
-    training process reads it in a fraction of a second."""
+def prepare_server() -> threading.Thread:
+    """Make Start demo and the first maps fast, on a daemon thread; returns at once (app.py calls it
+    when a server's first page opens; idempotent). In this order, so that each part has the cores to
+    itself rather than all three racing for 2: the forkserver that training processes come from
+    (engine.train.worker.warm_up: it imports torch and the trainer once, then a job starts in
+    milliseconds), the demo preset's data into the disk cache (engine.data.sources.diskcache, where a
+    training process reads it in a fraction of a second), then UMAP's warm-up (engine.viz.project:
+    maps show PCA until it is ready). Started all at once, on a fresh server the first job waited
+    ~8 s for the forkserver (Start demo -> map 9-13 s, BENCHMARKS.md)."""
     global _prepared
     with _prepared_lock:
         if _prepared is None:
-            _prepared = threading.Thread(target=_prepare_demo, name="demo-prefetch", daemon=True)
+            _prepared = threading.Thread(target=_prepare_server, name="server-warm-up", daemon=True)
             _prepared.start()
         return _prepared
 
 
-def _prepare_demo() -> None:
+def _prepare_server() -> None:
     from engine.config import preset
     from engine.data.imageset import Preprocess
     from engine.data.sources import load_imageset
     from engine.train import worker
+    from engine.viz.project import start_umap_warmup
 
     try:
         worker.warm_up()
@@ -54,6 +58,8 @@ def _prepare_demo() -> None:
             load_imageset(cfg.external, Preprocess(data.image_size, data.channels, cfg.polarity))
     except Exception:  # noqa: BLE001 - the click's own load reports what is wrong, in the page's words
         pass
+    finally:
+        start_umap_warmup()
 
 
 def new_run_dir(root: str | Path, name: str, now: datetime | None = None) -> str:

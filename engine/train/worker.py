@@ -21,7 +21,6 @@ from multiprocessing import spawn
 from typing import Any
 
 import torch
-import torch._dynamo  # noqa: F401  (what the trainer's first torch.optim.Adam() imports: 1-2 s, paid in the forkserver)
 
 from engine.config import TrainConfig
 from engine.errors import UserError
@@ -70,6 +69,10 @@ class SharedControl:
 
 
 _ctx = None
+# what the forkserver imports before its first child: this module (torch, the trainer) and torch._dynamo,
+# which the trainer's first torch.optim.Adam() imports (1-2 s). Not imported here at module level: the
+# app's server imports this module too, and needs none of torch._dynamo.
+PRELOAD = [__name__, "torch._dynamo"]
 
 
 def context():
@@ -79,7 +82,7 @@ def context():
     if _ctx is None:
         if "forkserver" in mp.get_all_start_methods():
             _ctx = mp.get_context("forkserver")
-            _ctx.set_forkserver_preload([__name__])
+            _ctx.set_forkserver_preload(PRELOAD)
         else:
             _ctx = mp.get_context("spawn")
     return _ctx
@@ -110,11 +113,22 @@ def start_child(process) -> None:
             spawn.get_preparation_data = original
 
 
-def warm_up() -> None:
-    """Start the forkserver now (it imports torch: seconds), so the first job does not wait for it."""
-    if context().get_start_method() == "forkserver":
-        from multiprocessing import forkserver
-        forkserver.ensure_running()
+def warm_up(timeout: float = 120.0) -> bool:
+    """Start the forkserver and wait until it can fork (it imports PRELOAD first: seconds), so the
+    first job does not wait for it. Waits by starting a child that does nothing: the forkserver takes
+    its first request only once its imports are done. True when a child came from it (False where
+    the platform has no forkserver: each job is a fresh interpreter)."""
+    ctx = context()
+    if ctx.get_start_method() != "forkserver":
+        return False
+    child = ctx.Process(target=_nothing, name="forkserver-warm-up", daemon=True)
+    start_child(child)
+    child.join(timeout)
+    return child.exitcode == 0
+
+
+def _nothing() -> None:
+    """warm_up's child."""
 
 
 def train_child(setup: dict[str, Any], conn, control: SharedControl) -> None:
