@@ -61,7 +61,7 @@ def test_watched_ratio_smoke():
     pytest.importorskip("playwright")
     result = watched_ratio(rounds=1, window_s=2.0, warm_s=0.5, settle_s=0.5, kept_windows=1)
     assert set(result["steps_per_s"]) == {"watched", "unwatched"}
-    assert 0 < result["click_to_map_s"] < 120
+    assert 0 < result["click_to_map_s"] <= result["click_to_umap_s"] < 300
     assert len(result["kept_open_cores"]) == 1 and set(result["kept_open_cores"][0]) == set(PARTS)
     assert len(result["steps_per_s"]["watched"]) == len(result["steps_per_s"]["unwatched"]) == 1
     assert result["ratio_median"] is None or result["ratio_median"] > 0  # None: no step in the unwatched window

@@ -139,7 +139,7 @@ def test_umap_while_not_ready_shows_pca_and_says_so(monkeypatch):
     X = drifting_frames(frames=1)[0]
     monkeypatch.setattr(project, "umap_status", lambda: "warming")
     proj = ConceptProjector("umap").fit(X)
-    assert proj.method_ == "pca" and proj.note_ == "PCA for now: UMAP is getting ready (~10 s)"
+    assert proj.method_ == "pca" and proj.note_ == "PCA for now: UMAP is getting ready"
     proj.update(X)
     assert proj.method_ == "pca" and "PCA" in proj.note_
     monkeypatch.setattr(project, "umap_status", lambda: "failed")
@@ -179,6 +179,24 @@ def test_warmup_never_blocks_and_ends_ready(umap_ready):
     if umap_ready["was_cold"]:
         assert umap_ready["status_after_start"] == "warming"
     assert project.umap_status() == "ready" and project.umap_warmup_seconds() is not None
+
+
+@pytest.mark.slow
+def test_umaps_compiled_code_is_kept_on_disk_for_the_next_server(umap_ready):
+    """umap-learn compiles its numba functions in every process (~9 s); the warm-up has them cache it."""
+    import umap.layouts
+    import umap.umap_
+    from numba.core.caching import NullCache
+
+    for f in (umap.umap_.smooth_knn_dist, umap.umap_.compute_membership_strengths):
+        assert not isinstance(f._cache, NullCache), f
+        assert f.stats.cache_hits or f.stats.cache_misses  # compiled (or loaded) through the cache
+    # one Python function jitted twice (serial and parallel) would share a cache file: the serial one
+    # caches under a name of its own, the parallel one (not reproducible anyway) does not cache
+    serial = umap.layouts._nb_optimize_layout_euclidean_single_epoch
+    assert not isinstance(serial._cache, NullCache) and serial.py_func.__qualname__.endswith("_serial")
+    assert serial.targetoptions["parallel"] is False and serial.targetoptions["fastmath"] is True
+    assert isinstance(umap.layouts._nb_optimize_layout_euclidean_single_epoch_parallel._cache, NullCache)
 
 
 @pytest.mark.slow
