@@ -11,10 +11,15 @@ import torch
 from engine.config import shared_dir as _shared_path
 
 
-def glide_maps(at) -> dict[str, dict]:
-    """The concept maps an AppTest drew (ui.glide_map: custom components, not plotly_chart elements), by
-    key, in order: each one's plotly figure."""
+def kept_plots(at) -> dict[str, dict]:
+    """The plots an AppTest drew in ui.glide_map's component (custom components, not plotly_chart
+    elements: the live maps and curves), by key, in order: each one's plotly figure."""
     return {c.key: json.loads(json.loads(c.proto.json_args)["spec"]) for c in at.get("component_instance")}
+
+
+def glide_maps(at) -> dict[str, dict]:
+    """The concept maps among kept_plots (keys {key}_map, {key}_twin_map)."""
+    return {k: fig for k, fig in kept_plots(at).items() if k.endswith("map")}
 
 
 @pytest.fixture(scope="session")

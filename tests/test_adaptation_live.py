@@ -2,8 +2,6 @@
 the live view of the Train page (AppTest on a finished tiny run)."""
 from __future__ import annotations
 
-import json
-
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -13,6 +11,7 @@ from engine.train.job import REGISTRY
 from engine.viz import project
 from engine.viz.charts import live_adaptation_curves
 from engine.viz.charts.adaptation_live import EARLIER_WIDTH, LATEST_WIDTH, MAX_CURVES
+from tests.conftest import kept_plots
 
 
 def curve(step, acc, axis="shots", ways=5):
@@ -99,8 +98,7 @@ def test_train_page_shows_the_adaptation_chart_of_a_finished_run(tmp_path, monke
     assert job.join(60) and job.state == "finished", job.error
     at.run()
     assert not at.exception
-    figs = {c.proto.id: json.loads(c.proto.spec) for c in at.get("plotly_chart")}
-    (fig,) = [f for i, f in figs.items() if "adaptation" in i]
+    fig = kept_plots(at)["live_adaptation"]
     assert fig["layout"]["title"]["text"] == "<b>Adaptation at each validation</b>"
     lines = [t for t in fig["data"] if (t.get("meta") or {}).get("run")]
     assert [t["meta"]["step"] for t in lines] == [8, 4]  # validations at 4 and 8, the latest first

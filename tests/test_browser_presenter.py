@@ -58,7 +58,7 @@ def test_presenter_view_fits_the_screen(browser, server, workdir, tmp_path, widt
         settle(page)
         for chart in ("live_map", "live_twin_map"):
             wait_for_map(page, chart)
-        page.wait_for_selector(".st-key-live_curves .main-svg")
+        page.frame_locator(".st-key-live_curves iframe").locator(".main-svg").first.wait_for()
         settle(page)
         page.screenshot(path=str(shots / f"presenter-{width}x{height}.png"))
         assert page.get_by_text("Demo · Prototypical networks DEML (λ = 3) · step 8/8").is_visible()
@@ -75,8 +75,8 @@ def test_presenter_view_fits_the_screen(browser, server, workdir, tmp_path, widt
         assert page.get_by_role("button", name="Start demo").count() == 0
         maps = [_in_viewport(page, f".st-key-{c} iframe", width, height) for c in ("live_map", "live_twin_map")]
         assert maps[0]["right"] <= maps[1]["left"]  # side by side, the DEML map first
-        _in_viewport(page, ".st-key-live_curves .main-svg", width, height)
-        _in_viewport(page, ".st-key-live_adaptation .main-svg", width, height)  # whole, not cut at the bottom
+        _in_viewport(page, ".st-key-live_curves iframe", width, height)
+        _in_viewport(page, ".st-key-live_adaptation iframe", width, height)  # whole, not cut at the bottom
         # the two maps' plots level with each other (D's region caption over the DEML one only)
         plots = [page.frame_locator(f".st-key-{c} iframe").locator(".nsewdrag").first.bounding_box()
                  for c in ("live_map", "live_twin_map")]

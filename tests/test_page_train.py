@@ -15,7 +15,7 @@ from engine.eval.twins import find_twin, twin_dir_for
 from engine.runs import RunDir
 from engine.train.job import REGISTRY
 from engine.viz import project
-from tests.conftest import glide_maps
+from tests.conftest import glide_maps, kept_plots
 from ui import live, live_maps
 
 TINY_DEMO = dict(dataset="glyphs:classes=60,drawings=8,seed=1", steps=8, width=8, meta_batch=2, ext_batch=8,
@@ -46,10 +46,6 @@ def wait_for(predicate, timeout: float = 60.0) -> None:
     while not predicate():
         assert time.monotonic() < end, "timed out"
         time.sleep(0.05)
-
-
-def specs(at: AppTest) -> dict:
-    return {c.proto.id: json.loads(c.proto.spec) for c in at.get("plotly_chart")}
 
 
 def test_renders_empty(page):
@@ -97,9 +93,9 @@ def test_finished_short_run_shows_map_curves_and_replay(page):
     page.run()
     assert not page.exception
     # the concept map, the training curves and the adaptation curves
-    assert list(glide_maps(page)) == ["live_map"] and len(page.get("plotly_chart")) == 2
+    assert list(kept_plots(page)) == ["live_map", "live_curves", "live_adaptation"]
     assert glide_maps(page)["live_map"]["layout"]["title"]["text"] == "<b>Concept space at step 8</b>"
-    assert any(t.get("name") == "meta loss" for t in list(specs(page).values())[0]["data"])
+    assert any(t.get("name") == "meta loss" for t in kept_plots(page)["live_curves"]["data"])
     assert page.metric[0].label == "Validation accuracy"
     assert any("step 8/8" in p.proto.text for p in page.get("progress"))
     replay = page.select_slider(key="live_replay")
@@ -114,8 +110,9 @@ def test_finished_short_run_shows_map_curves_and_replay(page):
     assert not page.exception
     # no Start, Pause, Resume, Stop, no settings: only the replay's Play
     assert [b.key for b in page.button] == ["live_play"] and not page.selectbox
-    maps = list(glide_maps(page).values())
-    assert len(maps) + len(specs(page)) == 3 and maps[0]["layout"]["height"] == live.PRESENTER_MAP_HEIGHT
+    plots = kept_plots(page)
+    assert list(plots) == ["live_map", "live_curves", "live_adaptation"]
+    assert plots["live_map"]["layout"]["height"] == live.PRESENTER_MAP_HEIGHT
 
 
 def test_play_steps_the_replay_through_the_snapshots(page, monkeypatch):
@@ -164,7 +161,7 @@ def test_twin_trains_beside_the_run_and_pairs(page):
     assert json.loads((Path(twin) / "config.json").read_text())["config"]["lam"] == 0
     page.run()
     assert not page.exception
-    charts = {**glide_maps(page), **{c.key: json.loads(c.proto.spec) for c in page.get("plotly_chart")}}
+    charts = kept_plots(page)
     assert list(charts)[:3] == ["live_map", "live_twin_map", "live_curves"]  # the twin's map beside the run's
     assert charts["live_twin_map"]["layout"]["title"]["text"].startswith("<b>vanilla (λ = 0) · step")
     notes = " ".join(a["text"] for a in charts["live_twin_map"]["layout"]["annotations"]).replace("<br>", " ")
@@ -175,7 +172,7 @@ def test_twin_trains_beside_the_run_and_pairs(page):
     page.query_params["run"] = twin  # the twin's own view: the DEML run is drawn solid beside it
     page.run()
     assert not page.exception
-    charts = {**glide_maps(page), **{c.key: json.loads(c.proto.spec) for c in page.get("plotly_chart")}}
+    charts = kept_plots(page)
     assert "λ = 0 run dashed" in charts["live_curves"]["layout"]["title"]["text"]
     assert charts["live_twin_map"]["layout"]["title"]["text"].startswith("<b>its DEML run · step")
     assert "No shading" not in str(charts["live_twin_map"]["layout"]["annotations"])  # the DEML run's D trains

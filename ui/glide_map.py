@@ -1,4 +1,5 @@
-"""A plotly chart whose points glide from one layout to the next: the live concept maps' element.
+"""A plotly chart whose points glide from one layout to the next: the live concept maps' element,
+and (kept_chart, no glide) the live curves' too.
 
 st.plotly_chart cannot glide (ui/live_maps.py says why: every changed figure is a new element and a
 new plot). This custom component keeps one plot for the life of its key and is handed each new figure
@@ -48,12 +49,23 @@ def component_folder() -> Path:
     return folder
 
 
-def glide_chart(fig, *, key: str, height: int, config: dict | None = None, glide: bool = True) -> dict | None:
+def glide_chart(fig, *, key: str, height: int, config: dict | None = None, glide: bool = True,
+                selectable: bool = True) -> dict | None:
     """Draw `fig` in the keyed component, as tall as the figure (its layout.height, else `height` px: a
     map with a region key is taller than asked); with `glide`, points it shares with the figure drawn
-    before glide there. Returns the latest selection or click ({"points": [...]}) or None."""
+    before glide there. Returns the latest selection or click ({"points": [...]}) or None; always
+    None unless `selectable` (a plot whose clicks mean nothing: clicking it reruns nothing)."""
     global _component
     if _component is None:
         _component = components.declare_component("glide_map", path=str(component_folder()))
     tall = int(fig.layout.height or height)
-    return _component(spec=fig.to_json(), height=tall, config=config or {}, glide=glide, key=key, default=None)
+    return _component(spec=fig.to_json(), height=tall, config=config or {}, glide=glide, selectable=selectable,
+                      key=key, default=None)
+
+
+def kept_chart(fig, *, key: str, config: dict | None = None) -> None:
+    """Draw `fig` (with a layout.height) in a plot kept for the life of `key` and redrawn in place
+    (Plotly.react) when the figure changes: the live training and adaptation curves. st.plotly_chart
+    makes a new element, and a new plot, for each changed figure (ui/live_maps.py): while a demo
+    trains, the curves cost the browser about 0.1 of a core (bench live --browser, BENCHMARKS.md)."""
+    glide_chart(fig, key=key, height=int(fig.layout.height), config=config, glide=False, selectable=False)

@@ -45,6 +45,7 @@ from engine.services.training import (
 from engine.viz.charts import live_adaptation_curves, training_curves
 from engine.viz.live import LiveMap
 from engine.viz.run_view import val_summary
+from ui.glide_map import kept_chart
 from ui.live_maps import CURVE_TOOLS, METHOD_LABELS, METHODS, cached_figure, has_twin_map, map_pair
 
 COLOR_LABELS = {"class": "class", "split": "split", "prediction": "discriminator's prediction",
@@ -317,7 +318,7 @@ def _curves_panel(view, key: str, height: int | None, adaptation_height: int | N
     except ValueError as e:
         st.warning(f"The training curves cannot be drawn: {e}")
         return
-    st.plotly_chart(fig, key=f"{key}_curves", width="stretch", theme=None, config=CURVE_TOOLS)
+    kept_chart(fig, key=f"{key}_curves", config=CURVE_TOOLS)
     _adaptation_panel(view, key, adaptation_height)
 
 
@@ -339,4 +340,4 @@ def _adaptation_panel(view, key: str, height: int | None = None) -> None:
     except ValueError as e:
         st.warning(f"The adaptation curves cannot be drawn: {e}")
         return
-    st.plotly_chart(fig, key=f"{key}_adaptation", width="stretch", theme=None, config=CURVE_TOOLS)
+    kept_chart(fig, key=f"{key}_adaptation", config=CURVE_TOOLS)
