@@ -223,6 +223,17 @@ def test_regions_heatmap_behind_points_and_note_says_exact_or_approximate(probe,
     assert len({c for _, c in scale}) > 5
 
 
+def test_regions_without_hover_leave_out_the_names_per_cell(probe, xy):
+    regions = make_regions()
+    with_hover = concept_map(xy, probe, make_snapshot(probe), regions=regions)
+    without = concept_map(xy, probe, make_snapshot(probe), regions=regions, region_hover=False)
+    assert "D predicts" in with_hover.data[0].hovertemplate and np.asarray(with_hover.data[0].text).shape == (10, 12)
+    assert without.data[0].text is None and without.data[0].hoverinfo == "skip"
+    np.testing.assert_array_equal(np.asarray(without.data[0].z), np.asarray(with_hover.data[0].z))
+    assert len(without.to_json()) < len(with_hover.to_json())
+    assert all(t.hovertemplate for t in points(without))  # the points still say what they are
+
+
 def test_region_colour_darker_where_more_confident(probe, xy):
     regions = make_regions()
     regions.pred[:] = 2

@@ -66,7 +66,11 @@ def test_start_pause_resume_stop(page):
     try:
         wait_for(lambda: job.state == "running" or job.done)
         assert job.state == "running", job.error
+        wait_for(lambda: len(job.snapshots()) >= 1 or job.done)
         page.run()
+        # while it trains, the map (drawn again every 2 s) shades D's regions without a name per cell
+        (heat,) = [t for t in glide_maps(page)["live_map"]["data"] if t["type"] == "heatmap"]
+        assert heat.get("hoverinfo") == "skip" and "text" not in heat
         page.button(key="live_pause").click().run()
         assert job.state == "paused"
         step = job.progress()["step"]
@@ -95,6 +99,8 @@ def test_finished_short_run_shows_map_curves_and_replay(page):
     # the concept map, the training curves and the adaptation curves
     assert list(kept_plots(page)) == ["live_map", "live_curves", "live_adaptation"]
     assert glide_maps(page)["live_map"]["layout"]["title"]["text"] == "<b>Concept space at step 8</b>"
+    (heat,) = [t for t in glide_maps(page)["live_map"]["data"] if t["type"] == "heatmap"]
+    assert "D predicts" in heat["hovertemplate"]  # a finished run's map: the regions say what D predicts
     assert any(t.get("name") == "meta loss" for t in kept_plots(page)["live_curves"]["data"])
     assert page.metric[0].label == "Validation accuracy"
     assert any("step 8/8" in p.proto.text for p in page.get("progress"))

@@ -121,7 +121,8 @@ def _twin_map(lm: LiveMap, view, key: str, prefs: dict, height: int, ref_xy, ste
     """The twin's map: its snapshot at (or just before) the step on the run's map, aligned onto it,
     its plot level with it (`top`: the run's map's top margin, taller with D's region caption).
     `live` (training, no replay): laid out and drawn again at most every TWIN_MAP_S, unless a setting
-    changed (each laid-out frame costs a UMAP refit that a 2-core machine takes from training)."""
+    changed (each laid-out frame costs a UMAP refit that a 2-core machine takes from training), and
+    its regions (if any) without hover, as the run's map."""
     twin, method = view.twin_dir, prefs["method"]
     name = "its DEML run" if view.lam == 0 else method_label(0.0)
     if ref_xy is None or not view.twin_snapshots or view.twin_probe is None:
@@ -144,11 +145,11 @@ def _twin_map(lm: LiveMap, view, key: str, prefs: dict, height: int, ref_xy, ste
                 note += ". No shading: with λ\u00a0=\u00a00 the discriminator never trains"
             fig = cached_figure(f"{key}_twin_map", (settings, int(snap["step"]), lm.layout_version(twin, method),
                                                     lm.layout_version(view.run_dir, method), note, regions is not None,
-                                                    top),
+                                                    top, live),
                                 lambda: concept_map(xy, view.twin_probe, snap, color_by=color, regions=regions,
                                                     method_note=note, title=f"{name} · step {int(snap['step'])}",
                                                     uirevision=f"{key}-twinmap-{twin}-{method}", height=height,
-                                                    min_top=top))
+                                                    min_top=top, region_hover=not live))
     except ValueError as e:
         st.warning(f"The twin's concept map cannot be drawn: {e}")
         return
@@ -220,16 +221,17 @@ def _map_panel(lm: LiveMap, view, key: str, prefs: dict, height: int, step: int 
         rows_key = f"_{key}_rows"
         kept_run, rows = st.session_state.get(rows_key, (None, []))
         rows = [r for r in rows if r < n] if kept_run == run else []
+        live = step is None and view.active  # redrawn every 2 s: regions without hover (~100 KB lighter)
 
         def build():
             fig = concept_map(xy, view.probe, snap, color_by=color, regions=regions, method_note=method_note,
                               title=title and f"{title} · step {int(snap['step'])}",
-                              uirevision=f"{key}-map-{run}-{method}", height=height)
+                              uirevision=f"{key}-map-{run}-{method}", height=height, region_hover=not live)
             _highlight(fig, rows)
             return fig
 
         fig = cached_figure(f"{key}_map", (run, int(snap["step"]), lm.layout_version(run, method), regions is not None, method_note,
-                                           color, title, height, tuple(rows)), build)
+                                           color, title, height, tuple(rows), live), build)
     except ValueError as e:  # e.g. concepts went NaN: say so, keep the page
         st.warning(f"The concept map cannot be drawn: {e}")
         return None, None, 0

@@ -314,7 +314,7 @@ def top_notes(fig: go.Figure, subtitle: str, regions_text: str | None) -> int:
 
 def concept_map(xy, probe: Probe, snapshot: Snapshot | None = None, color_by: str = "class", regions=None, title: str | None = None,
                 uirevision: str = "concept-map", method_note: str | None = None, height: int = 560,
-                min_top: int = 0) -> go.Figure:
+                min_top: int = 0, region_hover: bool = True) -> go.Figure:
     """The probe images at positions xy (P, 2), coloured by class, split, the discriminator's
     prediction or whether it is right; marker shape = split (one trace per split, a legend entry
     per split under the map). `regions` (a RegionGrid of D's predictions on this plane) is drawn
@@ -324,7 +324,9 @@ def concept_map(xy, probe: Probe, snapshot: Snapshot | None = None, color_by: st
     scale on x and y, ranges fitted to the points with a fixed margin; `height` in pixels, and the
     region key, when shown, adds its rows below (KEY_ROW_PX each, KEY_COLUMNS to a row) so it never
     squeezes the plot into a strip. `min_top`: the top margin (px) at least this, so a map beside one
-    with more notes (D's region caption) keeps its plot level with it."""
+    with more notes (D's region caption) keeps its plot level with it. `region_hover`: the regions say
+    what D predicts under the pointer; off, the figure is ~100 KB lighter (one name per grid cell):
+    the live view's maps while training, which the browser gets again every 2 s."""
     check_choice(color_by, "color_by", COLOR_BY)
     rows = check_probe(probe)
     xy = as_points(xy, "xy", rows)
@@ -333,7 +335,7 @@ def concept_map(xy, probe: Probe, snapshot: Snapshot | None = None, color_by: st
     fig = figure()
     if regions is not None:
         check_regions(regions)
-        fig.add_trace(region_layer(probe, colors, regions))
+        fig.add_trace(region_layer(probe, colors, regions, hover=region_hover))
     split = np.asarray(probe["split"])
     present = [c for c in SPLIT_NAMES if (split == c).any()]
     fig.add_traces(point_traces(xy, probe, snapshot, color_by, colors, present))

@@ -252,7 +252,7 @@ def region_heatmap(regions, class_color, *, hover: bool = True, label: str = "D 
         present = np.unique(pred)[:1]
     packed = np.searchsorted(present, pred)  # (Gy, Gx) in 0..len(present)-1 where kept
     level = np.minimum((conf * REGION_LEVELS).astype(np.int64), REGION_LEVELS - 1)
-    z = np.where(keep, packed * REGION_LEVELS + level, np.nan)
+    z = np.where(keep, packed * REGION_LEVELS + level, np.nan).astype(np.float32)  # small integers: exact
     bands = len(present) * REGION_LEVELS
     scale = []
     for i, c in enumerate(present):
