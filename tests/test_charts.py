@@ -474,6 +474,17 @@ def make_metrics(steps: int = 60, lam: float = 1.0, val_every: int = 20) -> list
     return out
 
 
+def test_training_curves_thinned_to_max_points_keep_the_first_and_last_step():
+    metrics = make_metrics(steps=1000, val_every=100)
+    full, thin = training_curves(metrics), training_curves(metrics, max_points=50)
+    per_step = [i for i, t in enumerate(full.data) if t.x is not None and len(t.x) == 1000]  # every step drawn
+    assert len(per_step) >= 4  # raw and smoothed meta / D curves
+    assert all(len(thin.data[i].x) == 50 and thin.data[i].x[0] == 1 and thin.data[i].x[-1] == 1000 for i in per_step)
+    assert len(thin.to_json()) < len(full.to_json()) / 4
+    with pytest.raises(ValueError, match="max_points"):
+        training_curves(metrics, max_points=1)
+
+
 def test_training_curves_smoothed_raw_val_band_two_panels():
     fig = training_curves(make_metrics())
     named = [t for t in fig.data if t.showlegend is not False]

@@ -58,6 +58,9 @@ FIRST_MAP_S = 0.5  # until the first snapshot, so the first map is drawn as soon
 # while training, the training curves are drawn again at most this often (each step adds to them, and each
 # redraw costs the browser CPU that training needs: at 2 s, a fifth of a core; bench live --browser)
 CURVES_S = 6.0
+# the live curves' points per series: the figure goes to the browser at every redraw, and with every
+# step drawn (up to engine.viz.charts.curves.MAX_POINTS) it grew with the run, ~280 bytes a step
+CURVE_POINTS = 300
 PLAY_TICK_S = 0.4  # the replay's frame interval
 SETTING_WIDTH = 200  # px, the map's settings' select boxes
 # map and curves side by side where both have room (3 : 2), else the curves below the map
@@ -313,7 +316,8 @@ def _curves_panel(view, key: str, height: int | None, adaptation_height: int | N
         version = (view.run_dir, len(main), main[-1].get("step"), len(twin or []), title, height, externals)
         fig = cached_figure(f"{key}_curves", version, lambda: training_curves(
             main, twin, title=title, uirevision=f"{key}-curves-{view.run_dir}", height=height,
-            ways=curves[-1].get("ways") if curves else None, external_classes=externals or None),
+            ways=curves[-1].get("ways") if curves else None, external_classes=externals or None,
+            max_points=CURVE_POINTS),
             min_interval=CURVES_S if view.active else 0.0)
     except ValueError as e:
         st.warning(f"The training curves cannot be drawn: {e}")

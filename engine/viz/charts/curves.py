@@ -69,8 +69,8 @@ def smooth(values, window: int | None = None) -> np.ndarray:
     return out
 
 
-def _thin(n: int) -> np.ndarray:
-    return np.arange(n) if n <= MAX_POINTS else np.unique(np.linspace(0, n - 1, MAX_POINTS).round().astype(int))
+def _thin(n: int, most: int = MAX_POINTS) -> np.ndarray:
+    return np.arange(n) if n <= most else np.unique(np.linspace(0, n - 1, most).round().astype(int))
 
 
 def _check_metrics(metrics, name: str) -> tuple[list[dict], list[dict]]:
@@ -99,10 +99,11 @@ def _band(x, mean, half, color: str, alpha: float, group: str) -> go.Scatter | N
                       showlegend=False, legendgroup=group, name=f"{group} 95% CI")
 
 
-def _add_run(fig: go.Figure, train: list[dict], val: list[dict], twin: bool, smooth_window) -> None:
+def _add_run(fig: go.Figure, train: list[dict], val: list[dict], twin: bool, smooth_window,
+             max_points: int = MAX_POINTS) -> None:
     suffix, dash = (f" ({TWIN})", "dash") if twin else ("", None)
     steps = np.asarray([m["step"] for m in train], dtype=float)
-    keep = _thin(len(steps))
+    keep = _thin(len(steps), max_points)
     for key, (name, col, color) in SERIES.items():
         raw = np.asarray([_num(m.get(key)) for m in train], dtype=float)
         if not np.isfinite(raw).any():
@@ -165,22 +166,25 @@ def _chance(fig: go.Figure, level: float, name: str, color: str, x0: float, x1: 
 
 def training_curves(metrics, twin_metrics=None, title: str = "Training", uirevision: str = "training-curves",
                     smooth_window: int | None = None, height: int | None = None, ways: int | None = None,
-                    external_classes: int | None = None) -> go.Figure:
+                    external_classes: int | None = None, max_points: int = MAX_POINTS) -> go.Figure:
     """Loss (left) and accuracy (right) against the step: meta and discrimination loss/accuracy
     (moving average over the raw values drawn faintly behind) and validation accuracy with its
     95% CI band, each series its own colour. twin_metrics (the lambda = 0 twin's records) are
     overlaid dashed, "(λ = 0)" in the legend. Chance levels are dotted lines: 1/ways for meta and
     validation accuracy (`ways`, else a "ways" field of the records) and 1/external_classes for the
     discriminator (`external_classes`, else an "external_classes" field; drawn only with a D curve).
-    `height`: the figure's height in pixels (default: DEFAULT_HEIGHT plus the legend)."""
+    `height`: the figure's height in pixels (default: DEFAULT_HEIGHT plus the legend). `max_points`:
+    each series is thinned to at most this many steps (smoothing still sees every step)."""
+    if isinstance(max_points, bool) or not isinstance(max_points, (int, np.integer)) or max_points < 2:
+        raise ValueError(f"max_points must be a whole number >= 2, got {max_points!r}")
     train, val = _check_metrics(metrics, "metrics")
     ways = _count(ways, "ways") or _from_records(list(metrics), "ways")
     external_classes = _count(external_classes, "external_classes") or _from_records(list(metrics), "external_classes")
     fig = make_subplots(figure=figure(), rows=1, cols=2, subplot_titles=(LOSS_TITLE, ACC_TITLE), horizontal_spacing=0.1)
-    _add_run(fig, train, val, twin=False, smooth_window=smooth_window)
+    _add_run(fig, train, val, twin=False, smooth_window=smooth_window, max_points=max_points)
     if twin_metrics is not None:
         ttrain, tval = _check_metrics(twin_metrics, "twin_metrics")
-        _add_run(fig, ttrain, tval, twin=True, smooth_window=smooth_window)
+        _add_run(fig, ttrain, tval, twin=True, smooth_window=smooth_window, max_points=max_points)
     steps = [m["step"] for m in train + val]
     if steps:
         x0, x1 = 0.0, float(max(steps))
