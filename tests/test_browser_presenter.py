@@ -93,3 +93,32 @@ def test_presenter_view_fits_the_screen(browser, server, workdir, tmp_path, widt
         page.screenshot(path=str(shots / f"home-run-{width}x{height}.png"))
     finally:
         context.close()
+
+
+def test_plot_toolbars_never_cover_titles_on_a_phone(browser, server, workdir, tmp_path):  # noqa: F811
+    """At 390 px the plots' toolbars (shown while the pointer is over a plot) stand clear of the titles."""
+    shots = Path(os.environ.get("CONCEPTSCAPE_SHOTS", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
+    run = str(workdir / "runs" / "20260101-120000-demo")
+    context = browser.new_context(viewport={"width": 390, "height": 844})
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    try:
+        page.goto(f"{server}/?run={urllib.parse.quote(run)}")
+        settle(page)
+        wait_for_map(page)
+        for key in ("live_map", "live_twin_map", "live_curves", "live_adaptation"):
+            frame = page.frame_locator(f".st-key-{key} iframe")
+            frame.locator(".main-svg").first.wait_for()
+            page.locator(f".st-key-{key}").scroll_into_view_if_needed()
+            frame.locator(".main-svg").first.hover()
+            bar = frame.locator(".modebar").first
+            bar.wait_for()
+            b, t = bar.bounding_box(), frame.locator(".gtitle").first.bounding_box()
+            assert b and t, key
+            apart = (b["x"] >= t["x"] + t["width"] or t["x"] >= b["x"] + b["width"]
+                     or b["y"] >= t["y"] + t["height"] or t["y"] >= b["y"] + b["height"])
+            assert apart, (key, b, t)
+            page.screenshot(path=str(shots / f"toolbar-390-{key}.png"))
+    finally:
+        context.close()
