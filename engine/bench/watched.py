@@ -182,8 +182,8 @@ def watched_ratio(rounds: int = 4, window_s: float = 15.0, warm_s: float = 10.0,
                       file=log, flush=True)
                 run = urllib.parse.parse_qs(urllib.parse.urlparse(page.url).query)["run"][0]
                 run_dir = Path(run) if Path(run).is_absolute() else REPO / run
-                # UMAP's one-off warm-up (~11 s of a core, numba compiling) may still run when a visitor
-                # clicks at once: it is the cold start's cost, not watching's, so the windows start after it
+                # UMAP's one-off warm-up (numba compiling: ~10 s of a core the first time, ~1 s once cached)
+                # may still run when a visitor clicks at once: the cold start's cost, not watching's
                 click_to_umap = _until_umap(page, clicked)
                 print(f"[watched] Start demo to the first UMAP map: {click_to_umap:.1f} s", file=log, flush=True)
                 time.sleep(warm_s)  # past the first steps' one-off costs

@@ -17,7 +17,7 @@ After alignment PCA's axes are no longer PC1/PC2, but the map is still an isomet
 the PCA plane, and `inverse_transform` undoes the alignment exactly.
 
 UMAP warm-up. `import umap` costs 1.5-2 s and the first fit in a process JIT-compiles for about
-10 s (1 s once an earlier process has cached the code: `_import_umap`), so UMAP is never imported
+10 s (1 s once an earlier process has cached the code: engine.viz.umap_import), so UMAP is never imported
 at module import: `start_umap_warmup()` imports it and runs a tiny fit and transform on a daemon
 thread. Until `umap_status() == "ready"`, a projector asked for UMAP
 fits with PCA and says so in `note_` (and starts the warm-up if nobody did); the next
@@ -35,15 +35,14 @@ module-global and guarded by a lock.
 """
 from __future__ import annotations
 
-import sys
 import threading
 import time
-import types
 import warnings
-from collections import Counter
 
 import numpy as np
 from sklearn.decomposition import PCA
+
+from engine.viz.umap_import import import_umap
 
 METHODS = ("umap", "pca", "tsne")
 # UMAP's learning rate for a warm-started refit (umap's default, 1.0, is for a layout from scratch):
@@ -64,8 +63,6 @@ _state = "cold"  # "cold" | "warming" | "ready" | "failed"
 _error: str | None = None
 _thread: threading.Thread | None = None
 _warmup_seconds: float | None = None
-_cache_lock = threading.Lock()
-_umap_cached = False  # _import_umap has set umap's numba functions to cache their code
 UMAP_WARMING = "UMAP is getting ready"  # in a map's note while the warm-up runs (bench live --browser waits it out)
 
 
@@ -91,7 +88,7 @@ def _warmup() -> None:
     global _state, _error, _warmup_seconds
     t0 = time.perf_counter()
     try:
-        _import_umap()  # seconds: numba, pynndescent, sklearn
+        import_umap()  # seconds: numba, pynndescent, sklearn
         rng = np.random.default_rng(0)
         x = rng.normal(size=(64, 8)).astype(np.float32)
         model = _umap_fit(x, n_neighbors=8, min_dist=0.1, seed=0, init=None, n_epochs=20)  # compiles fit
@@ -104,51 +101,6 @@ def _warmup() -> None:
             _state, _error, _warmup_seconds = "failed", f"{type(e).__name__}: {e}", time.perf_counter() - t0
     finally:
         _ready_event.set()
-
-
-def _import_umap():
-    """umap, its numba functions set to keep their compiled code on disk. umap-learn compiles them
-    afresh in every process (unlike pynndescent, which caches its own): ~9 s of a core at each server
-    start, taken from a demo that starts at once (bench live --browser). With numba's cache (next to
-    umap's files, or numba's user-wide folder where those are read-only) a later process loads them:
-    the warm-up took 10 s, then 1.2 s (engine/bench/projection.py's umap_warmup_s)."""
-    global _umap_cached
-    import umap
-    from numba.core.caching import NullCache
-    from numba.core.dispatcher import Dispatcher
-
-    with _cache_lock:
-        if _umap_cached:
-            return umap
-        _umap_cached = True
-        modules = [m for name, m in list(sys.modules.items()) if name == "umap" or name.startswith("umap.")]
-        jitted = {id(f): f for m in modules for f in vars(m).values() if isinstance(f, Dispatcher)}  # one each,
-        shared = Counter(f.py_func for f in jitted.values())  # though several modules import it
-        for module in modules:
-            for attr, f in list(vars(module).items()):
-                if not isinstance(f, Dispatcher) or not isinstance(f._cache, NullCache):
-                    continue
-                if shared[f.py_func] > 1:
-                    if f.targetoptions.get("parallel"):
-                        continue  # umap's parallel layout epochs (not reproducible: unused here) compile as before
-                    f = _renamed_jit(f)
-                    setattr(module, attr, f)
-                f.enable_caching()  # before its first compilation: what numba.njit(cache=True) does
-    return umap
-
-
-def _renamed_jit(f):
-    """A function jitted twice (umap's serial and parallel layout epochs: ~7 s of the compilation)
-    would share one cache file, as numba names it by the Python function and not by its options, and
-    a serial fit could then load parallel, nondeterministic code: the serial one is jitted again from
-    a copy of the function under a name of its own."""
-    import numba
-
-    py = f.py_func
-    copy = types.FunctionType(py.__code__, py.__globals__, py.__name__, py.__defaults__, py.__closure__)
-    copy.__qualname__ = f"{py.__qualname__}_serial"
-    options = {k: v for k, v in f.targetoptions.items() if k != "nopython"}
-    return numba.njit(copy, **options)
 
 
 def start_umap_warmup() -> None:
@@ -416,7 +368,7 @@ def _nearest(D: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _umap_fit(X: np.ndarray, n_neighbors: int, min_dist: float, seed: int, init: np.ndarray | None,
               n_epochs: int | None, learning_rate: float = 1.0):
-    umap = _import_umap()  # already imported by the warm-up when called from a projector
+    umap = import_umap()  # already imported by the warm-up when called from a projector
 
     n = len(X)
     k = max(2, min(n_neighbors, n - 1))

@@ -152,9 +152,8 @@ def _cached(key, load: Callable[[], ImageSet]) -> ImageSet:
 
 
 def prefetch(spec: str, prep: Preprocess = Preprocess()) -> threading.Thread:
-    """Load SPEC into the in-process cache on a daemon thread and return the thread (engine.services.training.prepare_server
-    calls it for the demo's data when the app starts, so Start demo finds it loaded). Errors are left for the
-    load that needs the data to report."""
+    """Load SPEC into the in-process cache on a daemon thread and return the thread. Errors are left for
+    the load that needs the data to report."""
     def work():
         try:
             load_imageset(spec, prep)
