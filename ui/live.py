@@ -3,12 +3,13 @@ training curves, the replay slider and the images behind a selection.
 
     live_view(run_dir, presenter=presenter())
 
-It refreshes every REFRESH_S (2 s) while the run (or the lambda = 0 twin beside it) trains (every
-FIRST_MAP_S until the first snapshot, so the first map comes as soon as it can), inside
-`st.fragment(run_every=REFRESH_S)`, so the rest of the page never reruns and nothing blocks. When the run
-ends, the fragment that was polling asks for ONE full rerun, which draws the page without polling;
-a fragment that was not polling never does (that is what keeps it from rerunning forever). State
-kept between refreshes (the projectors) lives in engine.viz.live.LiveMap, one per session.
+While the run (or the lambda = 0 twin beside it) trains, the view is a fragment redrawn every PANELS_S
+(6 s: progress, headline, curves), and the maps inside it a fragment of their own redrawn every
+REFRESH_S (2 s), so the rest of the page never reruns and nothing blocks; until the first snapshot the
+whole view redraws every FIRST_MAP_S, so the first map comes as soon as it can. When the run ends, the
+fragment that was polling asks for ONE full rerun, which draws the page without polling; a fragment
+that was not polling never does (that is what keeps it from rerunning forever). State kept between
+refreshes (the projectors) lives in engine.viz.live.LiveMap, one per session.
 
 Stable keys (browser tests and zoom that survives refreshes use them; `key` defaults to "live"):
   {key}_map        the concept map (plotly; lasso / box / click select -> images below it)
@@ -51,13 +52,13 @@ from ui.live_maps import CURVE_TOOLS, METHOD_LABELS, METHODS, cached_figure, has
 COLOR_LABELS = {"class": "class", "split": "split", "prediction": "discriminator's prediction",
                 "correct": "discriminator right / wrong"}
 SESSION_KEY = "_conceptscape_live_map"  # st.session_state[SESSION_KEY]: this session's LiveMap
-# the live view redraws every 2 s: a map moves at each redraw (a snapshot comes every ~1.5 s), and each redraw
-# costs the browser CPU that a 2-core machine takes from training (bench live --browser)
+# while training, the maps redraw every 2 s: a map moves at each redraw (a snapshot comes every ~1.5 s), and
+# each redraw costs the browser CPU that a 2-core machine takes from training (bench live --browser)
 REFRESH_S = 2.0
+# while training, the rest of the view (progress, headlines, curves) redraws this often: Streamlit's redraw of
+# the whole view every 2 s was the largest part of the browser's work (BENCHMARKS.md, the watched demo)
+PANELS_S = 6.0
 FIRST_MAP_S = 0.5  # until the first snapshot, so the first map is drawn as soon as there is one
-# while training, the training curves are drawn again at most this often (each step adds to them, and each
-# redraw costs the browser CPU that training needs: at 2 s, a fifth of a core; bench live --browser)
-CURVES_S = 6.0
 # the live curves' points per series: the figure goes to the browser at every redraw, and with every
 # step drawn (up to engine.viz.charts.curves.MAX_POINTS) it grew with the run, ~280 bytes a step
 CURVE_POINTS = 300
@@ -102,30 +103,36 @@ def live_view(run_dir: str | None, *, key: str = "live", presenter: bool = False
     if presenter and run_dir:  # the browser tab names the run too (a room sees the tab on a shared screen)
         st.set_page_config(page_title=f"{'Demo' if is_demo_dir(run_dir) else Path(run_dir).name} · Conceptscape")
 
-    @st.fragment(run_every=every)
-    def _live() -> None:
-        _render(run_dir, key, presenter, empty_hint)
+    def rerun_if_changed() -> None:
         if _interval(run_dir, key) != every:
             # the run started or ended, or a replay started or ended, since the page was drawn: one full
             # rerun sets the polling right. Only a fragment whose polling is now wrong asks, so the
             # rerun cannot repeat.
             st.rerun(scope="app")
 
+    @st.fragment(run_every=every)
+    def _live() -> None:
+        _render(run_dir, key, presenter, empty_hint,
+                maps_every=REFRESH_S if every == PANELS_S else None, after_maps=rerun_if_changed)
+        rerun_if_changed()
+
     _live()
 
 
 def _interval(run_dir: str | None, key: str) -> float | None:
     """How often the live view redraws itself: quickly while a replay plays or the first snapshot is
-    awaited, every REFRESH_S while the run trains, never otherwise."""
+    awaited, every PANELS_S while the run trains (the maps in it every REFRESH_S), never otherwise."""
     if st.session_state.get(f"_{key}_playing") is not None:
         return PLAY_TICK_S
     if not is_active(run_dir):
         return None
-    return FIRST_MAP_S if awaits_first_snapshot(run_dir) else REFRESH_S
+    return FIRST_MAP_S if awaits_first_snapshot(run_dir) else PANELS_S
 
 
 # ------------------------------------------------------------------------------------------------
-def _render(run_dir: str | None, key: str, presenter: bool, empty_hint: str | None) -> None:
+def _render(run_dir: str | None, key: str, presenter: bool, empty_hint: str | None,
+            maps_every: float | None = None, after_maps=None) -> None:
+    """The view once; `maps_every` (s): the maps redraw this often by themselves (ui.live_maps.map_pair)."""
     lm = live_map()
     view = lm.read(run_dir)
     if view.source == "none":
@@ -164,7 +171,7 @@ def _render(run_dir: str | None, key: str, presenter: bool, empty_hint: str | No
                     prefs = _settings(view, key, presenter)
             heights = (PRESENTER_PAIR_HEIGHT, PAIR_HEIGHT) if pair else (PRESENTER_MAP_HEIGHT, MAP_HEIGHT)
             map_pair(lm, view, key, prefs, height=heights[0] if presenter else heights[1], presenter=presenter,
-                     maps=maps, replay=below)
+                     maps=maps, replay=below, redraw_every=maps_every, after_redraw=after_maps)
         with st.container(key=f"{key}_curvescol"):
             curve_heights = PRESENTER_CURVES_HEIGHTS if presenter else (None, None)
             _curves_panel(view, key, height=curve_heights[0], adaptation_height=curve_heights[1],
@@ -318,7 +325,7 @@ def _curves_panel(view, key: str, height: int | None, adaptation_height: int | N
             main, twin, title=title, uirevision=f"{key}-curves-{view.run_dir}", height=height,
             ways=curves[-1].get("ways") if curves else None, external_classes=externals or None,
             max_points=CURVE_POINTS),
-            min_interval=CURVES_S if view.active else 0.0)
+            min_interval=PANELS_S if view.active else 0.0)  # a replay plays, or the first map is awaited, faster
     except ValueError as e:
         st.warning(f"The training curves cannot be drawn: {e}")
         return

@@ -74,11 +74,15 @@ def has_twin_map(view) -> bool:
 
 
 def map_pair(lm: LiveMap, view, key: str, prefs: dict, height: int, presenter: bool = False,
-             maps=None, replay=None) -> None:
+             maps=None, replay=None, redraw_every: float | None = None, after_redraw=None) -> None:
     """The run's map, and the twin's beside it (same method, same step, aligned onto the run's map)
     when it has one, drawn in the container `maps`; the replay slider in `replay` (both default to
     where this is called, the slider above the maps). While training waits for its first snapshot,
-    each map's element holds a message: its page and plotly.js load meanwhile."""
+    each map's element holds a message: its page and plotly.js load meanwhile.
+    `redraw_every` (s; while training, the replay at the latest snapshot): the maps alone are drawn
+    again this often, from the run read afresh, in a fragment of their own, each time followed by
+    `after_redraw()` (a Streamlit redraw costs the browser by the elements it redraws: the rest of the
+    live view can redraw less often; bench live --browser, BENCHMARKS.md)."""
     replay = replay or st.container(horizontal=True, vertical_alignment="bottom")
     maps = maps or st.container()
     drawable = bool(view.snapshots) and view.probe is not None
@@ -89,7 +93,16 @@ def map_pair(lm: LiveMap, view, key: str, prefs: dict, height: int, presenter: b
         with replay:
             step = _replay_step(view, key)
     with maps:
-        _maps(lm, view, key, prefs, height, step, presenter)
+        if step is None and redraw_every:
+            @st.fragment(run_every=redraw_every)
+            def _live_maps() -> None:
+                _maps(lm, lm.read(view.run_dir), key, prefs, height, None, presenter)
+                if after_redraw is not None:
+                    after_redraw()
+
+            _live_maps()
+        else:
+            _maps(lm, view, key, prefs, height, step, presenter)
 
 
 def _maps(lm: LiveMap, view, key: str, prefs: dict, height: int, step: int | None, presenter: bool) -> None:
