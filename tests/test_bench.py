@@ -15,7 +15,7 @@ from engine.cli import main
 from engine.config import preset
 from engine.errors import UserError
 
-NEEDS_OMNIGLOT = {"omniglot", "deml", "headstart"}  # their --smoke still trains on Omniglot (headstart: small2.zip)
+NEEDS_OMNIGLOT = {"omniglot", "deml", "headstart", "smalldata"}  # their --smoke still trains on Omniglot (zips too)
 SLOW = {"projection", "live", "omniglot", "deml", "cost"}
 
 
@@ -63,6 +63,8 @@ def test_bench_help_lists_every_benchmark_and_each_its_own_flags():
     (["omniglot"], "give the training budget as either --minutes or --steps"),
     (["summary"], "bench summary needs --results FILE.json"),
     (["projection", "--rounds", "3"], "unrecognized arguments: --rounds 3"),  # another benchmark's flag
+    (["smalldata", "--set", "head-start"], "--set 'head-start': write NAME=VALUE"),
+    (["smalldata", "--set", "nope=1"], "--set nope: not a train setting"),
     (["nonesuch"], "invalid choice: 'nonesuch'"),
 ], ids=lambda v: " ".join(v) if isinstance(v, list) else None)
 def test_bench_bad_input_is_one_error_line(argv, message):
@@ -277,3 +279,15 @@ def test_summary_merges_an_extended_deml_sweep(tmp_path):
     (tmp_path / "other.json").write_text(json.dumps({**extra, "steps": 4}))
     with pytest.raises(UserError, match="different studies"):
         summary([str(tmp_path / "full.json"), str(tmp_path / "other.json")])
+
+
+def test_smalldata_scores_only_the_alphabets_the_training_zip_lacks(omniglot_dir):
+    from engine.bench.smalldata import SCORE_ZIP, TRAIN_ZIP, unseen_alphabets
+    from engine.data.imageset import Preprocess
+    from engine.data.sources import load_imageset
+
+    prep = Preprocess(28, 1, "auto")
+    unseen = unseen_alphabets(load_imageset(str(omniglot_dir / SCORE_ZIP), prep),
+                              load_imageset(str(omniglot_dir / TRAIN_ZIP), prep))
+    assert sorted(set(unseen.groups)) == ["Japanese_(katakana)", "Sanskrit", "Tagalog"]
+    assert unseen.num_classes == 47 + 42 + 17

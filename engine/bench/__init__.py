@@ -50,6 +50,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "deml": Benchmark("deml", "what the discriminator adds: vanilla, pooled, cross-domain, lambda sweep"),
     "cost": Benchmark("cost", "CPU settings, vmap against the loop, cost growth, peak memory"),
     "headstart": Benchmark("headstart", "the built-in generator against training from scratch, on small uploads"),
+    "smalldata": Benchmark("smalldata", "a 400-step ProtoNet on Omniglot's small1.zip, scored on small2's unseen alphabets"),
     "summary": Benchmark("summary", "markdown tables (and an accuracy-against-time plot) of omniglot / deml results"),
 }
 
