@@ -44,6 +44,7 @@ class Benchmark:
 
 BENCHMARKS: dict[str, Benchmark] = {
     "throughput": Benchmark("throughput", "trainer cost against the raw generator forward + backward"),
+    "profile": Benchmark("profile", "one step's parts (sampling, G, learner, D, Adam), FLOPs per image, fraction of peak"),
     "projection": Benchmark("projection", "concept-map refresh time and stability"),
     "live": Benchmark("live", "live view refresh time, and the training it slows down"),
     "omniglot": Benchmark("omniglot", "5w1s/5w5s/20w1s/20w5s on unseen Omniglot alphabets, over training time"),
