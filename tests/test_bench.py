@@ -65,6 +65,8 @@ def test_bench_help_lists_every_benchmark_and_each_its_own_flags():
     (["projection", "--rounds", "3"], "unrecognized arguments: --rounds 3"),  # another benchmark's flag
     (["smalldata", "--set", "head-start"], "--set 'head-start': write NAME=VALUE"),
     (["smalldata", "--set", "nope=1"], "--set nope: not a train setting"),
+    (["profile", "--smoke", "--set", "norm=layer"], "--set: setting 'norm' is 'layer', which is not one of batch"),
+    (["profile", "--smoke", "--set", "ways=two"], "--set: setting 'ways' is 'two', which is not a whole number"),
     (["nonesuch"], "invalid choice: 'nonesuch'"),
 ], ids=lambda v: " ".join(v) if isinstance(v, list) else None)
 def test_bench_bad_input_is_one_error_line(argv, message):

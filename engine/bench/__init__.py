@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -64,3 +65,34 @@ def check_rounds(rounds: int) -> int:
     if rounds < 1:
         raise UserError(f"--rounds must be at least 1 (got {rounds})")
     return rounds
+
+
+def add_sets(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", dest="sets",
+                        help="train with a setting changed (a train flag, repeatable), e.g. --set norm=group")
+
+
+def parse_sets(pairs: list[str]) -> dict:
+    """["head-start=off", "rotations=true", "lr=0.002"] -> TrainConfig overrides (numbers and true / false
+    as JSON reads them, anything else as text); a name that is no train setting is a UserError. Each
+    value is checked against its field where the config is built (TrainConfig.from_dict)."""
+    from engine.config import TrainConfig
+
+    out = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        name = name.strip().lstrip("-").replace("-", "_")
+        if not sep:
+            raise UserError(f"--set {pair!r}: write NAME=VALUE with NAME a train flag (e.g. --set head-start=off)")
+        if name not in TrainConfig.__dataclass_fields__:
+            raise UserError(f"--set {name}: not a train setting (python -m engine train --help lists them)")
+        try:
+            out[name] = json.loads(value)
+        except json.JSONDecodeError:
+            out[name] = value
+    return out
+
+
+def with_sets(cfg, sets: dict):
+    """`cfg` with the --set overrides, each checked against its field (a wrong type is one UserError line)."""
+    return type(cfg).from_dict({**cfg.to_dict(), **sets}, source="--set")

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from engine.bench import SMOKE_DATA_SET, SMOKE_MODEL, add_rounds, check_rounds
+from engine.bench import SMOKE_DATA_SET, SMOKE_MODEL, add_rounds, add_sets, check_rounds, parse_sets, with_sets
 from engine.bench.machine import machine
 from engine.config import TrainConfig, preset
 from engine.models.deml import external_pass
@@ -125,6 +125,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--learner")
     parser.add_argument("--lam", type=float)
     add_rounds(parser, default=5)
+    add_sets(parser)
 
 
 def run(args) -> dict:
@@ -133,4 +134,5 @@ def run(args) -> dict:
     cfg = preset(name).with_overrides(learner=args.learner, lam=args.lam)
     if args.smoke:
         cfg, sizes = cfg.with_overrides(**SMOKE_DATA_SET, **SMOKE_MODEL), SMOKE
-    return profile(cfg, **sizes)
+    sets = parse_sets(args.sets)
+    return {**profile(with_sets(cfg, sets), **sizes), "set": sets}

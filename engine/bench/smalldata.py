@@ -12,12 +12,10 @@ Student-t 95% interval. `--set NAME=VALUE` (repeatable) trains with a setting ch
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
-from dataclasses import fields
 
-from engine.bench import SMOKE_MODEL
+from engine.bench import SMOKE_MODEL, add_sets, parse_sets, with_sets
 from engine.bench.machine import machine
 from engine.config import TrainConfig, shared_dir
 from engine.data.episodes import EpisodeSampler
@@ -50,32 +48,15 @@ def unseen_alphabets(scored: ImageSet, trained: ImageSet) -> ImageSet:
     return scored.subset(keep)
 
 
-def parse_sets(pairs: list[str]) -> dict:
-    """["head-start=off", "rotations=true", "lr=0.002"] -> TrainConfig overrides (numbers and true / false
-    as JSON reads them, anything else as text; TrainConfig checks each against its field)."""
-    out = {}
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep:
-            raise UserError(f"--set {pair!r}: write NAME=VALUE with NAME a train flag (e.g. --set head-start=off)")
-        try:
-            out[name.strip().lstrip("-").replace("-", "_")] = json.loads(value)
-        except json.JSONDecodeError:
-            out[name.strip().lstrip("-").replace("-", "_")] = value
-    return out
-
-
 def smalldata_benchmark(seeds=(0, 1, 2, 3, 4), steps: int = STEPS, episodes: int = EPISODES,
                         overrides: dict | None = None, log=sys.stderr) -> dict:
     if not seeds or steps < 1 or episodes < 2:
         raise UserError("bench smalldata needs at least one seed, --steps >= 1 and --episodes >= 2")
     overrides = dict(overrides or {})
-    if unknown := sorted(set(overrides) - {f.name for f in fields(TrainConfig)}):
-        raise UserError(f"--set {', '.join(unknown)}: not a train setting (python -m engine train --help lists them)")
     rows = []
     for seed in seeds:
-        base = TrainConfig(dataset=omniglot_zip(TRAIN_ZIP), steps=steps, seed=seed).to_dict()
-        cfg, plan = plan_config(TrainConfig.from_dict({**base, **overrides}, source="--set"), explicit=set(overrides))
+        base = TrainConfig(dataset=omniglot_zip(TRAIN_ZIP), steps=steps, seed=seed)
+        cfg, plan = plan_config(with_sets(base, overrides), explicit=set(overrides))
         t0 = time.perf_counter()
         trainer = Trainer(cfg)
         while trainer.step < steps:
@@ -101,12 +82,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1, one run each")
     parser.add_argument("--steps", type=int, default=STEPS)
     parser.add_argument("--episodes", type=int, default=EPISODES, help="5-way 1-shot test episodes")
-    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                        help="train with a setting changed (a train flag), e.g. --set head-start=off")
+    add_sets(parser)
 
 
 def run(args) -> dict:
-    overrides = parse_sets(args.set)
+    overrides = parse_sets(args.sets)
     if args.smoke:
         return smalldata_benchmark(**{**SMOKE, "overrides": {**SMOKE["overrides"], **overrides}})
     return smalldata_benchmark(seeds=tuple(range(args.seeds)), steps=args.steps, episodes=args.episodes,
