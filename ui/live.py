@@ -113,7 +113,7 @@ def live_view(run_dir: str | None, *, key: str = "live", presenter: bool = False
     @st.fragment(run_every=every)
     def _live() -> None:
         _render(run_dir, key, presenter, empty_hint,
-                maps_every=REFRESH_S if every == PANELS_S else None, after_maps=rerun_if_changed)
+                maps_every=REFRESH_S if every == PANELS_S else None, after_status=rerun_if_changed)
         rerun_if_changed()
 
     _live()
@@ -131,8 +131,9 @@ def _interval(run_dir: str | None, key: str) -> float | None:
 
 # ------------------------------------------------------------------------------------------------
 def _render(run_dir: str | None, key: str, presenter: bool, empty_hint: str | None,
-            maps_every: float | None = None, after_maps=None) -> None:
-    """The view once; `maps_every` (s): the maps redraw this often by themselves (ui.live_maps.map_pair)."""
+            maps_every: float | None = None, after_status=None) -> None:
+    """The view once; `maps_every` (s): the maps redraw this often by themselves (ui.live_maps.map_pair),
+    and with them the progress (presenter view: the headline), then `after_status()`."""
     lm = live_map()
     view = lm.read(run_dir)
     if view.source == "none":
@@ -145,21 +146,29 @@ def _render(run_dir: str | None, key: str, presenter: bool, empty_hint: str | No
     st.html(PANELS_CSS.replace("KEY", key).replace("MAPFLEX", PAIR_FLEX[presenter] if pair else MAP_FLEX)
             .replace("PAIRMIN", PAIR_MIN[presenter]))
     if presenter:
-        st.subheader(headline(view), anchor=False)
+        status = st.container()
         _notes(view, presenter)
         _paired_headline(view)
         prefs = _settings(view, key, presenter)
     else:  # one compact row (progress of both runs, Pause / Resume / Stop), the headline, then the maps:
         # a 1366x768 screen shows the maps without scrolling; the map's settings and the replay go under the maps
         with st.container(horizontal=True, vertical_alignment="bottom", key=f"{key}_controls"):
-            with st.container(horizontal=True, vertical_alignment="bottom", key=f"{key}_progress"):
-                _status(view, key, presenter)
+            status = st.container(horizontal=True, vertical_alignment="bottom", key=f"{key}_progress")
             with st.container(horizontal=True, width="content"):
                 _controls(view, key)
         _notes(view, presenter)
         if refused := st.session_state.pop(f"_{key}_resume_refused", None):
             st.error(refused)
         _paired_headline(view)
+    def on_redraw(v) -> None:  # the step said above the maps is the maps' own
+        with status:
+            if presenter:
+                st.subheader(headline(v), anchor=False)
+            else:
+                _status(v, key)
+        if after_status is not None:
+            after_status()
+
     # map and curves side by side (in presenter view sized so both fit a 1366x768 screen with the
     # headline); on a narrow screen the curves wrap below the map (PANELS_CSS) instead of squeezing it
     with st.container(horizontal=True, gap="medium", key=f"{key}_panels"):
@@ -171,7 +180,7 @@ def _render(run_dir: str | None, key: str, presenter: bool, empty_hint: str | No
                     prefs = _settings(view, key, presenter)
             heights = (PRESENTER_PAIR_HEIGHT, PAIR_HEIGHT) if pair else (PRESENTER_MAP_HEIGHT, MAP_HEIGHT)
             map_pair(lm, view, key, prefs, height=heights[0] if presenter else heights[1], presenter=presenter,
-                     maps=maps, replay=below, redraw_every=maps_every, after_redraw=after_maps)
+                     maps=maps, replay=below, redraw_every=maps_every, on_redraw=on_redraw)
         with st.container(key=f"{key}_curvescol"):
             curve_heights = PRESENTER_CURVES_HEIGHTS if presenter else (None, None)
             _curves_panel(view, key, height=curve_heights[0], adaptation_height=curve_heights[1],
@@ -206,11 +215,9 @@ def _paired_headline(view) -> None:
         st.markdown("**DEML vs vanilla:** the paired comparison appears when both runs have validated.")
 
 
-def _status(view, key: str, presenter: bool) -> None:
-    """The progress of the run and (beside it) of its twin, one bar each; presenter view: none (the
+def _status(view, key: str) -> None:
+    """The progress of the run and (beside it) of its twin, one bar each (presenter view: none, the
     headline says the step). The run is named by what it is when its twin is beside it."""
-    if presenter:
-        return
     p = view.progress or {}
     eta = f", {_left(p['eta_seconds'])}" if p.get("eta_seconds") is not None and view.active else ""
     twin = view.twin_progress

@@ -74,19 +74,22 @@ def has_twin_map(view) -> bool:
 
 
 def map_pair(lm: LiveMap, view, key: str, prefs: dict, height: int, presenter: bool = False,
-             maps=None, replay=None, redraw_every: float | None = None, after_redraw=None) -> None:
+             maps=None, replay=None, redraw_every: float | None = None, on_redraw=None) -> None:
     """The run's map, and the twin's beside it (same method, same step, aligned onto the run's map)
     when it has one, drawn in the container `maps`; the replay slider in `replay` (both default to
     where this is called, the slider above the maps). While training waits for its first snapshot,
     each map's element holds a message: its page and plotly.js load meanwhile.
     `redraw_every` (s; while training, the replay at the latest snapshot): the maps alone are drawn
-    again this often, from the run read afresh, in a fragment of their own, each time followed by
-    `after_redraw()` (a Streamlit redraw costs the browser by the elements it redraws: the rest of the
-    live view can redraw less often; bench live --browser, BENCHMARKS.md)."""
+    again this often, from the run read afresh, in a fragment of their own (a Streamlit redraw costs
+    the browser by the elements it redraws: the rest of the live view can redraw less often; bench
+    live --browser, BENCHMARKS.md). `on_redraw(view)` is called with the view each drawing of the maps
+    shows, before them: what must agree with the maps (the step) is drawn with them."""
     replay = replay or st.container(horizontal=True, vertical_alignment="bottom")
     maps = maps or st.container()
+    on_redraw = on_redraw or (lambda _: None)
     drawable = bool(view.snapshots) and view.probe is not None
     if not drawable and not view.active:
+        on_redraw(view)
         return
     step = None
     if drawable:
@@ -94,14 +97,18 @@ def map_pair(lm: LiveMap, view, key: str, prefs: dict, height: int, presenter: b
             step = _replay_step(view, key)
     with maps:
         if step is None and redraw_every:
+            drawn = []  # the first drawing is part of the page's: the same view as the rest of it
+
             @st.fragment(run_every=redraw_every)
             def _live_maps() -> None:
-                _maps(lm, lm.read(view.run_dir), key, prefs, height, None, presenter)
-                if after_redraw is not None:
-                    after_redraw()
+                fresh = lm.read(view.run_dir) if drawn else view
+                drawn.append(True)
+                on_redraw(fresh)
+                _maps(lm, fresh, key, prefs, height, None, presenter)
 
             _live_maps()
         else:
+            on_redraw(view)
             _maps(lm, view, key, prefs, height, step, presenter)
 
 
