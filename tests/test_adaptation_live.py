@@ -49,6 +49,13 @@ def test_one_trace_per_curve_latest_widest_older_fading_twin_dashed_and_chance()
     assert fig.layout.uirevision == "adaptation-live"
 
 
+def test_the_twin_is_drawn_no_further_than_the_run():
+    """The twin trains faster (no discriminator): its bold curve is at the run's latest step, not beyond."""
+    fig = live_adaptation_curves(RUN[:2], TWIN, name="DEML", twin_name="λ = 0 twin")  # DEML validated at step 10 only
+    assert [t.meta["step"] for t in curves_of(fig, "λ = 0 twin")] == [10]
+    assert curves_of(fig, "λ = 0 twin")[0].name == "λ = 0 twin, step 10"
+
+
 def test_inner_steps_axis_and_a_run_alone():
     fig = live_adaptation_curves([curve(5, [0.2, 0.5, 0.6], axis="inner_steps", ways=4)])
     assert fig.layout.xaxis.title.text == "inner steps"

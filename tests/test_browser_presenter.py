@@ -122,3 +122,29 @@ def test_plot_toolbars_never_cover_titles_on_a_phone(browser, server, workdir, t
             page.screenshot(path=str(shots / f"toolbar-390-{key}.png"))
     finally:
         context.close()
+
+
+def test_a_replay_plays_the_map_through_its_steps_without_fading(browser, server, workdir):  # noqa: F811
+    """▶ Play redraws the view every 0.4 s: the map's title walks through the snapshot steps, and nothing
+    of the live view takes Streamlit's faded "stale" look meanwhile (it did, at a third of full opacity)."""
+    run = str(workdir / "runs" / "20260101-120000-demo")
+    context = browser.new_context(viewport={"width": 1366, "height": 768})
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    faded = """() => Math.min(...[...document.querySelectorAll('[data-testid=stElementContainer]')]
+        .filter(e => e.closest('[class*=st-key-live_]')).map(e => +getComputedStyle(e).opacity))"""
+    try:
+        page.goto(f"{server}/?run={urllib.parse.quote(run)}")
+        settle(page)
+        wait_for_map(page)
+        title = page.frame_locator(".st-key-live_map iframe").locator(".gtitle").first
+        page.get_by_role("button", name="▶ Play").click()
+        opacities, titles = [], set()
+        for _ in range(30):
+            page.wait_for_timeout(150)
+            opacities.append(page.evaluate(faded))
+            titles.add(title.text_content())
+        assert min(opacities) == 1, opacities
+        assert len(titles) >= 2, titles  # the replay moved the map through earlier steps
+    finally:
+        context.close()

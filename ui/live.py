@@ -72,7 +72,9 @@ PANELS_CSS = """<style>
 .st-key-KEY_progress > [data-testid="stElementContainer"] {flex: 1 1 200px !important; min-width: 0;}
 [data-testid="stLayoutWrapper"]:has(> .st-key-KEY_replayrow) {flex: 1 1 320px !important; min-width: 0;}
 [data-testid="stLayoutWrapper"]:has(> [class*="st-key-KEY_side_"]) {flex: 1 1 PAIRMIN !important; min-width: 0;}
-</style>"""  # the progress bars: side by side, one under the other on a phone; Pause / Resume / Stop beside or under them
+[class*="st-key-KEY_"] [data-stale="true"] {opacity: 1 !important; transition: none !important;}
+</style>"""  # the progress bars: side by side, one under the other on a phone; Pause / Resume / Stop beside or under them;
+# no fading of what a redraw has not reached yet (Streamlit's "stale" look): a replay redraws every 0.4 s
 MAP_FLEX = "3 1 480px"  # one map
 PAIR_FLEX = {True: "4 1 720px",  # presenter view: the two maps and the curves in one row on a 1366 px screen
              False: "1 1 100%"}  # beside the controls: the two maps take the row, the curves go below them

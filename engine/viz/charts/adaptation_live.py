@@ -44,7 +44,9 @@ def live_adaptation_curves(records, twin_records=None, title: str | None = "Adap
                            max_curves: int = MAX_CURVES) -> go.Figure:
     """One trace per adaptation curve shown (at most `max_curves` per run, the latest widest and
     opaque, earlier ones thinner and fading), the twin's dashed, plus a dotted chance line at 1/N.
-    x: inner steps or shots (one axis: a run and its twin never mix them); y: accuracy, 0-100 %."""
+    x: inner steps or shots (one axis: a run and its twin never mix them); y: accuracy, 0-100 %.
+    The twin's curves go no further than the run's latest: the twin (no discriminator to train) runs
+    ahead, and the two bold curves are to compare the same step."""
     if not isinstance(max_curves, int) or isinstance(max_curves, bool) or max_curves < 1:
         raise ValueError(f"max_curves must be a whole number >= 1, got {max_curves!r}")
     runs = []
@@ -54,6 +56,8 @@ def live_adaptation_curves(records, twin_records=None, title: str | None = "Adap
         if isinstance(recs, (str, bytes, dict)):
             raise ValueError(f"{label}'s records must be a list of metric records, got {type(recs).__name__}")
         curves = adaptation_records(recs)
+        if runs and label == twin_name:
+            curves = [c for c in curves if c["step"] <= max(r["step"] for r in runs[0][1])]
         if curves:
             runs.append((label, _shown(curves, max_curves), color, dash))
     axes = {c["axis"] for _, curves, _, _ in runs for c in curves}
