@@ -223,8 +223,9 @@ def _status(view, key: str) -> None:
     p = view.progress or {}
     eta = f", {_left(p['eta_seconds'])}" if p.get("eta_seconds") is not None and view.active else ""
     twin = view.twin_progress
-    where = f" on {view.device}" if view.device and view.active and twin is None else ""
-    name = method_label(view.lam) if twin is not None and view.lam is not None else Path(view.run_dir).name
+    paired = view.lam is not None and (twin is not None or view.twin_dir is not None)  # its twin may be starting
+    where = f" on {view.device}" if view.device and view.active and not paired else ""
+    name = method_label(view.lam) if paired else Path(view.run_dir).name
     st.progress(min(1.0, float(p.get("fraction", 0.0))), width="stretch",
                 text=f"{name}{where}: {view.state}, step {p.get('step', 0)}/{p.get('steps', 0)}{eta}")
     if twin is not None:
