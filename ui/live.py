@@ -162,6 +162,7 @@ def _render(run_dir: str | None, key: str, presenter: bool, empty_hint: str | No
         if refused := st.session_state.pop(f"_{key}_resume_refused", None):
             st.error(refused)
         _paired_headline(view)
+
     def on_redraw(v) -> None:  # the step said above the maps is the maps' own
         with status:
             if presenter:

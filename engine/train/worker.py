@@ -26,6 +26,7 @@ from engine.config import TrainConfig
 from engine.errors import UserError
 from engine.train.job import end_state, kept_snapshot_steps
 from engine.train.launch import resume_run, start_run
+from engine.train.malloc import keep_freed_memory
 from engine.train.trainer import Trainer
 
 
@@ -137,6 +138,7 @@ def train_child(setup: dict[str, Any], conn, control: SharedControl) -> None:
         conn.send((kind, record))
 
     run = None
+    keep_freed_memory()  # this process only trains (engine.train.malloc)
     try:
         if setup["threads"]:
             torch.set_num_threads(setup["threads"])
