@@ -8,7 +8,8 @@ engine train --preset omniglot` spent a fifth of its CPU time in the kernel (496
 /usr/bin/time) and 315 million page faults. With mmap off and the heap never trimmed, freed blocks
 are reused from the process's heap: `bench profile` read 125 ms a step against 175-181 ms (0.43 of
 the FP32 peak against 0.30-0.32), 0.1 million page faults against 3.3-4.3 million, and a peak
-resident memory of 895 MiB against 766-770 (BENCHMARKS.md §3). The memory a step needs stays held
+resident memory of 895 MiB against 766-770; the preset's whole run took 12.9 min against 18.8, with the
+same numbers (BENCHMARKS.md §1, §3). The memory a step needs stays held
 between steps, which is what a training process wants, not a server.
 
 keep_freed_memory() is called by `python -m engine` (every command) and by each of the app's
