@@ -77,13 +77,11 @@ def step_parts(trainer: Trainer):
             "discriminator": discriminator, "optimizer": trainer.optimizer.step}
 
 
-def generator_flops(trainer: Trainer) -> tuple[int, int]:
-    """(FLOPs of G forward + backward over one step's images, those images) by FlopCounterMode."""
-    b = trainer.sample_batch(0)
-    images = len(b["x"]) + (len(b["x_ext"]) if "x_ext" in b else 0)
+def counted_flops(fn) -> int:
+    """The FLOPs of one call of `fn` (torch's FlopCounterMode)."""
     with FlopCounterMode(display=False) as counter:
-        step_parts(trainer)["generator"]()
-    return counter.get_total_flops(), images
+        fn()
+    return counter.get_total_flops()
 
 
 def profile(cfg: TrainConfig, rounds: int = 5, steps_per_round: int = 10, matmul_n: int = MATMUL_N,
@@ -105,7 +103,8 @@ def profile(cfg: TrainConfig, rounds: int = 5, steps_per_round: int = 10, matmul
               + f"  matmul {peaks[-1]:.0f} GFLOP/s", file=log, flush=True)
     ms = {name: 1e3 * statistics.median(v) for name, v in times.items()}
     ms["other"] = ms["step"] - sum(ms[p] for p in PARTS)  # below 0: the parts cost more apart than together
-    flops, images = generator_flops(trainer)
+    flops = counted_flops(parts["generator"])  # G forward + backward over the step's images
+    images = len(Trainer.step_images(trainer.sample_batch(0)))
     achieved = flops / (ms["step"] / 1e3) / 1e9
     peak = statistics.median(peaks)
     return {

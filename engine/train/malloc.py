@@ -6,8 +6,8 @@ allocates its activations again at every step (a 20-way batch's first conv outpu
 so each step's memory came back as fresh pages the kernel had to fault in and zero: `python -m
 engine train --preset omniglot` spent a fifth of its CPU time in the kernel (496 s system of 2,236 s,
 /usr/bin/time) and 315 million page faults. With mmap off and the heap never trimmed, freed blocks
-are reused from the process's heap: `bench profile` read 123-126 ms a step against 169-175 ms (0.43 of
-the FP32 peak against 0.31-0.33), 0.1 million page faults against 3.7-4.1 million; the preset's whole
+are reused from the process's heap: `bench profile` read 123-126 ms a step against 169-175 ms (0.32 of
+the FP32 peak against 0.23-0.24), 0.1 million page faults against 3.7-4.1 million; the preset's whole
 run took 12.9 min against 18.8, with the same numbers, and peaked at 1.28 GB resident against 1.14
 (BENCHMARKS.md §1, §3). The memory a step needs stays held between steps, which is what a training
 process wants, not a server.
