@@ -95,21 +95,19 @@ def map_pair(lm: LiveMap, view, key: str, prefs: dict, height: int, presenter: b
     if drawable:
         with replay:
             step = _replay_step(view, key)
+    drawn = []  # the first drawing is part of the page's: the same view as the rest of it
+
+    # always inside this fragment, polling or not: a map drawn at another place in the page would be a
+    # new element, a new frame that loads plotly.js again (as when the first snapshot came)
+    @st.fragment(run_every=redraw_every if step is None else None)
+    def _maps_fragment() -> None:
+        fresh = lm.read(view.run_dir) if drawn else view
+        drawn.append(True)
+        on_redraw(fresh)
+        _maps(lm, fresh, key, prefs, height, step, presenter)
+
     with maps:
-        if step is None and redraw_every:
-            drawn = []  # the first drawing is part of the page's: the same view as the rest of it
-
-            @st.fragment(run_every=redraw_every)
-            def _live_maps() -> None:
-                fresh = lm.read(view.run_dir) if drawn else view
-                drawn.append(True)
-                on_redraw(fresh)
-                _maps(lm, fresh, key, prefs, height, None, presenter)
-
-            _live_maps()
-        else:
-            on_redraw(view)
-            _maps(lm, view, key, prefs, height, step, presenter)
+        _maps_fragment()
 
 
 def _maps(lm: LiveMap, view, key: str, prefs: dict, height: int, step: int | None, presenter: bool) -> None:
