@@ -148,8 +148,8 @@ def _add_export(sub):
 class Progress:
     """Throttled progress lines on stderr (every 2 s, and every validation)."""
 
-    def __init__(self, total: int):
-        self.total, self.last, self.started = total, 0.0, time.monotonic()
+    def __init__(self, trainer):
+        self.trainer, self.last, self.started = trainer, 0.0, time.monotonic()
         self.val = ""
 
     def __call__(self, kind: str, rec: dict):
@@ -165,12 +165,19 @@ class Progress:
     def _line(self, step: int, extra: str = "", force: bool = False):
         self.last = time.monotonic()
         elapsed = self.last - self.started
-        eta = elapsed / max(step, 1) * (self.total - step)
-        print(f"step {step}/{self.total}{extra}{self.val}  {elapsed:.0f}s  eta {eta:.0f}s", file=sys.stderr, flush=True)
+        t = self.trainer
+        if t.cfg.minutes > 0:  # bounded by time: how much of the budget is left
+            budget = 60 * t.cfg.minutes
+            where = f"step {step}{extra}{self.val}  {t.loop_seconds:.0f}s of {budget:.0f}s"
+            eta = max(0.0, budget - t.loop_seconds)
+        else:
+            where = f"step {step}/{t.cfg.steps}{extra}{self.val}  {elapsed:.0f}s"
+            eta = elapsed / max(step, 1) * (t.cfg.steps - step)
+        print(f"{where}  eta {eta:.0f}s", file=sys.stderr, flush=True)
 
 
 def cmd_train(args) -> dict | None:
-    from engine.config import TrainConfig, preset
+    from engine.config import LIMITS, TrainConfig, preset
     from engine.data.plan import plan_config
     from engine.models.deml import resolve_device
     from engine.runs import clean_run_name
@@ -187,6 +194,8 @@ def cmd_train(args) -> dict | None:
                             f"(to train longer), not {', '.join(changed + ['--preset'] * bool(args.preset) + ['--out'] * bool(args.out) + ['--name'] * bool(args.name))}")
     else:
         overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if f.name not in TRAIN_FIELDS_HIDDEN}
+        if args.minutes and args.steps is None:  # bounded by time alone, not by a preset's steps
+            overrides["steps"] = LIMITS["steps"]
         cfg = preset(args.preset).with_overrides(**overrides)
         args.name = clean_run_name(args.name) if args.name else None
         # a step that cannot fit in memory is refused before the data is read (as the trainer does)
@@ -213,7 +222,7 @@ def cmd_train(args) -> dict | None:
         control = Control()
         previous = signal.signal(signal.SIGINT, lambda *_: setattr(control, "stop", True))  # Ctrl-C: checkpoint, stop
         try:
-            summary = trainer.run(run, control, Progress(trainer.cfg.steps) if main else None)
+            summary = trainer.run(run, control, Progress(trainer) if main else None)
         finally:
             signal.signal(signal.SIGINT, previous)
         return summary if main else None  # None: nothing to print

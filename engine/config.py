@@ -26,7 +26,7 @@ LIMITS = {
     "ways": 1_000, "shots": 1_000, "queries": 1_000, "meta_batch": 1_024, "ext_batch": 4_096,
     "val_episodes": 10_000, "probe_per_class": 100, "probe_classes": 200, "train_limit": 1_000_000,
     "width": 512, "concept_dim": 2_048, "disc_hidden": 4_096, "head_hidden": 4_096, "inner_steps": 100,
-    "image_size": 512,
+    "image_size": 512, "minutes": 7 * 24 * 60,
 }
 
 
@@ -92,7 +92,11 @@ class TrainConfig:
     head_hidden: int = 0
     batched: bool = True
     # optimisation
-    steps: int = 2000
+    steps: int = 2000  # with --minutes, an upper bound (the command line lifts it when --steps is not given)
+    # >0: train for this many minutes (the training loop's wall time, validation and snapshots included,
+    # summed over resumes); the learning-rate schedule runs over the time, and config.json's steps
+    # becomes the steps done. Not repeatable to the bit: the steps done depend on the machine's pace
+    minutes: float = 0.0
     lr: float = 1e-3  # Adam, shared by G, D and M
     lr_schedule: str = "cosine"  # "cosine" decays to 5% of lr by the last step; "constant"
     weight_decay: float = 0.0
@@ -119,9 +123,9 @@ class TrainConfig:
         positive = ["ways", "shots", "queries", "meta_batch", "steps", "val_every", "val_episodes", "snapshot_every",
                     "checkpoint_every", "concept_dim", "width", "probe_per_class", "probe_classes"]
         non_negative = ["ext_batch", "train_limit", "seed", "split_seed", "val_split", "test_split", "snapshot_seconds",
-                        "external_split", "head_hidden", "disc_hidden", "inner_steps", "weight_decay", "lam"]
+                        "external_split", "head_hidden", "disc_hidden", "inner_steps", "weight_decay", "lam", "minutes"]
         finite = ["lr", "inner_lr", "lam", "weight_decay", "val_split", "test_split", "external_split",
-                  "snapshot_seconds"]
+                  "snapshot_seconds", "minutes"]
         if bad := [n for n in finite if not math.isfinite(getattr(self, n))]:
             raise UserError(f"these settings must be finite numbers: {flags(bad)}")
         if bad := [n for n in positive if getattr(self, n) < 1]:
@@ -258,8 +262,11 @@ PRESETS = {
     # lambda chosen on meta-validation), where DEML beat vanilla by +5.8 +- 1.7 points (5-way 1-shot, meta-test)
     "demo": dict(dataset="glyphs:classes=400,drawings=20,seed=0", train_limit=2, lam=3.0, lr_schedule="constant",
                  steps=300, meta_batch=4, val_every=50, val_episodes=100, snapshot_every=25, checkpoint_every=100),
-    # Omniglot background set, alphabets split into meta-train/val/test/external groups
-    "omniglot": dict(dataset="@omniglot", steps=6000, ways=20, shots=1, queries=5, meta_batch=2,
+    # Omniglot background set, alphabets split into meta-train/val/test/external groups; each 90-degree
+    # turn of a meta-train character is a new class (the usual Omniglot recipe, 4x the classes;
+    # chosen on the validation alphabets, BENCHMARKS.md §1). Every learner trains this recipe
+    # (`--preset omniglot --learner maml`): their step times are within 7% of each other
+    "omniglot": dict(dataset="@omniglot", rotations=True, steps=6000, ways=20, shots=1, queries=5, meta_batch=2,
                      val_every=500, val_episodes=200, snapshot_every=100, checkpoint_every=500),
     # the built-in generator behind --head-start (assets/README.md): Omniglot background alphabets except
     # the 8 of images_background_small1/2.zip, kept unseen so the head start can be measured on them

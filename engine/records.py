@@ -84,6 +84,7 @@ class TrainRecord(TypedDict, total=False):
     step_seconds: float  # how long the step took
     images_per_s: float  # images through the generator per second (all processes)
     seconds: float  # training time so far
+    progress: float  # how far training was when the step began, 0..1 (of the steps, or of --minutes' budget)
 
 
 class ValRecord(TypedDict, total=False):

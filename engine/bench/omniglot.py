@@ -1,10 +1,11 @@
 """python -m engine bench omniglot: the standard few-shot benchmark on alphabets never seen in
 training, with accuracy against training time.
 
-One model per (learner, lambda) is trained on the Omniglot background set under the `omniglot`
-preset plus RECIPE (28 px, conv4, whole-alphabet splits: 15 meta-train, 3 validation, 6 external
-and 6 test alphabets), then scored on the 6 test alphabets in the four standard settings at
-several points of training. `--minutes` turns a time budget into a step count from a measured
+One model per (learner, lambda) is trained on the Omniglot background set exactly as `python -m
+engine train --preset omniglot --learner L --lam X` trains it (28 px, conv4, whole-alphabet
+splits: 15 meta-train, 3 validation, 6 external and 6 test alphabets), then scored on the 6 test
+alphabets in the four standard settings at several points of training (the accuracy-against-time
+curve; the points before the last on fewer episodes, --curve-episodes). `--minutes` turns a time budget into a step count from a measured
 step time; the result records the steps, so `--steps N` repeats the run exactly (same seed, same
 numbers). The run directory is a normal run: `python -m engine evaluate RUN --dataset FILE.npz
 --classes all` scores it on other data, e.g. the 20 evaluation alphabets.
@@ -29,10 +30,7 @@ SETTINGS = ((5, 1), (5, 5), (20, 1), (20, 5))  # (ways, shots): 5w1s, 5w5s, 20w1
 TEST_QUERIES = 15  # per class: 5 shots + 15 queries use all 20 drawings of a character
 MARKS = (1 / 16, 1 / 8, 1 / 4, 1 / 2, 3 / 4, 1)  # fractions of training at which the test set is scored
 CALIBRATION_STEPS = 8  # timed (after 2 warm-up steps) to turn --minutes into steps
-# on top of the omniglot preset: each 90-degree turn of a meta-train character is a new class
-# (4x the classes, the usual Omniglot recipe against over-fitting the few training alphabets)
-RECIPE = dict(rotations=True, val_every=1000, val_episodes=200, checkpoint_every=1000, snapshot_every=500)
-SMOKE = dict(minutes=None, steps=2, episodes=3)  # with SMOKE_MODEL: two steps, each setting scored on 3 episodes
+SMOKE = dict(minutes=None, steps=2, episodes=3, curve_episodes=2)  # with SMOKE_MODEL: two steps, each setting scored on 3 episodes
 
 
 def setting_name(ways: int, shots: int) -> str:
@@ -64,12 +62,14 @@ def seconds_per_step(cfg: TrainConfig, splits) -> float:
 
 def omniglot_benchmark(out: str, learner: str = "protonet", lam: float = 1.0, minutes: float | None = None,
                        steps: int | None = None, episodes: int = 1000, seed: int = 0,
-                       overrides: dict | None = None, log=sys.stderr) -> dict:
+                       curve_episodes: int = 250, overrides: dict | None = None, log=sys.stderr) -> dict:
     if (minutes is None) == (steps is None):
         raise UserError("give the training budget as either --minutes or --steps")
     if episodes < 2:
         raise UserError(f"--episodes must be at least 2 for a confidence interval (got {episodes})")
-    cfg = preset("omniglot").with_overrides(learner=learner, lam=lam, seed=seed, **{**RECIPE, **(overrides or {})})
+    if curve_episodes < 2:
+        raise UserError(f"--curve-episodes must be at least 2 for a confidence interval (got {curve_episodes})")
+    cfg = preset("omniglot").with_overrides(learner=learner, lam=lam, seed=seed, **(overrides or {}))
     cfg, splits = load_data(cfg)
     if minutes is not None:
         per_step = seconds_per_step(cfg, splits)
@@ -86,7 +86,7 @@ def omniglot_benchmark(out: str, learner: str = "protonet", lam: float = 1.0, mi
         if kind == "train" and rec["step"] in marks:
             t0 = time.perf_counter()
             point = {"step": rec["step"], "train_seconds": round(rec["seconds"], 2),
-                     **score(trainer, splits.test, episodes)}
+                     **score(trainer, splits.test, episodes if rec["step"] == steps else curve_episodes)}
             curve.append(point)
             accs = "  ".join(f"{k} {v['accuracy']:.3f}" for k, v in point.items() if isinstance(v, dict))
             print(f"step {rec['step']}/{steps}  {rec['seconds']:.0f}s  {accs}  "
@@ -96,10 +96,12 @@ def omniglot_benchmark(out: str, learner: str = "protonet", lam: float = 1.0, mi
     final = curve[-1]
     result = {
         "benchmark": "omniglot", "learner": learner, "lam": lam, "seed": seed, "steps": steps,
-        "train_seconds": final["train_seconds"], "episodes": episodes, "test_queries": TEST_QUERIES,
+        "train_seconds": final["train_seconds"], "episodes": episodes, "curve_episodes": curve_episodes, "test_queries": TEST_QUERIES,
         "split": "meta-test",  # every accuracy below (final and curve): the test alphabets
         "test_alphabets": splits.report["units"]["meta-test"], "run_dir": str(run.path),
         "final": {setting_name(w, k): final[setting_name(w, k)] for w, k in SETTINGS}, "curve": curve,
+        # where recipes are chosen: the validation alphabets' accuracy at the end (the run's own episodes)
+        "val": {"accuracy": trainer.last_val["val_acc"], "ci95": trainer.last_val["val_ci95"]},
         "config": {k: v for k, v in cfg.to_dict().items() if k in ("ways", "shots", "queries", "meta_batch", "lr",
                                                                   "rotations", "ext_batch", "inner_steps", "inner_lr")},
         "machine": machine(), "date": time.strftime("%Y-%m-%d"),
@@ -113,7 +115,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--lam", type=float, default=1.0)
     parser.add_argument("--minutes", type=float, help="training budget, turned into steps")
     parser.add_argument("--steps", type=int, help="training steps (repeats a run exactly)")
-    parser.add_argument("--episodes", type=int, default=1000, help="test episodes per setting")
+    parser.add_argument("--episodes", type=int, default=1000, help="test episodes per setting, at the end")
+    parser.add_argument("--curve-episodes", type=int, default=250,
+                        help="test episodes per setting at the curve's earlier points (default 250)")
     parser.add_argument("--inner-lr", type=float, help="the gradient learners' inner step size")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"])
@@ -126,7 +130,7 @@ def run(args) -> dict:
     if not args.smoke:
         out = args.out or str(runs_root() / "bench" / f"omniglot-{args.learner}-lam{args.lam:g}-s{args.seed}")
         return omniglot_benchmark(out, args.learner, args.lam, args.minutes, args.steps, args.episodes, args.seed,
-                                  overrides)
+                                  args.curve_episodes, overrides)
     with tempfile.TemporaryDirectory(prefix="bench-omniglot-") as tmp:  # a smoke run leaves no run behind
         return omniglot_benchmark(args.out or f"{tmp}/run", args.learner, args.lam, seed=args.seed,
                                   overrides={**overrides, **SMOKE_MODEL}, **SMOKE)

@@ -54,7 +54,8 @@ def _resume(run: RunDir, steps: int | None) -> tuple[Trainer, RunDir]:
     if steps is not None:
         # every rank takes part whatever config.json says now: rank 0 may already have rewritten it,
         # and a rank skipping the collective would meet the others' next one (a gloo mismatch)
-        longer, cfg = steps != cfg.steps, cfg.with_overrides(steps=steps)
+        # a run bounded by --minutes, given steps, goes on by steps (its time budget is spent)
+        longer, cfg = steps != cfg.steps or cfg.minutes > 0, cfg.with_overrides(steps=steps, minutes=0.0)
         distributed.on_main(lambda: run.update_config(cfg.to_dict()) if longer else None)
     # every rank reads the same checkpoint (nothing in it depends on the number of processes), and
     # before Trainer() meets the others, so rank 0 cannot have written a newer one meanwhile

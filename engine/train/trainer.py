@@ -127,6 +127,9 @@ class Trainer:
         self.probe = self._probe()
         self.step = 0
         self.seconds = 0.0  # training wall time, summed over resumes
+        # the training loop's wall time (steps, validation, snapshots), summed over resumes: what
+        # --minutes budgets; with several processes the mean of their clocks, so all agree on it
+        self.loop_seconds = 0.0
         self.last_val: ValRecord | None = None
         self._started_at = _clock()
         self._last_snapshot_at: float | None = None  # when run() took its last snapshot (by _clock)
@@ -141,11 +144,21 @@ class Trainer:
                             "or lower --ways") from None
 
     # --- one optimisation step ---------------------------------------------------------------
-    def lr_at(self, step: int) -> float:
+    def progress(self) -> float:
+        """How far training is, 0..1: the fraction of the steps done or, with --minutes, of the
+        time budget used (whichever is further). The learning-rate schedule follows it."""
+        done = self.step / max(1, self.cfg.steps)
+        if self.cfg.minutes > 0:
+            done = max(done, self.loop_seconds / (60 * self.cfg.minutes))
+        return min(1.0, done)
+
+    def time_is_up(self) -> bool:
+        return self.cfg.minutes > 0 and self.loop_seconds >= 60 * self.cfg.minutes
+
+    def lr_at(self, progress: float) -> float:
         if self.cfg.lr_schedule == "constant":
             return self.cfg.lr
-        progress = step / max(1, self.cfg.steps)
-        return self.cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+        return self.cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
     def sample_batch(self, step: int) -> dict:
         """Step `step`'s images and labels: a meta-batch of tasks, then (lambda > 0) external images.
@@ -206,7 +219,8 @@ class Trainer:
             disc_loss = F.cross_entropy(disc_logits, ext_labels)
             loss = loss + cfg.lam * disc_loss
             stats += [disc_loss.detach(), (disc_logits.argmax(-1) == ext_labels).float().mean()]
-        lr = self.lr_at(self.step)
+        progress = self.progress()  # before the step: where the schedule takes its learning rate
+        lr = self.lr_at(progress)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
@@ -226,7 +240,7 @@ class Trainer:
         self.seconds += dt
         images = len(x) + (len(b["x_ext"]) if "x_ext" in b else 0)
         record.update(lr=lr, step_seconds=dt, images_per_s=images * distributed.world_size() / dt,
-                      seconds=self.seconds)
+                      seconds=self.seconds, progress=round(progress, 5))
         return record
 
     # --- validation and snapshots -------------------------------------------------------------
@@ -320,7 +334,7 @@ class Trainer:
 
     # --- checkpoints --------------------------------------------------------------------------
     def state(self) -> dict:
-        return {"step": self.step, "seconds": self.seconds, "model": self.model.state_dict(),
+        return {"step": self.step, "seconds": self.seconds, "loop_seconds": self.loop_seconds, "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "config": self.cfg.to_dict(),
                 "external_classes": self.model.external_classes, "last_val": self.last_val}
 
@@ -328,6 +342,7 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.seconds, self.last_val = state["step"], state["seconds"], state.get("last_val")
+        self.loop_seconds = state.get("loop_seconds", self.seconds)  # checkpoints older than --minutes
 
     # --- the loop ----------------------------------------------------------------------------
     def run(self, run: RunDir | None = None, control: Control | None = None,
@@ -394,9 +409,11 @@ class Trainer:
         if self.step == 0:
             snapshot()
         # a stop request (Ctrl-C) that reaches any rank stops every rank at the same step
-        while self.step < self.cfg.steps and not distributed.any_rank(control.stop, self.device):
+        last = _clock()
+        while self.step < self.cfg.steps and not self.time_is_up() and not distributed.any_rank(control.stop, self.device):
             if control.paused:
                 time.sleep(0.05)
+                last = _clock()  # time paused is not training time
                 continue
             record(self.train_step())
             if self.step % self.cfg.val_every == 0 or self.step == self.cfg.steps:
@@ -405,14 +422,29 @@ class Trainer:
                 snapshot()
             if self.step % self.cfg.checkpoint_every == 0 or self.step == self.cfg.steps:
                 checkpoint()
+            now = _clock()
+            self._count_loop_time(now - last)
+            last = now
+        if self.time_is_up() and self.step < self.cfg.steps:
+            # --minutes ran out: the run ends here, finished, and config.json records the steps it did
+            self.cfg = self.cfg.with_overrides(steps=self.step)
+            if run is not None:
+                run.update_config(self.cfg.to_dict())
+            snapshot()
         if self.last_val is None or self.last_val["step"] != self.step:
             validate()
         checkpoint()  # also on stop, so a stopped run can be resumed where it was left
         distributed.barrier()  # every rank returns once rank 0's last checkpoint is on disk
         return self.summary(run)
 
+    def _count_loop_time(self, seconds: float) -> None:
+        if self.cfg.minutes > 0 and distributed.active():  # one clock for all: the mean of theirs
+            seconds = float(distributed.average(torch.tensor([seconds], device=self.device)).item())
+        self.loop_seconds += seconds
+
     def summary(self, run: RunDir | None = None) -> dict:
         return {"run_dir": str(run.path) if run else None, "steps": self.step, "seconds": round(self.seconds, 3),
+                "loop_seconds": round(self.loop_seconds, 3), "minutes": self.cfg.minutes,
                 "val_accuracy": self.last_val["val_acc"] if self.last_val else None,
                 "val_ci95": self.last_val["val_ci95"] if self.last_val else None,
                 "learner": self.cfg.learner, "lam": self.cfg.lam, "device": str(self.device)}

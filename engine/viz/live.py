@@ -187,8 +187,11 @@ class LiveMap:
         train = train_records(metrics)
         step = max((int(m["step"]) for m in train), default=0)
         seconds = max((float(m["seconds"]) for m in metrics if m.get("seconds") is not None), default=0.0)
+        # a run bounded by --minutes records its progress (its steps are only an upper bound)
+        fraction = min(1.0, step / steps) if steps else 0.0
+        fraction = max([fraction] + [float(m["progress"]) for m in train[-1:] if m.get("progress") is not None])
         return {"state": RunState.SAVED, "step": step, "steps": steps, "seconds": seconds, "eta_seconds": None,
-                "fraction": min(1.0, step / steps) if steps else 0.0, "error": None}
+                "fraction": fraction, "error": None}
 
     def twin_of(self, run_dir: str, registry: JobRegistry = REGISTRY) -> str | None:
         """The run's lambda = 0 twin (or, for a twin, its DEML run): the folder the app starts it
