@@ -60,7 +60,7 @@ def test_bench_help_lists_every_benchmark_and_each_its_own_flags():
     (["throughput", "--rounds", "0"], "--rounds must be at least 1 (got 0)"),
     (["cost", "--parts", "vmap,nope"], "--parts: unknown nope; choose from settings, vmap, scaling, memory"),
     (["deml", "--seeds", "0,x"], "--seeds takes comma-separated numbers"),
-    (["omniglot"], "give the training budget as either --minutes or --steps"),
+    (["omniglot", "--minutes", "5", "--steps", "10"], "give the training budget as --minutes or --steps, not both"),
     (["summary"], "bench summary needs --results FILE.json"),
     (["projection", "--rounds", "3"], "unrecognized arguments: --rounds 3"),  # another benchmark's flag
     (["smalldata", "--set", "head-start"], "--set 'head-start': write NAME=VALUE"),

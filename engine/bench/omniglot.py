@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 
-from engine.bench import SMOKE_MODEL
+from engine.bench import SMOKE_MODEL, add_sets, parse_sets, with_sets
 from engine.bench.machine import machine
 from engine.config import TrainConfig, preset, runs_root
 from engine.data.episodes import EpisodeSampler
@@ -63,19 +63,20 @@ def seconds_per_step(cfg: TrainConfig, splits) -> float:
 def omniglot_benchmark(out: str, learner: str = "protonet", lam: float = 1.0, minutes: float | None = None,
                        steps: int | None = None, episodes: int = 1000, seed: int = 0,
                        curve_episodes: int = 250, overrides: dict | None = None, log=sys.stderr) -> dict:
-    if (minutes is None) == (steps is None):
-        raise UserError("give the training budget as either --minutes or --steps")
+    if minutes is not None and steps is not None:
+        raise UserError("give the training budget as --minutes or --steps, not both")
     if episodes < 2:
         raise UserError(f"--episodes must be at least 2 for a confidence interval (got {episodes})")
     if curve_episodes < 2:
         raise UserError(f"--curve-episodes must be at least 2 for a confidence interval (got {curve_episodes})")
-    cfg = preset("omniglot").with_overrides(learner=learner, lam=lam, seed=seed, **(overrides or {}))
+    cfg = with_sets(preset("omniglot").with_overrides(learner=learner, lam=lam, seed=seed), overrides or {})
     cfg, splits = load_data(cfg)
     if minutes is not None:
         per_step = seconds_per_step(cfg, splits)
         steps = max(1, int(minutes * 60 / per_step))
         print(f"{per_step * 1e3:.0f} ms/step: {minutes} min is {steps} steps", file=log, flush=True)
-    cfg = cfg.with_overrides(steps=steps)
+    cfg = cfg.with_overrides(steps=steps)  # neither given: the preset's own steps
+    steps = cfg.steps
     trainer = Trainer(cfg, splits)
     run = RunDir.create(out, cfg.to_dict())
     run.write_json("splits.json", splits.report)
@@ -104,6 +105,7 @@ def omniglot_benchmark(out: str, learner: str = "protonet", lam: float = 1.0, mi
         "val": {"accuracy": trainer.last_val["val_acc"], "ci95": trainer.last_val["val_ci95"]},
         "config": {k: v for k, v in cfg.to_dict().items() if k in ("ways", "shots", "queries", "meta_batch", "lr",
                                                                   "rotations", "ext_batch", "inner_steps", "inner_lr")},
+        "set": overrides or {},  # the settings changed from the preset's
         "machine": machine(), "date": time.strftime("%Y-%m-%d"),
     }
     run.write_json("bench.json", result)
@@ -114,12 +116,13 @@ def add_arguments(parser) -> None:
     parser.add_argument("--learner", default="protonet")
     parser.add_argument("--lam", type=float, default=1.0)
     parser.add_argument("--minutes", type=float, help="training budget, turned into steps")
-    parser.add_argument("--steps", type=int, help="training steps (repeats a run exactly)")
+    parser.add_argument("--steps", type=int, help="training steps (repeats a run exactly; default: the preset's)")
     parser.add_argument("--episodes", type=int, default=1000, help="test episodes per setting, at the end")
     parser.add_argument("--curve-episodes", type=int, default=250,
                         help="test episodes per setting at the curve's earlier points (default 250)")
     parser.add_argument("--inner-lr", type=float, help="the gradient learners' inner step size")
     parser.add_argument("--seed", type=int, default=0)
+    add_sets(parser)
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--out", metavar="DIR", help="the run directory to create (default "
                         "runs/bench/omniglot-LEARNER-lamLAM-sSEED; with --smoke a temporary one)")
@@ -127,6 +130,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> dict:
     overrides = {k: v for k, v in (("device", args.device), ("inner_lr", args.inner_lr)) if v is not None}
+    overrides.update(parse_sets(args.sets))
     if not args.smoke:
         out = args.out or str(runs_root() / "bench" / f"omniglot-{args.learner}-lam{args.lam:g}-s{args.seed}")
         return omniglot_benchmark(out, args.learner, args.lam, args.minutes, args.steps, args.episodes, args.seed,
