@@ -3,11 +3,12 @@ training, with accuracy against training time.
 
 One model per (learner, lambda) is trained on the Omniglot background set exactly as `python -m
 engine train --preset omniglot --learner L --lam X` trains it (28 px, conv4, whole-alphabet
-splits: 15 meta-train, 3 validation, 6 external and 6 test alphabets), then scored on the 6 test
-alphabets in the four standard settings at several points of training (the accuracy-against-time
-curve; the points before the last on fewer episodes, --curve-episodes). `--minutes` turns a time budget into a step count from a measured
-step time; the result records the steps, so `--steps N` repeats the run exactly (same seed, same
-numbers). The run directory is a normal run: `python -m engine evaluate RUN --dataset FILE.npz
+splits: 15 meta-train, 3 validation, 6 external and 6 test alphabets; `--set NAME=VALUE` changes
+one setting, a recipe lever), then scored on the 6 test alphabets in the four standard settings
+at several points of training: the accuracy-against-time curve, its earlier points on fewer
+episodes (--curve-episodes). Unlike `train --minutes`, `--minutes` here turns a time budget into a
+step count from a measured step time; the result records the steps, so `--steps N` repeats the
+run exactly (same seed, same numbers). The run directory is a normal run: `python -m engine evaluate RUN --dataset FILE.npz
 --classes all` scores it on other data, e.g. the 20 evaluation alphabets.
 """
 from __future__ import annotations
@@ -97,7 +98,8 @@ def omniglot_benchmark(out: str, learner: str = "protonet", lam: float = 1.0, mi
     final = curve[-1]
     result = {
         "benchmark": "omniglot", "learner": learner, "lam": lam, "seed": seed, "steps": steps,
-        "train_seconds": final["train_seconds"], "episodes": episodes, "curve_episodes": curve_episodes, "test_queries": TEST_QUERIES,
+        "train_seconds": final["train_seconds"], "episodes": episodes, "curve_episodes": curve_episodes,
+        "test_queries": TEST_QUERIES,
         "split": "meta-test",  # every accuracy below (final and curve): the test alphabets
         "test_alphabets": splits.report["units"]["meta-test"], "run_dir": str(run.path),
         "final": {setting_name(w, k): final[setting_name(w, k)] for w, k in SETTINGS}, "curve": curve,
