@@ -102,3 +102,22 @@ def test_recorded_runs_without_minutes_still_load():
     with pytest.raises(UserError, match="minutes"):
         type(tiny()).from_dict({**config, "minutes": "ten"})
 
+
+
+def test_the_live_view_shows_a_run_bounded_by_time_against_its_budget(step_clock, tmp_path):
+    """Read from disk mid-run (stopped at 3 of the 8 steps its budget allows), the progress is the
+    time used, not 3 of the upper bound's 1,000 steps; once finished, steps again."""
+    from engine.train.trainer import Control
+    from engine.viz.live import LiveMap
+    from ui.live import step_text
+
+    trainer, run = start_run(tiny(minutes=8 * STEP_S / 60, steps=1_000, checkpoint_every=3), str(tmp_path / "run"))
+    control = Control()
+    trainer.run(run, control, lambda kind, rec: setattr(control, "stop", control.stop or rec.get("step") == 3))
+    p = LiveMap(warm_up=False).read(str(run.path)).progress
+    assert p["fraction"] == pytest.approx(2 / 8)  # the last step began after 2 of its 8 steps' time
+    assert step_text(p) == "step 3, 25% of 0.07 min"
+
+    again, run = resume_run(str(run.path))
+    again.run(run)
+    assert step_text(LiveMap(warm_up=False).read(str(run.path)).progress) == "step 8/8"

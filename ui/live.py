@@ -201,7 +201,16 @@ def headline(view) -> str:
     name = LEARNERS[learner].display_name if learner in LEARNERS else learner
     kind = "" if view.lam is None else ("vanilla (λ = 0)" if view.lam == 0 else f"DEML (λ = {view.lam:g})")
     model = " ".join(x for x in (name, kind) if x)
-    return " · ".join(x for x in (what, model, f"step {p.get('step', 0)}/{p.get('steps', 0)}") if x)
+    return " · ".join(x for x in (what, model, step_text(p)) if x)
+
+
+def step_text(p: dict) -> str:
+    """"step 120/300"; a run bounded by time (train --minutes, whose steps are only an upper bound
+    until it ends): "step 120, 40% of 5 min"."""
+    step, steps, minutes = p.get("step", 0), p.get("steps", 0), p.get("minutes") or 0
+    if minutes and step < steps:
+        return f"step {step}, {float(p.get('fraction', 0.0)):.0%} of {round(minutes, 2):g} min"
+    return f"step {step}/{steps}"
 
 
 def _paired_headline(view) -> None:
@@ -228,10 +237,10 @@ def _status(view, key: str) -> None:
     where = f" on {view.device}" if view.device and view.active and not paired else ""
     name = method_label(view.lam) if paired else Path(view.run_dir).name
     st.progress(min(1.0, float(p.get("fraction", 0.0))), width="stretch",
-                text=f"{name}{where}: {view.state}, step {p.get('step', 0)}/{p.get('steps', 0)}{eta}")
+                text=f"{name}{where}: {view.state}, {step_text(p)}{eta}")
     if twin is not None:
         st.progress(min(1.0, float(twin.get("fraction", 0.0))), width="stretch",
-                    text=f"{_twin_label(view)}: {view.twin_state}, step {twin.get('step', 0)}/{twin.get('steps', 0)}")
+                    text=f"{_twin_label(view)}: {view.twin_state}, {step_text(twin)}")
 
 
 def _left(seconds: float) -> str:

@@ -181,9 +181,10 @@ class LiveMap:
     @staticmethod
     def _disk_progress(disk: DiskRun, metrics: list[MetricRecord]) -> dict:
         try:
-            steps = disk.run.train_config().steps
+            cfg = disk.run.train_config()
+            steps, minutes = cfg.steps, cfg.minutes
         except UserError:
-            steps = 0
+            steps, minutes = 0, 0.0
         train = train_records(metrics)
         step = max((int(m["step"]) for m in train), default=0)
         seconds = max((float(m["seconds"]) for m in metrics if m.get("seconds") is not None), default=0.0)
@@ -191,7 +192,7 @@ class LiveMap:
         fraction = min(1.0, step / steps) if steps else 0.0
         fraction = max([fraction] + [float(m["progress"]) for m in train[-1:] if m.get("progress") is not None])
         return {"state": RunState.SAVED, "step": step, "steps": steps, "seconds": seconds, "eta_seconds": None,
-                "fraction": fraction, "error": None}
+                "fraction": fraction, "error": None, "minutes": minutes}
 
     def twin_of(self, run_dir: str, registry: JobRegistry = REGISTRY) -> str | None:
         """The run's lambda = 0 twin (or, for a twin, its DEML run): the folder the app starts it
