@@ -265,7 +265,7 @@ PRESETS = {
     # Omniglot background set, alphabets split into meta-train/val/test/external groups; each 90-degree
     # turn of a meta-train character is a new class (the usual Omniglot recipe, 4x the classes;
     # chosen on the validation alphabets, BENCHMARKS.md §1). Every learner trains this recipe
-    # (`--preset omniglot --learner maml`): their step times are within 7% of each other
+    # (`--preset omniglot --learner maml`): their training times differ by under 8% (BENCHMARKS.md §1)
     "omniglot": dict(dataset="@omniglot", rotations=True, steps=6000, ways=20, shots=1, queries=5, meta_batch=2,
                      val_every=500, val_episodes=200, snapshot_every=100, checkpoint_every=500),
     # the built-in generator behind --head-start (assets/README.md): Omniglot background alphabets except
