@@ -189,8 +189,8 @@ class LiveMap:
         step = max((int(m["step"]) for m in train), default=0)
         seconds = max((float(m["seconds"]) for m in metrics if m.get("seconds") is not None), default=0.0)
         # a run bounded by --minutes records its progress (its steps are only an upper bound)
-        fraction = min(1.0, step / steps) if steps else 0.0
-        fraction = max([fraction] + [float(m["progress"]) for m in train[-1:] if m.get("progress") is not None])
+        recorded = float(train[-1].get("progress") or 0.0) if train else 0.0
+        fraction = max(recorded, min(1.0, step / steps) if steps else 0.0)
         return {"state": RunState.SAVED, "step": step, "steps": steps, "seconds": seconds, "eta_seconds": None,
                 "fraction": fraction, "error": None, "minutes": minutes}
 
