@@ -58,6 +58,9 @@ class TrainConfig:
     external_split: float = 0.2  # used when external is "auto"
     train_limit: int = 0  # >0: at most this many meta-train groups/classes (scarce-data studies)
     rotations: bool = False  # each 90-degree turn of a meta-train class is a new class (Omniglot)
+    # training task images distorted at random, each on its own: none | shift (up to 1/14 of the side,
+    # 2 px of 28) | affine (the shift, and up to 10 degrees, 10% scale and 0.1 shear); engine/data/augment.py
+    augment: str = "none"
     pool_external: bool = False  # control for DEML: external classes join meta-train episodes instead
     split_seed: int = 0  # separate from seed so runs with different seeds share test classes
     exclude_groups: str = ""  # comma-separated groups (alphabets) left out of the data before it is split
@@ -144,6 +147,8 @@ class TrainConfig:
                             f"so use at least {MIN_IMAGE_SIZE} px")
         if self.lr_schedule not in ("cosine", "constant"):
             raise UserError(f"--lr-schedule must be cosine or constant, not {self.lr_schedule!r}")
+        if self.augment not in _known_names("augment"):
+            raise UserError(f"--augment must be one of {', '.join(_known_names('augment'))}, not {self.augment!r}")
         if self.head_start not in ("auto", "on", "off"):
             raise UserError(f"--head-start must be auto, on or off, not {self.head_start!r}")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -199,7 +204,7 @@ RECORDED_DEFAULTS = {"head_start": "off"}  # runs made before the head start tra
 _NAMES = {  # settings whose value is one of a known set of names (None: looked up when checked)
     "polarity": ("auto", "keep"), "validation": ("classes", "images", "train"), "norm": ("batch", "group", "none"),
     "lr_schedule": ("cosine", "constant"), "device": ("auto", "cpu", "cuda"), "head_start": ("auto", "on", "off"),
-    "learner": None, "backbone": None,
+    "learner": None, "backbone": None, "augment": None,
 }
 
 
@@ -212,6 +217,10 @@ def _known_names(name: str) -> tuple[str, ...]:
         from engine.models.backbones import BACKBONES
 
         return tuple(BACKBONES)
+    if name == "augment":
+        from engine.data.augment import AUGMENTS
+
+        return tuple(AUGMENTS)
     return _NAMES[name]
 
 

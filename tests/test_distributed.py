@@ -188,13 +188,16 @@ def as_rank(monkeypatch, rank: int, world: int):
     monkeypatch.setattr(distributed, "rank", lambda: rank)
 
 
-def test_the_shares_of_the_ranks_make_up_one_process_batch(monkeypatch):
-    """Each rank's tasks and external images are its contiguous slice of the very batch one process draws."""
-    whole = Trainer(tiny("protonet")).sample_batch(5)
+@pytest.mark.parametrize("augment", ["none", "affine"])
+def test_the_shares_of_the_ranks_make_up_one_process_batch(monkeypatch, augment):
+    """Each rank's tasks and external images are its contiguous slice of the very batch one process
+    draws, distorted (--augment) as that process distorts them."""
+    cfg = tiny("protonet").with_overrides(augment=augment)
+    whole = Trainer(cfg).sample_batch(5)
     shares = []
     for rank in (0, 1):
         as_rank(monkeypatch, rank, 2)
-        shares.append(Trainer(tiny("protonet")).sample_batch(5))
+        shares.append(Trainer(cfg).sample_batch(5))
     t, nk, nq = whole["tasks"], whole["nk"], whole["nq"]
     assert [s["tasks"] for s in shares] == [t // 2, t // 2]
 

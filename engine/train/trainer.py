@@ -26,13 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from engine.config import TrainConfig
-from engine.data.episodes import (
-    EpisodeSampler,
-    HeldOutSampler,
-    channels_first,
-    class_major_labels,
-    take,
-)
+from engine.data.augment import augment, batch_rows
+from engine.data.episodes import EpisodeSampler, HeldOutSampler, channels_first, class_major_labels, take
 from engine.data.imageset import ImageSet, Preprocess
 from engine.data.sources import load_imageset
 from engine.data.splits import Splits, make_splits
@@ -173,7 +168,8 @@ class Trainer:
                  "support_labels": class_major_labels(cfg.ways, cfg.shots, t, dev),
                  "query_labels": class_major_labels(cfg.ways, cfg.queries, t, dev),
                  # uint8 travels (a quarter of float32's bytes) and becomes [0, 1] floats on the device
-                 "x": self._images(self.train_sampler.images[index])}  # (T*N*K + T*N*Q, C, H, W), class-major per task
+                 "x": augment(self._images(self.train_sampler.images[index]), cfg.augment, (cfg.seed, step),
+                              batch_rows(cfg.meta_batch, self.task_share, nk, nq))}  # (T*N*K + T*N*Q, C, H, W)
         if cfg.lam > 0:  # drawn after the tasks, from the same generator: the tasks are the same at any lambda
             n_ext = len(self.ext_images)
             pick = rng.choice(n_ext, cfg.ext_batch, replace=cfg.ext_batch > n_ext)[self.ext_share]
