@@ -67,10 +67,13 @@ def test_a_stopped_run_bounded_by_minutes_resumes_with_the_rest_of_its_budget(st
     control = Control()
     trainer.run(run, control, lambda kind, rec: setattr(control, "stop", control.stop or rec.get("step") == 3))
     assert trainer.step == 3 and run.train_config().steps == 1_000  # stopped, not finished
+    # the Runs table: its steps are an upper bound until the end, so the time limit is shown instead
+    assert summarize(run.path).row()["steps"] == "3 (limit 0.07 min)"
 
     again, run = resume_run(str(run.path))
     assert again.loop_seconds == pytest.approx(3 * STEP_S)  # the time already spent is counted
     assert again.run(run)["steps"] == 8 and run.train_config().steps == 8
+    assert summarize(run.path).row()["steps"] == "8/8"
 
     longer, run = resume_run(str(run.path), steps=11)  # given steps, a spent budget goes on by steps
     assert longer.cfg.minutes == 0 and longer.run(run)["steps"] == 11

@@ -46,7 +46,8 @@ class RunSummary:
     ways: int | None = None
     shots: int | None = None
     steps_done: int = 0
-    steps_total: int | None = None
+    steps_total: int | None = None  # with minutes, an upper bound until the run ends (then the steps done)
+    minutes: float = 0.0  # the run's time budget (--minutes; 0: bounded by steps)
     val_acc: float | None = None  # last validation
     val_ci95: float | None = None
     test: dict | None = None  # latest "evaluate" record on the meta-test classes, if any
@@ -92,7 +93,7 @@ class RunSummary:
             "λ": self.lam,
             "dataset": self.dataset,
             "task": f"{self.ways}-way {self.shots}-shot" if self.ways else None,
-            "steps": f"{self.steps_done}/{self.steps_total}" if self.steps_total else None,
+            "steps": self.steps_text(),
             "validation accuracy": fmt_acc(self.val_acc, self.val_ci95),
             "test accuracy": (fmt_acc(self.test.get("accuracy"), self.test.get("ci95"))
                               + f" ({self.test.get('episodes')} ep.)") if self.test else None,
@@ -100,6 +101,16 @@ class RunSummary:
             "notes": (plural(self.skipped_lines, "damaged line", "damaged lines") + " skipped")
             if self.skipped_lines else None,
         }
+
+
+    def steps_text(self) -> str | None:
+        """'514/6000'; a run bounded by time, until its last step: '514 (limit 0.6 min)', since
+        its steps then are only an upper bound (10,000,000 from the command line)."""
+        if not self.steps_total:
+            return None
+        if self.minutes and self.steps_done < self.steps_total:
+            return f"{self.steps_done} (limit {round(self.minutes, 2):g} min)"
+        return f"{self.steps_done}/{self.steps_total}"
 
 
 def fmt_acc(acc, ci=None) -> str | None:
@@ -205,7 +216,7 @@ def summarize(path: str | os.PathLike) -> RunSummary:
         s.title = run.run_name()
         s.config = cfg.to_dict()
         s.learner, s.lam, s.dataset, s.ways, s.shots = cfg.learner, cfg.lam, cfg.dataset, cfg.ways, cfg.shots
-        s.steps_total = cfg.steps
+        s.steps_total, s.minutes = cfg.steps, cfg.minutes
         s.modified = max(s.modified, (path / "config.json").stat().st_mtime)
         digest = metrics_digest(path / "metrics.jsonl")
         s.steps_done, s.val_acc, s.val_ci95 = digest.steps_done, digest.val_acc, digest.val_ci95
