@@ -157,12 +157,12 @@ class Progress:
             print(f"warning: {rec['message']}", file=sys.stderr)
         elif kind == "val":
             self.val = f"  val {rec['val_acc']:.3f}±{rec['val_ci95']:.3f}"
-            self._line(rec["step"], force=True)
+            self._line(rec["step"])
         elif kind == "train" and time.monotonic() - self.last > 2.0:
             disc = f" disc {rec['disc_acc']:.2f}" if rec["disc_acc"] is not None else ""
             self._line(rec["step"], f"  loss {rec['meta_loss']:.3f} acc {rec['meta_acc']:.2f}{disc}")
 
-    def _line(self, step: int, extra: str = "", force: bool = False):
+    def _line(self, step: int, extra: str = ""):
         self.last = time.monotonic()
         elapsed = self.last - self.started
         t = self.trainer

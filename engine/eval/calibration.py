@@ -33,7 +33,7 @@ from engine.data.sources import load_imageset
 from engine.data.splits import make_splits
 from engine.errors import UserError
 from engine.eval.checkpoints import checkpoint_stamp, load_model
-from engine.eval.evaluate import _per_task
+from engine.eval.evaluate import per_task
 from engine.models.deml import DEMLModel
 from engine.runs import RunDir, as_run
 
@@ -154,7 +154,7 @@ def measure(model: DEMLModel, cfg: TrainConfig, device, steps: int | None = None
         out = model.learner.logits(zs, labels["support"], zq, sampler.ways, steps=steps, training=False)
         return out.detach().cpu(), labels["query"].cpu()
 
-    parts = _per_task(model, sampler, index, device, fn)
+    parts = per_task(model, sampler, index, device, fn)
     logits = torch.cat([p[0] for p in parts])
     labels = torch.cat([p[1] for p in parts])
     fields = calibrate(logits, labels, keep)

@@ -61,7 +61,7 @@ def shared_concepts(model: DEMLModel, sampler: EpisodeSampler, indexes, device) 
         return used, concept_table(model, sampler, used, device)
 
 
-def _per_task(model, sampler, index, device, fn: Callable, progress=None, table=None) -> list:
+def per_task(model, sampler, index, device, fn: Callable, progress=None, table=None) -> list:
     """Run fn(support concepts (T, N*K, D), query concepts (T, N*Q, D), labels) on chunks of tasks,
     the model in eval mode throughout. `table`: shared_concepts() covering the index's images."""
     out = []
@@ -98,7 +98,7 @@ def query_predictions(model: DEMLModel, sampler: EpisodeSampler, index: EpisodeI
     def fn(zs, zq, labels):
         logits = model.learner.logits(zs, labels["support"], zq, sampler.ways, steps=steps, training=False)
         return logits.argmax(-1).cpu()  # (T, N*Q)
-    return torch.cat(_per_task(model, sampler, index, device, fn, progress=progress, table=table)).numpy()
+    return torch.cat(per_task(model, sampler, index, device, fn, progress=progress, table=table)).numpy()
 
 
 def query_labels(sampler: EpisodeSampler) -> np.ndarray:
@@ -148,7 +148,7 @@ def curve_scores(model: DEMLModel, sampler: EpisodeSampler, index: EpisodeIndex,
     def fn(zs, zq, labels):
         losses, accs = model.learner.curve(zs, labels["support"], zq, labels["query"], sampler.ways, steps)
         return losses.cpu(), accs.cpu()  # (P, T) each
-    parts = _per_task(model, sampler, index, device, fn, progress=progress, table=table)
+    parts = per_task(model, sampler, index, device, fn, progress=progress, table=table)
     return torch.cat([p[1] for p in parts], 1).numpy(), torch.cat([p[0] for p in parts], 1).numpy()
 
 
