@@ -173,11 +173,14 @@ with mid:
         checkpoint = size = None
     if checkpoint is not None:
         def checkpoint_bytes(path=checkpoint) -> bytes:
-            try:
-                return catalog.read_checkpoint(path)  # opened without following symlinks
+            try:  # opened without following symlinks; a newer one if the trainer replaced it since
+                data, note = catalog.read_offered_checkpoint(selected, path)
             except UserError as e:
                 st.session_state["runs_flash"] = [("error", str(e))]
                 return b""
+            if note:
+                st.session_state["runs_flash"] = [("info", note)]
+            return data
 
         st.download_button(f"Download checkpoint ({size_text(size)})",
                            data=checkpoint_bytes, file_name=f"{run.name}-{checkpoint.name}",

@@ -233,6 +233,22 @@ def test_a_checkpoint_symlink_is_never_served(twin_runs, tmp_path):
         catalog.read_checkpoint(folder / "step_0000001.pt")
 
 
+def test_a_checkpoint_replaced_since_the_page_showed_it_downloads_the_newer_one(twin_runs):
+    run_dir = twin_runs / "deml"
+    folder = run_dir / "checkpoints"
+    offered = catalog.newest_checkpoint(run_dir)
+    assert catalog.read_offered_checkpoint(run_dir, offered) == (offered.read_bytes(), None)
+    newer = folder / "step_0000009.pt"
+    newer.write_bytes(b"a newer checkpoint")
+    offered.unlink()  # the trainer keeps the newest two: the one offered is gone
+    data, note = catalog.read_offered_checkpoint(run_dir, offered)
+    assert data == b"a newer checkpoint" and offered.name in note and "step_0000009.pt" in note
+    for p in folder.iterdir():  # none left: the page says so (a UserError), never a silent empty file
+        p.unlink()
+    with pytest.raises(UserError, match="cannot read"):
+        catalog.read_offered_checkpoint(run_dir, offered)
+
+
 # ------------------------------------------------------------------------------------------------
 # file modes
 # ------------------------------------------------------------------------------------------------

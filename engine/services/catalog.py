@@ -377,6 +377,20 @@ def read_checkpoint(path: str | os.PathLike) -> bytes:
                         "meanwhile, reload the page") from e
 
 
+def read_offered_checkpoint(run_dir: str | os.PathLike, path: str | os.PathLike) -> tuple[bytes, str | None]:
+    """(bytes, note): the checkpoint a page offered for download, or, when the trainer replaced it
+    since (it keeps the newest two), the run's newest one, with a note that says so; UserError when
+    the run has none left to read (a download then holds nothing, and the page says why)."""
+    try:
+        return read_checkpoint(path), None
+    except UserError:
+        newer = newest_checkpoint(run_dir)
+        if newer is None or newer.name == Path(path).name:
+            raise
+        return read_checkpoint(newer), (f"{Path(path).name} was replaced by a newer checkpoint while the page "
+                                        f"showed it; the download holds {newer.name}")
+
+
 def rename_run(path: str, name: str, root=None) -> str:
     """Give the run at `path` (strictly inside the runs root) a name; "" removes it. The name kept."""
     inside_runs_root(path, root)
