@@ -58,8 +58,9 @@ class TrainConfig:
     external_split: float = 0.2  # used when external is "auto"
     train_limit: int = 0  # >0: at most this many meta-train groups/classes (scarce-data studies)
     rotations: bool = False  # each 90-degree turn of a meta-train class is a new class (Omniglot)
-    # training task images distorted at random, each on its own: none | shift (up to 1/14 of the side,
-    # 2 px of 28) | affine (the shift, and up to 10 degrees, 10% scale and 0.1 shear); engine/data/augment.py
+    # training task images distorted at random, each on its own: none | shift (by whole pixels, up to
+    # 1/14 of the side: 2 px of 28) | affine (shifted up to 2 px of 28, turned up to 10 degrees, scaled
+    # up to 10%, sheared up to 0.1, resampled bilinearly); engine/data/augment.py
     augment: str = "none"
     pool_external: bool = False  # control for DEML: external classes join meta-train episodes instead
     split_seed: int = 0  # separate from seed so runs with different seeds share test classes

@@ -37,14 +37,15 @@ def test_none_leaves_the_images_alone():
     assert augment(x, "none", (0, 1)) is x
 
 
-def test_shift_moves_each_image_by_its_own_draw_of_at_most_two_pixels_at_28():
+def test_shift_moves_each_image_by_whole_pixels_up_to_two_at_28_and_copies_them_exactly():
     x = dots(200)
-    moved = centre_of_mass(augment(x, "shift", (0, 7))) - centre_of_mass(x)  # (200, 2) in pixels
-    assert moved.abs().max() <= 2.0 + 1e-4  # 1/14 of 28 px
-    assert moved.abs().max() > 1.5  # the range is used, not a fraction of it
-    assert len({tuple(r) for r in moved.round(decimals=3).tolist()}) == 200  # each its own draw
-    # shifted, not blurred away or bent: the ink is kept (the square stays inside the image)
-    assert torch.allclose(augment(x, "shift", (0, 7)).sum((1, 2, 3)), x.sum((1, 2, 3)), rtol=1e-4)
+    out = augment(x, "shift", (0, 7))
+    moved = centre_of_mass(out) - centre_of_mass(x)  # (200, 2) in pixels
+    assert set(moved.round().flatten().tolist()) == {-2.0, -1.0, 0.0, 1.0, 2.0}  # 1/14 of 28 px, each used
+    assert torch.allclose(moved, moved.round(), atol=1e-4)  # whole pixels
+    assert set(out.unique().tolist()) == {0.0, 1.0}  # each pixel copied: no blur
+    assert torch.equal(out.sum((1, 2, 3)), x.sum((1, 2, 3)))  # the ink is kept (the square stays inside)
+    assert len({tuple(r) for r in moved.round().tolist()}) == 25  # x and y drawn apart
 
 
 def test_affine_also_turns_and_scales_but_keeps_a_drawing_recognisable():
@@ -53,6 +54,7 @@ def test_affine_also_turns_and_scales_but_keeps_a_drawing_recognisable():
     out = augment(x, "affine", (3, 2))
     assert out.shape == x.shape and out.dtype == x.dtype
     assert not torch.allclose(out, augment(x, "shift", (3, 2)))  # more than the shift
+    assert len(out.unique()) > 2  # resampled bilinearly (the strokes' edges blur)
     ink_ratio = out.sum((1, 2, 3)) / x.sum((1, 2, 3))
     assert ink_ratio.min() > 0.75 and ink_ratio.max() < 1.3  # about the scale's range squared
     tilt = bar_tilt_degrees(out)  # the bar's long axis against the vertical
