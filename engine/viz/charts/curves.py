@@ -35,7 +35,8 @@ SERIES = {  # key -> (legend name, subplot column, colour): a colour per series,
 }
 VAL_COLOR = "#D7301F"  # red
 CHANCE_DASH = "dot"
-LOSS_TITLE, ACC_TITLE = "Loss (cross-entropy)", "Accuracy"
+# short: on a phone each panel is ~150 px wide, and "Loss (cross-entropy)" ran into "Accuracy"
+LOSS_TITLE, ACC_TITLE = "Loss", "Accuracy"
 DEFAULT_HEIGHT = 440  # the plot's own height, before the legend under it
 TWIN = "λ = 0"
 MAX_POINTS = 1500  # per drawn series; longer runs are thinned (smoothing sees every step)
